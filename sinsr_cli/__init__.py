@@ -1,0 +1,3 @@
+"""sinsr: one-step diffusion super-resolution (SinSR / ResShift)."""
+
+__version__ = "0.1.0"

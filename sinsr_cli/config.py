@@ -1,0 +1,318 @@
+"""Frozen configuration dataclasses and named presets.
+
+Every number here comes from the official configs (``../shared/reference/architecture.json``).
+A config is plain data: it can be written into a checkpoint's metadata (``to_dict``) and read
+back (``from_dict``), so every file sinsr writes rebuilds its own model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+
+def _tuple(v: Any) -> tuple:
+    return tuple(v) if isinstance(v, (list, tuple)) else (v,)
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Swin-UNet denoiser (``UNetModelSwin``) hyper-parameters.
+
+    ``in_channels`` counts the latent channels only; ``lq_channels`` (3 when conditioned on the
+    LR image) are concatenated to it, so the first conv sees ``in_channels + lq_channels``.
+    SinSR's YAML writes ``in_channels: 6`` (latent and LR together); ResShift-v3 writes
+    ``in_channels: 3, lq_size: 64``. ``from_official`` normalises both.
+    """
+
+    image_size: int = 64
+    in_channels: int = 3
+    lq_channels: int = 3
+    model_channels: int = 160
+    out_channels: int = 3
+    num_res_blocks: tuple[int, ...] = (2, 2, 2, 2)
+    attention_resolutions: tuple[int, ...] = (64, 32, 16, 8)
+    channel_mult: tuple[int, ...] = (1, 2, 2, 4)
+    num_heads: int = -1
+    num_head_channels: int = 32
+    use_scale_shift_norm: bool = True
+    conv_resample: bool = True
+    resblock_updown: bool = False
+    swin_depth: int = 2
+    swin_embed_dim: int = 192
+    window_size: int = 8
+    mlp_ratio: float = 4.0
+    patch_norm: bool = False
+
+    @property
+    def swin_heads(self) -> int:
+        if self.num_head_channels == -1:
+            return self.num_heads
+        return self.swin_embed_dim // self.num_head_channels
+
+    @property
+    def time_embed_dim(self) -> int:
+        return 4 * self.model_channels
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "UNetConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown UNet config fields: {sorted(unknown)}")
+        kw = dict(d)
+        for k in ("num_res_blocks", "attention_resolutions", "channel_mult"):
+            if k in kw:
+                kw[k] = _tuple(kw[k])
+        if "num_res_blocks" in kw and len(kw["num_res_blocks"]) == 1:
+            n = len(kw.get("channel_mult", cls.channel_mult))
+            kw["num_res_blocks"] = kw["num_res_blocks"] * n
+        return cls(**kw)
+
+    @classmethod
+    def from_official(cls, p: Mapping[str, Any]) -> "UNetConfig":
+        """Build from the official ``model.params`` mapping (SinSR or ResShift YAML)."""
+        p = dict(p)
+        if p.get("dims", 2) != 2:
+            raise ValueError("only dims=2 UNets are supported")
+        if float(p.get("dropout", 0) or 0) != 0:
+            pass  # dropout only matters for training; inference ignores it
+        cond = bool(p.get("cond_lq", True))
+        in_ch = int(p["in_channels"])
+        lq_size = p.get("lq_size")
+        image_size = int(p.get("image_size", 64))
+        if cond and lq_size is None:
+            # SinSR / ResShift-v1: in_channels already counts the LR channels
+            lq_ch, in_ch = 3, in_ch - 3
+        elif cond:
+            if int(lq_size) != image_size:
+                raise ValueError(
+                    f"lq_size {lq_size} != image_size {image_size}: the LR feature extractor "
+                    "variant is not supported"
+                )
+            lq_ch = 3
+        else:
+            lq_ch = 0
+        nrb = p["num_res_blocks"]
+        cm = _tuple(p.get("channel_mult", (1, 2, 4, 8)))
+        nrb = _tuple(nrb) * (len(cm) if isinstance(nrb, int) else 1)
+        return cls(
+            image_size=image_size,
+            in_channels=in_ch,
+            lq_channels=lq_ch,
+            model_channels=int(p["model_channels"]),
+            out_channels=int(p["out_channels"]),
+            num_res_blocks=tuple(int(x) for x in nrb),
+            attention_resolutions=tuple(int(x) for x in _tuple(p["attention_resolutions"])),
+            channel_mult=tuple(int(x) for x in cm),
+            num_heads=int(p.get("num_heads", 1)),
+            num_head_channels=int(p.get("num_head_channels", -1)),
+            use_scale_shift_norm=bool(p.get("use_scale_shift_norm", False)),
+            conv_resample=bool(p.get("conv_resample", True)),
+            resblock_updown=bool(p.get("resblock_updown", False)),
+            swin_depth=int(p.get("swin_depth", 2)),
+            swin_embed_dim=int(p.get("swin_embed_dim", 96)),
+            window_size=int(p.get("window_size", 8)),
+            mlp_ratio=float(p.get("mlp_ratio", 2.0)),
+            patch_norm=bool(p.get("patch_norm", False)),
+        )
+
+
+@dataclass(frozen=True)
+class VQConfig:
+    """f4 VQ autoencoder (``VQModelTorch``) hyper-parameters."""
+
+    embed_dim: int = 3
+    n_embed: int = 8192
+    z_channels: int = 3
+    in_channels: int = 3
+    out_ch: int = 3
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 2, 4)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = ()
+    resolution: int = 256
+
+    @property
+    def downscale(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "VQConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown VQ config fields: {sorted(unknown)}")
+        kw = dict(d)
+        for k in ("ch_mult", "attn_resolutions"):
+            if k in kw:
+                kw[k] = _tuple(kw[k])
+        return cls(**kw)
+
+    @classmethod
+    def from_official(cls, p: Mapping[str, Any]) -> "VQConfig":
+        """Build from the official ``autoencoder.params`` mapping."""
+        dd = p["ddconfig"]
+        if dd.get("double_z", False):
+            raise ValueError("double_z autoencoders (KL) are not VQ-f4 models")
+        return cls(
+            embed_dim=int(p["embed_dim"]),
+            n_embed=int(p["n_embed"]),
+            z_channels=int(dd["z_channels"]),
+            in_channels=int(dd.get("in_channels", 3)),
+            out_ch=int(dd.get("out_ch", 3)),
+            ch=int(dd["ch"]),
+            ch_mult=tuple(int(x) for x in dd["ch_mult"]),
+            num_res_blocks=int(dd["num_res_blocks"]),
+            attn_resolutions=tuple(int(x) for x in dd.get("attn_resolutions", ()) or ()),
+            resolution=int(dd.get("resolution", 256)),
+        )
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """ResShift eta schedule (``diffusion.params``)."""
+
+    steps: int = 15
+    kappa: float = 2.0
+    min_noise_level: float = 0.04
+    etas_end: float = 0.99
+    power: float = 0.3
+    sf: int = 4
+    #: SinSR's schedule code adds sqrt(1e-3) to the etas_start min; ResShift's does not.
+    #: Identical for T=15, different for T=4 (see architecture.json). Keep False for v3.
+    sinsr_min_clip: bool = False
+    normalize_input: bool = True
+    latent_flag: bool = True
+    scale_factor: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ScheduleConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def from_official(cls, p: Mapping[str, Any]) -> "ScheduleConfig":
+        if p.get("schedule_name", "exponential") != "exponential":
+            raise ValueError(f"unsupported schedule {p.get('schedule_name')!r}")
+        if p.get("predict_type", "xstart") != "xstart":
+            raise ValueError("only predict_type=xstart is supported")
+        kw = p.get("schedule_kwargs") or {}
+        return cls(
+            steps=int(p["steps"]),
+            kappa=float(p["kappa"]),
+            min_noise_level=float(p["min_noise_level"]),
+            etas_end=float(p.get("etas_end", 0.99)),
+            power=float(kw.get("power", 0.3)),
+            sf=int(p.get("sf", 4)),
+            normalize_input=bool(p.get("normalize_input", True)),
+            latent_flag=bool(p.get("latent_flag", True)),
+            scale_factor=float(p.get("scale_factor", 1.0) or 1.0),
+        )
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """A named model: its UNet architecture, its schedule and default sampling."""
+
+    name: str
+    unet: UNetConfig
+    schedule: ScheduleConfig
+    default_steps: int
+    #: "onestep" for distilled students; "ancestral" for ResShift teachers
+    default_sampler: str
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "unet": self.unet.to_dict(),
+            "schedule": self.schedule.to_dict(),
+            "default_steps": self.default_steps,
+            "default_sampler": self.default_sampler,
+            "description": self.description,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelPreset":
+        return cls(
+            name=str(d["name"]),
+            unet=UNetConfig.from_dict(d["unet"]),
+            schedule=ScheduleConfig.from_dict(d["schedule"]),
+            default_steps=int(d["default_steps"]),
+            default_sampler=str(d["default_sampler"]),
+            description=str(d.get("description", "")),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+# -- presets -------------------------------------------------------------------------------
+
+SINSR_UNET = UNetConfig()  # full size: 118,593,583 parameters
+T15 = ScheduleConfig(steps=15, kappa=2.0, min_noise_level=0.04, sinsr_min_clip=True)
+T4 = ScheduleConfig(steps=4, kappa=2.0, min_noise_level=0.2, sinsr_min_clip=False)
+VQ_F4 = VQConfig()  # 55,322,782 parameters
+
+PRESETS: dict[str, ModelPreset] = {
+    "sinsr-v1": ModelPreset("sinsr-v1", SINSR_UNET, T15, 1, "onestep", "SinSR v1, one step"),
+    "sinsr-v2": ModelPreset("sinsr-v2", SINSR_UNET, T15, 1, "onestep", "SinSR v2, one step"),
+    "resshift-v1": ModelPreset(
+        "resshift-v1", SINSR_UNET, T15, 15, "ancestral", "ResShift v1, 15 steps (SinSR teacher)"
+    ),
+    "resshift-v2": ModelPreset("resshift-v2", SINSR_UNET, T15, 15, "ancestral", "ResShift v2, 15 steps"),
+    "resshift-v3": ModelPreset("resshift-v3", SINSR_UNET, T4, 4, "ancestral", "ResShift v3, 4 steps"),
+}
+
+VQ_PRESETS: dict[str, VQConfig] = {"vq-f4": VQ_F4}
+
+
+def tiny_unet() -> UNetConfig:
+    """A UNet of the same classes small enough for unit tests (milliseconds on CPU)."""
+    return UNetConfig(
+        model_channels=32,
+        num_res_blocks=(1, 1),
+        attention_resolutions=(64, 32),
+        channel_mult=(1, 2),
+        num_head_channels=16,
+        swin_depth=2,
+        swin_embed_dim=32,
+        window_size=8,
+        mlp_ratio=2.0,
+        image_size=64,
+    )
+
+
+def tiny_vq() -> VQConfig:
+    """A VQ-f4 of the same classes small enough for unit tests."""
+    return VQConfig(n_embed=64, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1)
+
+
+def tiny_preset(name: str = "tiny", steps: int = 15) -> ModelPreset:
+    sched = T15 if steps == 15 else dataclasses.replace(T4, steps=steps)
+    return ModelPreset(name, tiny_unet(), sched, 1, "onestep", "tiny test model")
+
+
+__all__ = [
+    "UNetConfig",
+    "VQConfig",
+    "ScheduleConfig",
+    "ModelPreset",
+    "PRESETS",
+    "VQ_PRESETS",
+    "tiny_unet",
+    "tiny_vq",
+    "tiny_preset",
+]
