@@ -110,7 +110,7 @@ class UNetConfig:
             num_res_blocks=tuple(int(x) for x in nrb),
             attention_resolutions=tuple(int(x) for x in _tuple(p["attention_resolutions"])),
             channel_mult=tuple(int(x) for x in cm),
-            num_heads=int(p.get("num_heads", 1)),
+            num_heads=-1 if int(p.get("num_head_channels", -1)) > 0 else int(p.get("num_heads", 1)),
             num_head_channels=int(p.get("num_head_channels", -1)),
             use_scale_shift_norm=bool(p.get("use_scale_shift_norm", False)),
             conv_resample=bool(p.get("conv_resample", True)),

@@ -1,1 +1,1 @@
-
+"""Small stateless-in-spirit building blocks shared by the models."""

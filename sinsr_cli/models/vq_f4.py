@@ -1,0 +1,226 @@
+"""The f4 VQ autoencoder of LDM/ResShift (official ``VQModelTorch``), key-compatible.
+
+``encode`` does NOT quantise (encoder + ``quant_conv``); ``decode`` quantises to the nearest
+codebook entry, then ``post_quant_conv`` + decoder (reference NOTES §6). The mid-block attention
+is single-head attention over every latent position; we run it through
+``scaled_dot_product_attention`` so the (HW)^2 score matrix is never materialised.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import VQConfig
+from ..nn.norm import GroupNorm32
+
+_EPS = 1e-6
+#: latent positions quantised per chunk (bounds the [rows, n_embed] distance matrix)
+_QUANT_CHUNK = 16384
+
+
+def _norm(c: int) -> GroupNorm32:
+    return GroupNorm32(c, eps=_EPS)
+
+
+class ResnetBlock(nn.Module):
+    """GN-swish-conv twice plus a 1x1 ``nin_shortcut`` when the width changes."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.norm1 = _norm(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.norm2 = _norm(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        if cin != cout:
+            self.nin_shortcut = nn.Conv2d(cin, cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        if hasattr(self, "nin_shortcut"):
+            x = self.nin_shortcut(x)
+        return x + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over all spatial positions, residual."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.norm = _norm(c)
+        self.q = nn.Conv2d(c, c, 1)
+        self.k = nn.Conv2d(c, c, 1)
+        self.v = nn.Conv2d(c, c, 1)
+        self.proj_out = nn.Conv2d(c, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        y = self.norm(x)
+        q, k, v = (m(y).reshape(b, 1, c, h * w).transpose(-1, -2) for m in (self.q, self.k, self.v))
+        out = F.scaled_dot_product_attention(q, k, v)  # scale c^-0.5, as officially
+        return x + self.proj_out(out.transpose(-1, -2).reshape(b, c, h, w))
+
+
+class _Down(nn.Module):
+    """Asymmetric (0,1,0,1) zero pad then a stride-2 3x3 conv."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class _Up(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class _Mid(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.block_1 = ResnetBlock(c, c)
+        self.attn_1 = AttnBlock(c)
+        self.block_2 = ResnetBlock(c, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block_2(self.attn_1(self.block_1(x)))
+
+
+class _Level(nn.Module):
+    """One resolution: ``block`` (ResnetBlocks), ``attn`` (optional), then a resampler."""
+
+    def __init__(self, blocks: list[ResnetBlock], attn: list[AttnBlock], resample: nn.Module | None, name: str) -> None:
+        super().__init__()
+        self.block = nn.ModuleList(blocks)
+        self.attn = nn.ModuleList(attn)
+        if resample is not None:
+            setattr(self, name, resample)
+        self._resample = name if resample is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, blk in enumerate(self.block):
+            x = blk(x)
+            if len(self.attn):
+                x = self.attn[i](x)
+        if self._resample:
+            x = getattr(self, self._resample)(x)
+        return x
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: VQConfig) -> None:
+        super().__init__()
+        self.conv_in = nn.Conv2d(cfg.in_channels, cfg.ch, 3, padding=1)
+        res = cfg.resolution
+        mults = (1,) + tuple(cfg.ch_mult)
+        self.down = nn.ModuleList()
+        for i, m in enumerate(cfg.ch_mult):
+            cin, cout = cfg.ch * mults[i], cfg.ch * m
+            blocks = [ResnetBlock(cin if j == 0 else cout, cout) for j in range(cfg.num_res_blocks)]
+            attn = [AttnBlock(cout) for _ in blocks] if res in cfg.attn_resolutions else []
+            last = i == len(cfg.ch_mult) - 1
+            self.down.append(_Level(blocks, attn, None if last else _Down(cout), "downsample"))
+            if not last:
+                res //= 2
+        c = cfg.ch * cfg.ch_mult[-1]
+        self.mid = _Mid(c)
+        self.norm_out = _norm(c)
+        self.conv_out = nn.Conv2d(c, cfg.z_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        for level in self.down:
+            h = level(h)
+        h = self.mid(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: VQConfig) -> None:
+        super().__init__()
+        n = len(cfg.ch_mult)
+        c = cfg.ch * cfg.ch_mult[-1]
+        res = cfg.resolution // 2 ** (n - 1)
+        self.conv_in = nn.Conv2d(cfg.z_channels, c, 3, padding=1)
+        self.mid = _Mid(c)
+        levels: list[_Level] = []
+        for i in reversed(range(n)):
+            cout = cfg.ch * cfg.ch_mult[i]
+            blocks = [ResnetBlock(c if j == 0 else cout, cout) for j in range(cfg.num_res_blocks + 1)]
+            attn = [AttnBlock(cout) for _ in blocks] if res in cfg.attn_resolutions else []
+            levels.insert(0, _Level(blocks, attn, _Up(cout) if i != 0 else None, "upsample"))
+            c = cout
+            if i != 0:
+                res *= 2
+        self.up = nn.ModuleList(levels)  # index = resolution level, run from the last
+        self.norm_out = _norm(c)
+        self.conv_out = nn.Conv2d(c, cfg.out_ch, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.mid(self.conv_in(z))
+        for level in reversed(self.up):
+            h = level(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Codebook(nn.Module):
+    """Nearest-neighbour vector quantiser (``quantize.embedding``)."""
+
+    def __init__(self, n_embed: int, dim: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(n_embed, dim)
+        nn.init.uniform_(self.embedding.weight, -1.0 / n_embed, 1.0 / n_embed)
+
+    def indices(self, z: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W] -> [B, H, W]`` int64: argmin |z|^2 + |e|^2 - 2 z.e in float32."""
+        b, c, h, w = z.shape
+        flat = z.permute(0, 2, 3, 1).reshape(-1, c).float()
+        e = self.embedding.weight.float()
+        e2 = (e * e).sum(1)
+        out = torch.empty(flat.shape[0], dtype=torch.long, device=z.device)
+        for s in range(0, flat.shape[0], _QUANT_CHUNK):
+            f = flat[s : s + _QUANT_CHUNK]
+            d = (f * f).sum(1, keepdim=True) + e2 - 2 * (f @ e.t())
+            out[s : s + _QUANT_CHUNK] = d.argmin(1)
+        return out.reshape(b, h, w)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Quantise with the straight-through form ``z + (z_q - z)`` (gradient of identity)."""
+        zq = self.embedding(self.indices(z)).permute(0, 3, 1, 2).to(z.dtype)
+        return z + (zq - z).detach()
+
+
+class VQModel(nn.Module):
+    """``encode`` image [-1,1] -> latent (not quantised); ``decode`` latent -> image (quantised)."""
+
+    def __init__(self, cfg: VQConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        self.quantize = Codebook(cfg.n_embed, cfg.embed_dim)
+        self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.embed_dim, 1)
+        self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.quant_conv.weight.dtype
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B,3,H,W]`` in [-1,1] -> ``[B,embed,H/f,W/f]`` in the model's dtype cast back to x's."""
+        return self.quant_conv(self.encoder(x.to(self.dtype))).to(x.dtype)
+
+    def decode(self, z: torch.Tensor, quantize: bool = True) -> torch.Tensor:
+        """``[B,embed,h,w]`` -> ``[B,3,h*f,w*f]`` (not clamped)."""
+        zz = z.to(self.dtype)
+        if quantize:
+            zz = self.quantize(zz)
+        return self.decoder(self.post_quant_conv(zz)).to(z.dtype)

@@ -1,0 +1,218 @@
+"""The SR pipeline: pad -> bicubic x4 -> VQ encode -> sample -> VQ decode -> crop.
+
+``SRPipeline.__call__`` is the one visible loop over the path; the pieces (``encode``,
+``sample_latent``, ``decode``) are public so ``bench`` and ``distill`` reuse them rather than
+re-implementing the path. Images are ``[B, 3, H, W]`` in [0, 1]; the models see [-1, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .config import ModelPreset, VQConfig
+from .devices import make_generator, resolve_device, resolve_dtype
+from .diffusion.sampler import Callback, Denoiser, SAMPLERS, randn_like, sample
+from .diffusion.schedule import Schedule, make_schedule, respace
+from .models.swin_unet import SwinUNet
+from .models.vq_f4 import VQModel
+
+#: the official sampler pads the LR image to a multiple of this (``desired_min_size``)
+PAD_MULTIPLE = 64
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad bottom/right to a multiple (reflect as officially; replicate where reflect cannot)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x, (h, w)
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode), (h, w)
+
+
+def bicubic_up(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """``F.interpolate(bicubic, align_corners=False)``, no antialias, no clamp (as officially)."""
+    return F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
+
+
+@dataclass
+class SRPipeline:
+    """A loaded model pair. Build with :func:`load_pipeline` or directly from modules."""
+
+    unet: SwinUNet
+    vq: VQModel
+    preset: ModelPreset
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+
+    def __post_init__(self) -> None:
+        self.schedule: Schedule = make_schedule(self.preset.schedule)
+        self.scale = self.preset.schedule.sf
+        self.unet.eval().requires_grad_(False)
+        self.vq.eval().requires_grad_(False)
+
+    # -- configuration ---------------------------------------------------------------------
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "SRPipeline":
+        """Move both models; GroupNorm statistics stay float32 inside the layers."""
+        device = resolve_device(device) if device is not None else self.device
+        dtype = dtype or self.dtype
+        self.unet.to(device=device, dtype=dtype)
+        self.vq.to(device=device, dtype=dtype)
+        self.device, self.dtype = device, dtype
+        return self
+
+    @property
+    def pad_multiple(self) -> int:
+        return math.lcm(PAD_MULTIPLE, self.unet.size_multiple)
+
+    def schedule_for(self, steps: int | None, sampler: str) -> Schedule:
+        """The full schedule for one-step / T steps, else the official respacing to ``steps``."""
+        if sampler == "onestep":
+            return self.schedule
+        return respace(self.schedule, steps or self.preset.default_steps)
+
+    # -- the path --------------------------------------------------------------------------
+
+    def encode(self, lq: torch.Tensor) -> torch.Tensor:
+        """LR ``[-1,1]`` -> ``z_y = encode(bicubic x4)`` (float32, not quantised)."""
+        up = bicubic_up(lq.to(self.dtype), self.scale)
+        return self.vq.encode(up).float()
+
+    def denoiser(self, lq: torch.Tensor) -> Denoiser:
+        """Bind the LR conditioning: ``(x, t) -> x0`` running the UNet in the pipeline dtype."""
+        lq_m = lq.to(self.dtype)
+
+        def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.unet(x.to(self.dtype), t, lq_m).float()
+
+        return fn
+
+    def sample_latent(
+        self,
+        lq: torch.Tensor,
+        *,
+        steps: int | None = None,
+        sampler: str = "onestep",
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+        callback: Callback | None = None,
+    ) -> torch.Tensor:
+        """LR ``[-1,1]`` (padded) -> x0 latent, float32."""
+        z_y = self.encode(lq)
+        if noise is None:
+            noise = randn_like(z_y, generator)
+        sched = self.schedule_for(steps, sampler)
+        return sample(sampler, self.denoiser(lq), z_y, sched, noise, generator, callback)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent -> image in [-1, 1] (quantised decode, clamped)."""
+        return self.vq.decode(z.to(self.dtype)).float().clamp(-1, 1)
+
+    def upscale_pm1(
+        self,
+        lq: torch.Tensor,
+        *,
+        steps: int | None = None,
+        sampler: str = "onestep",
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+        callback: Callback | None = None,
+    ) -> torch.Tensor:
+        """``[B,3,h,w]`` in [-1,1], any size -> ``[B,3,4h,4w]`` in [-1,1]: pad, sample, decode, crop."""
+        padded, (h, w) = pad_to_multiple(lq, self.pad_multiple)
+        z0 = self.sample_latent(padded, steps=steps, sampler=sampler, generator=generator, noise=noise, callback=callback)
+        return self.decode(z0)[..., : h * self.scale, : w * self.scale]
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        images: torch.Tensor,
+        *,
+        steps: int | None = None,
+        sampler: str | None = None,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        tile: int = 0,
+        tile_overlap: int = 32,
+        tile_batch: int = 1,
+        on_tile: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
+        """``[B,3,H,W]`` in [0,1] -> ``[B,3,4H,4W]`` in [0,1] (float32, on the pipeline device).
+
+        ``steps=1`` (or a one-step preset by default) is SinSR's single step; more steps use
+        ``sampler`` (default: the preset's, ``ancestral`` for ResShift). ``tile`` > 0 processes
+        overlapping LR tiles of that size, blended smoothly, so memory follows the tile.
+        """
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images [B,3,H,W], got {tuple(images.shape)}")
+        sampler_name = self.resolve_sampler(steps, sampler)
+        if generator is None:
+            generator = make_generator(seed, "cpu")
+        lq = images.to(self.device, torch.float32) * 2 - 1
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return self.upscale_pm1(x, steps=steps, sampler=sampler_name, generator=generator)
+
+        if tile and tile < max(lq.shape[-2:]):
+            from .tiling import run_tiled
+
+            out = run_tiled(run, lq, tile=tile, overlap=tile_overlap, scale=self.scale, batch_size=tile_batch, on_tile=on_tile)
+        else:
+            out = run(lq)
+            if on_tile is not None:
+                on_tile(1, 1)
+        return (out * 0.5 + 0.5).clamp(0, 1)
+
+    def resolve_sampler(self, steps: int | None, sampler: str | None) -> str:
+        """steps=1 -> onestep; else the named sampler or the preset default."""
+        if steps is not None and steps < 1:
+            raise ValueError("steps must be >= 1")
+        if steps == 1:
+            return "onestep"
+        if sampler is None:
+            if steps is None:
+                return self.preset.default_sampler
+            return "ancestral" if self.preset.default_sampler == "onestep" else self.preset.default_sampler
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r} (choose from {', '.join(SAMPLERS)})")
+        if sampler == "onestep" and steps not in (None, 1):
+            raise ValueError("the onestep sampler takes exactly one step")
+        return sampler
+
+
+def build_models(preset: ModelPreset, vq_cfg: VQConfig) -> tuple[SwinUNet, VQModel]:
+    """Random-weight models of a preset (benchmarks, tests)."""
+    return SwinUNet(preset.unet), VQModel(vq_cfg)
+
+
+def load_pipeline(
+    model: str | Path = "sinsr-v1",
+    vq: str | Path | None = None,
+    *,
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype | None = "auto",
+    config: str | Path | None = None,
+    offline: bool | None = None,
+) -> SRPipeline:
+    """Build a pipeline from zoo names or checkpoint files (``.safetensors`` or official ``.pth``).
+
+    ``config`` is an official YAML / JSON giving ``model.params`` (and optionally
+    ``autoencoder.params``/``diffusion.params``) for checkpoints that are not presets.
+    """
+    from .weights import load_unet, load_vq
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    unet, preset = load_unet(model, config=config, offline=offline)
+    vq_model = load_vq(vq or "vq-f4", config=config, offline=offline)
+    return SRPipeline(unet, vq_model, preset).to(dev, dt)
+
+
+__all__ = ["SRPipeline", "load_pipeline", "build_models", "pad_to_multiple", "bicubic_up", "replace"]

@@ -1,0 +1,337 @@
+"""Overlapping tiles for images too large to super-resolve in one piece.
+
+Memory is bounded by the tile, not the image: the input is cut into equal-sized overlapping
+boxes (in LR pixels), each box goes through ``fn`` (which upsamples by an integer ``scale``),
+and the outputs are blended back with smooth weights. The official SinSR code averages
+overlaps without weights, which leaves visible seams; here each tile fades out over the overlap
+with a raised-cosine ramp, and the accumulated weights are divided out, so every output pixel is
+a convex combination of the tiles that cover it.
+
+Pure geometry and blending: no model code, no file I/O, no prints.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "Tile",
+    "tile_starts",
+    "plan_tiles",
+    "blend_window",
+    "run_tiled",
+    "run_tiled_with_oom_retry",
+    "is_oom_error",
+    "auto_tile_size",
+]
+
+
+@dataclass(frozen=True)
+class Tile:
+    """An LR box ``[y0, y1) x [x0, x1)``, half-open like slicing."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+    @property
+    def height(self) -> int:
+        return self.y1 - self.y0
+
+    @property
+    def width(self) -> int:
+        return self.x1 - self.x0
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of size ``min(tile, length)`` covering ``[0, length)``.
+
+    The first tile starts at 0 and the last ends exactly at ``length``, so every tile has the
+    same size (one shape per model call helps batching and CUDA graphs). Starts are spread
+    evenly, so neighbours overlap by at least ``overlap`` and by about the same amount, instead of
+    the last tile swallowing all the slack. ``tile == 0`` or ``length <= tile`` gives ``[0]``.
+    """
+    if length < 1:
+        raise ValueError(f"length must be >= 1, got {length}")
+    if tile < 0 or overlap < 0:
+        raise ValueError(f"tile and overlap must be >= 0, got tile={tile}, overlap={overlap}")
+    if tile == 0 or length <= tile:
+        return [0]
+    if overlap >= tile:
+        raise ValueError(f"overlap ({overlap}) must be smaller than the tile ({tile})")
+    stride = tile - overlap
+    n = 1 + -(-(length - tile) // stride)  # ceil: the fewest tiles whose stride fits
+    span = length - tile
+    # floor(i * span / (n - 1)): consecutive gaps are <= ceil(span / (n - 1)) <= stride.
+    return [i * span // (n - 1) for i in range(n)]
+
+
+def plan_tiles(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
+    """Row-major grid of equal-sized LR tiles covering a ``height x width`` image.
+
+    A dimension no larger than ``tile`` (or ``tile == 0``) is covered by one full-length tile.
+    """
+    ys = tile_starts(height, tile, overlap)
+    xs = tile_starts(width, tile, overlap)
+    th = height if tile == 0 else min(tile, height)
+    tw = width if tile == 0 else min(tile, width)
+    return [Tile(y, y + th, x, x + tw) for y in ys for x in xs]
+
+
+def _ramp_profile(
+    size: int, ramp: int, fade_start: bool, fade_end: bool, dtype: torch.dtype
+) -> torch.Tensor:
+    """1-D weights ``[size]`` in ``(0, 1]``: raised-cosine ramps of ``ramp`` px on faded ends.
+
+    The ramp ``sin^2(pi/2 * (i + 0.5) / ramp)`` is strictly positive (so the weight sum never
+    vanishes) and meets its mirror image as a partition of unity: two neighbours overlapping by
+    exactly ``ramp`` px blend to weights summing to one before any normalisation.
+    """
+    w = torch.ones(size, dtype=torch.float64)
+    ramp = min(ramp, size)
+    if ramp > 0 and (fade_start or fade_end):
+        i = torch.arange(ramp, dtype=torch.float64)
+        up = torch.sin(0.5 * math.pi * (i + 0.5) / ramp) ** 2
+        if fade_start:
+            w[:ramp] = torch.minimum(w[:ramp], up)
+        if fade_end:
+            w[size - ramp :] = torch.minimum(w[size - ramp :], up.flip(0))
+    return w.to(dtype)
+
+
+def blend_window(
+    tile: Tile,
+    height: int,
+    width: int,
+    overlap: int,
+    scale: int,
+    *,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Blend weights ``[1, 1, th*scale, tw*scale]`` float32 in ``(0, 1]`` for one tile's output.
+
+    Sides that touch a neighbour fade over ``overlap * scale`` output px (raised cosine); sides on
+    the image border stay flat at 1, so the border is never darkened or mixed. The 2-D window is
+    the outer product of the row and column profiles, which keeps the partition-of-unity property
+    at corners where four tiles meet.
+    """
+    ramp = overlap * scale
+    wy = _ramp_profile(tile.height * scale, ramp, tile.y0 > 0, tile.y1 < height, torch.float32)
+    wx = _ramp_profile(tile.width * scale, ramp, tile.x0 > 0, tile.x1 < width, torch.float32)
+    return (wy[:, None] * wx[None, :])[None, None].to(device)
+
+
+def run_tiled(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    *,
+    tile: int,
+    overlap: int,
+    scale: int,
+    batch_size: int = 1,
+    on_tile: Callable[[int, int], None] | None = None,
+    out_device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Apply an upsampling ``fn`` to ``x`` tile by tile and blend the outputs seamlessly.
+
+    Args:
+        fn: maps ``[n, C, th, tw]`` (x's dtype and device) to ``[n, C', th*scale, tw*scale]``.
+        x: ``[B, C, H, W]`` input, any value range.
+        tile: LR tile side in pixels; ``0`` or ``>= max(H, W)`` runs each image whole.
+        overlap: minimum LR overlap between neighbouring tiles; must be ``< tile`` when tiling.
+        scale: integer upsampling factor of ``fn``.
+        batch_size: tiles per ``fn`` call, stacked from the same image and across the batch.
+        on_tile: progress callback ``(tiles_done, tiles_total)``, called after each ``fn`` call.
+        out_device: where the float32 output is accumulated (default ``x.device``); pass
+            ``"cpu"`` to keep a large output off the accelerator.
+
+    Returns:
+        ``[B, C', H*scale, W*scale]`` float32 on ``out_device``: at each pixel the weighted mean
+        of the tiles covering it (a convex combination: normalised weights sum to one).
+    """
+    if x.ndim != 4:
+        raise ValueError(f"expected x as [B, C, H, W], got shape {tuple(x.shape)}")
+    if not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    b, _, h, w = x.shape
+    out_device = torch.device(out_device) if out_device is not None else x.device
+    if tile >= max(h, w):
+        tile = 0  # one whole-image tile: no blending, no overlap constraint
+    tiles = plan_tiles(h, w, tile, overlap)
+
+    # Weights depend only on which sides have neighbours: a grid has at most 9 distinct windows.
+    windows: dict[tuple[int, int, bool, bool, bool, bool], torch.Tensor] = {}
+
+    def window(t: Tile) -> torch.Tensor:
+        key = (t.height, t.width, t.y0 > 0, t.y1 < h, t.x0 > 0, t.x1 < w)
+        if key not in windows:
+            windows[key] = blend_window(t, h, w, overlap, scale, device=out_device)
+        return windows[key]
+
+    weight_sum = torch.zeros(1, 1, h * scale, w * scale, dtype=torch.float32, device=out_device)
+    for t in tiles:
+        weight_sum[..., t.y0 * scale : t.y1 * scale, t.x0 * scale : t.x1 * scale] += window(t)
+
+    # plan_tiles makes every tile the same size, so any run of jobs stacks into one batch.
+    jobs = [(i, t) for i in range(b) for t in tiles]
+    out: torch.Tensor | None = None
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start : start + batch_size]
+        inp = torch.stack([x[i, :, t.y0 : t.y1, t.x0 : t.x1] for i, t in chunk])
+        y = fn(inp)
+        th, tw = chunk[0][1].height * scale, chunk[0][1].width * scale
+        if y.ndim != 4 or y.shape[0] != len(chunk) or tuple(y.shape[-2:]) != (th, tw):
+            raise ValueError(
+                f"fn returned shape {tuple(y.shape)} for input {tuple(inp.shape)}; expected "
+                f"[{len(chunk)}, C', {th}, {tw}] (scale={scale}): check the scale argument"
+            )
+        y = y.to(device=out_device, dtype=torch.float32)
+        if out is None:
+            out = torch.zeros(b, y.shape[1], h * scale, w * scale, device=out_device)
+        for k, (i, t) in enumerate(chunk):
+            ys, xs = slice(t.y0 * scale, t.y1 * scale), slice(t.x0 * scale, t.x1 * scale)
+            out[i, :, ys, xs].addcmul_(y[k], window(t)[0])
+        del y, inp
+        if on_tile is not None:
+            on_tile(start + len(chunk), len(jobs))
+    assert out is not None  # jobs is never empty: B >= 1 and plan_tiles returns >= 1 tile
+    return out.div_(weight_sum)
+
+
+def is_oom_error(err: BaseException) -> bool:
+    """True for an accelerator out-of-memory error (the typed one, or a RuntimeError saying so)."""
+    oom_type = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    return isinstance(err, oom_type) or (
+        isinstance(err, RuntimeError) and "out of memory" in str(err)
+    )
+
+
+def _release_cached_memory(device: torch.device) -> None:
+    """Return cached allocator blocks so a retry with a smaller tile can use them."""
+    gc.collect()
+    if device.type == "cuda" and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()
+
+
+def run_tiled_with_oom_retry(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    *,
+    tile: int,
+    overlap: int,
+    scale: int,
+    batch_size: int = 1,
+    on_tile: Callable[[int, int], None] | None = None,
+    out_device: torch.device | str | None = None,
+    min_tile: int = 32,
+    on_retry: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """``run_tiled`` that halves the tile and starts the image again on out-of-memory.
+
+    Each retry halves the tile (``tile == 0`` counts as ``max(H, W)``) and lowers the overlap to
+    stay below half the tile, then calls ``on_retry(new_tile, new_overlap)`` so a caller working
+    through a folder can keep the size that fits. Progress restarts from zero. Once the tile
+    would drop below ``min_tile`` the out-of-memory error is re-raised with a hint attached.
+    Returns what ``run_tiled`` returns.
+    """
+    h, w = x.shape[-2:]
+    cur_tile = max(h, w) if tile == 0 else min(tile, max(h, w))
+    cur_overlap = overlap
+    while True:
+        try:
+            return run_tiled(
+                fn,
+                x,
+                tile=cur_tile,
+                overlap=cur_overlap,
+                scale=scale,
+                batch_size=batch_size,
+                on_tile=on_tile,
+                out_device=out_device,
+            )
+        except Exception as err:
+            if not is_oom_error(err):
+                raise
+            next_tile = cur_tile // 2
+            if next_tile < min_tile:
+                if hasattr(err, "add_note"):
+                    err.add_note(
+                        f"sinsr: still out of memory with tile={cur_tile} (minimum {min_tile}); "
+                        "try a smaller batch size, fp16, or a device with more memory"
+                    )
+                raise
+        # Outside the except block the traceback (and the partial buffers it pins) is gone.
+        _release_cached_memory(x.device)
+        cur_tile = next_tile
+        cur_overlap = min(cur_overlap, (cur_tile - 1) // 2)
+        if on_retry is not None:
+            on_retry(cur_tile, cur_overlap)
+
+
+def _available_ram_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _free_bytes(device: torch.device) -> int | None:
+    """Free memory on ``device``: CUDA's free bytes, else available host RAM (MPS shares it)."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    return _available_ram_bytes()
+
+
+def auto_tile_size(
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    bytes_per_lr_pixel: float,
+    min_tile: int = 64,
+    max_tile: int = 1024,
+    multiple: int = 64,
+    headroom: float = 0.8,
+) -> int:
+    """The largest square LR tile whose working set fits in ``headroom`` of free memory.
+
+    ``bytes_per_lr_pixel`` is the caller's measured peak cost of one LR pixel of one tile in
+    float32 (fold ``batch_size`` into it); 16-bit dtypes scale it by their element size. The side
+    is rounded down to ``multiple`` and clamped to the multiples of ``multiple`` within
+    ``[min_tile, max_tile]``. When free memory cannot be read, returns the smallest such tile.
+    """
+    if bytes_per_lr_pixel <= 0:
+        raise ValueError(f"bytes_per_lr_pixel must be > 0, got {bytes_per_lr_pixel}")
+    if multiple < 1:
+        raise ValueError(f"multiple must be >= 1, got {multiple}")
+    lo = -(-min_tile // multiple) * multiple
+    hi = max_tile // multiple * multiple
+    if lo > hi or lo < 1:
+        raise ValueError(
+            f"no multiple of {multiple} lies in [min_tile={min_tile}, max_tile={max_tile}]"
+        )
+    free = _free_bytes(torch.device(device))
+    if free is None:
+        return lo
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    cost = bytes_per_lr_pixel * itemsize / 4.0
+    side = math.isqrt(max(0, int(free * headroom / cost)))
+    return max(lo, min(hi, side // multiple * multiple))

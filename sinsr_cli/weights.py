@@ -1,0 +1,85 @@
+"""Turn a zoo name or a checkpoint file into a loaded model (strict, with one-line errors).
+
+This is the seam between files/Hub (``hub``, ``models.checkpoints``) and the pure modules in
+``models``: the models know nothing of files, the pipeline knows nothing of formats.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .config import PRESETS, VQ_PRESETS, ModelPreset, ScheduleConfig, UNetConfig, VQConfig
+from .models.checkpoints import (
+    Checkpoint,
+    CheckpointError,
+    detect_preset,
+    load_strict,
+    read_checkpoint,
+    read_config_file,
+    vq_config_of,
+)
+from .models.swin_unet import SwinUNet
+from .models.vq_f4 import VQModel
+
+
+def _resolve(name_or_path: str | Path, kind: str, offline: bool | None) -> Path:
+    p = Path(name_or_path)
+    if p.exists() or p.suffix in (".pth", ".pt", ".ckpt", ".safetensors", ".bin"):
+        if not p.is_file():
+            raise CheckpointError(f"{p}: no such checkpoint file")
+        return p
+    from .hub import resolve_weights
+
+    return resolve_weights(str(name_or_path), kind=kind, offline=offline)
+
+
+def _build(module_cls: type, cfg: object, ckpt: Checkpoint, what: str) -> torch.nn.Module:
+    with torch.device("meta"):
+        model = module_cls(cfg)
+    model = model.to_empty(device="cpu")
+    load_strict(model, ckpt.state_dict, what)
+    # buffers recomputed at construction are overwritten by the (identical) stored ones
+    return model
+
+
+def load_unet(
+    name_or_path: str | Path, *, config: str | Path | None = None, offline: bool | None = None
+) -> tuple[SwinUNet, ModelPreset]:
+    """A UNet and its preset from a zoo name or file; ``config`` overrides the architecture."""
+    path = _resolve(name_or_path, "unet", offline)
+    ckpt = read_checkpoint(path)
+    if ckpt.kind != "unet":
+        raise CheckpointError(f"{path}: this is a {ckpt.kind} checkpoint, not a UNet (--model)")
+    zoo_hint = str(name_or_path) if str(name_or_path) in PRESETS else ""
+    preset = detect_preset(ckpt, zoo_hint)
+    if zoo_hint and preset.name != zoo_hint and "sinsr.preset" not in ckpt.metadata:
+        preset = PRESETS[zoo_hint]
+    if config is not None:
+        cfg = read_config_file(config)
+        if "unet" in cfg:
+            arch = UNetConfig.from_official(cfg["unet"])
+            sched = ScheduleConfig.from_official(cfg["diffusion"]) if "diffusion" in cfg else preset.schedule
+            preset = ModelPreset(f"custom-{path.stem}", arch, sched, preset.default_steps, preset.default_sampler, "from --config")
+    model = _build(SwinUNet, preset.unet, ckpt, str(path))
+    return model, preset  # type: ignore[return-value]
+
+
+def load_vq(
+    name_or_path: str | Path, *, config: str | Path | None = None, offline: bool | None = None
+) -> VQModel:
+    """The VQ-f4 autoencoder from a zoo name or file."""
+    path = _resolve(name_or_path, "vq", offline)
+    ckpt = read_checkpoint(path)
+    if ckpt.kind != "vq":
+        raise CheckpointError(f"{path}: this is a {ckpt.kind} checkpoint, not a VQ autoencoder (--vq)")
+    cfg: VQConfig = vq_config_of(ckpt)
+    if config is not None:
+        c = read_config_file(config)
+        if "vq" in c:
+            cfg = VQConfig.from_official(c["vq"])
+    return _build(VQModel, cfg, ckpt, str(path))  # type: ignore[return-value]
+
+
+__all__ = ["load_unet", "load_vq", "CheckpointError", "VQ_PRESETS"]

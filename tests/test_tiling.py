@@ -1,0 +1,340 @@
+"""Tiling: boxes cover every pixel, identity tiles back exactly, pointwise fns are tile-invariant,
+a small conv net differs only near tile borders, and OOM retries shrink the tile."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sinsr_cli.tiling import (
+    Tile,
+    auto_tile_size,
+    blend_window,
+    is_oom_error,
+    plan_tiles,
+    run_tiled,
+    run_tiled_with_oom_retry,
+    tile_starts,
+)
+
+FAST = settings(max_examples=40, deadline=None)
+
+
+def nearest_up(scale: int):
+    def fn(t: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(t, scale_factor=scale, mode="nearest") if scale > 1 else t.clone()
+
+    return fn
+
+
+@st.composite
+def geometry(draw, max_side: int = 160):
+    h = draw(st.integers(1, max_side))
+    w = draw(st.integers(1, max_side))
+    tile = draw(st.integers(1, 96))
+    overlap = draw(st.integers(0, tile - 1))
+    return h, w, tile, overlap
+
+
+# --- geometry ---------------------------------------------------------------------------------
+
+
+@FAST
+@given(length=st.integers(1, 500), tile=st.integers(1, 128), data=st.data())
+def test_tile_starts_cover_and_overlap(length, tile, data):
+    overlap = data.draw(st.integers(0, tile - 1))
+    starts = tile_starts(length, tile, overlap)
+    size = min(tile, length)
+    assert starts[0] == 0
+    assert starts[-1] + size == length  # last tile ends exactly at the edge
+    assert starts == sorted(set(starts))
+    for a, b in zip(starts, starts[1:]):
+        assert a + size - b >= overlap  # consecutive tiles overlap by at least `overlap`
+    if length <= tile:
+        assert starts == [0]
+
+
+def test_tile_starts_small_cases():
+    assert tile_starts(10, 16, 4) == [0]
+    assert tile_starts(16, 16, 4) == [0]
+    assert tile_starts(100, 0, 8) == [0]
+    assert tile_starts(20, 10, 0) == [0, 10]
+    assert tile_starts(28, 16, 4) == [0, 12]
+    with pytest.raises(ValueError, match="overlap"):
+        tile_starts(100, 16, 16)
+    with pytest.raises(ValueError):
+        tile_starts(0, 16, 4)
+
+
+@FAST
+@given(g=geometry())
+def test_plan_tiles_cover_every_pixel_in_bounds(g):
+    h, w, tile, overlap = g
+    tiles = plan_tiles(h, w, tile, overlap)
+    cover = torch.zeros(h, w, dtype=torch.int32)
+    sizes = {(t.height, t.width) for t in tiles}
+    assert sizes == {(min(tile, h), min(tile, w))}  # one shape for every tile
+    for t in tiles:
+        assert 0 <= t.y0 < t.y1 <= h and 0 <= t.x0 < t.x1 <= w
+        cover[t.y0 : t.y1, t.x0 : t.x1] += 1
+    assert bool((cover >= 1).all())
+
+
+@FAST
+@given(g=geometry(max_side=64), scale=st.sampled_from([1, 2, 4]))
+def test_blend_weights_normalise_to_one(g, scale):
+    h, w, tile, overlap = g
+    tiles = plan_tiles(h, w, tile, overlap)
+    total = torch.zeros(1, 1, h * scale, w * scale, dtype=torch.float64)
+    windows = []
+    for t in tiles:
+        win = blend_window(t, h, w, overlap, scale)
+        assert win.shape == (1, 1, t.height * scale, t.width * scale)
+        assert win.dtype == torch.float32
+        assert bool((win > 0).all()) and bool((win <= 1).all())
+        windows.append(win.double())
+        total[..., t.y0 * scale : t.y1 * scale, t.x0 * scale : t.x1 * scale] += win
+    assert bool((total > 0).all())
+    norm = torch.zeros_like(total)
+    for t, win in zip(tiles, windows):
+        ys, xs = slice(t.y0 * scale, t.y1 * scale), slice(t.x0 * scale, t.x1 * scale)
+        norm[..., ys, xs] += win / total[..., ys, xs]
+    torch.testing.assert_close(norm, torch.ones_like(norm), atol=1e-12, rtol=0)
+
+
+def test_blend_window_flat_on_image_borders_and_ramped_inside():
+    h, w, tile, overlap, s = 40, 40, 24, 8, 2
+    tiles = plan_tiles(h, w, tile, overlap)
+    assert len(tiles) == 4
+    tl = blend_window(tiles[0], h, w, overlap, s)[0, 0]  # top-left: neighbours right and below
+    ramp = overlap * s
+    assert bool((tl[: tl.shape[0] - ramp, : tl.shape[1] - ramp] == 1).all())
+    assert tl[0, -1] < 0.05 and tl[-1, 0] < 0.05 and tl[-1, -1] < 0.01
+    whole = blend_window(Tile(0, h, 0, w), h, w, overlap, s)
+    assert bool((whole == 1).all())
+
+
+def test_blend_ramps_are_a_partition_of_unity_at_exact_overlap():
+    # Two tiles overlapping by exactly `overlap`: the raised-cosine ramps already sum to one.
+    h, w, overlap, s = 8, 24, 4, 2
+    left, right = Tile(0, 8, 0, 14), Tile(0, 8, 10, 24)
+    wl, wr = (blend_window(t, h, w, overlap, s)[0, 0] for t in (left, right))
+    total = torch.zeros(h * s, w * s)
+    total[:, : 14 * s] += wl
+    total[:, 10 * s :] += wr
+    torch.testing.assert_close(total, torch.ones_like(total), atol=1e-6, rtol=0)
+
+
+# --- run_tiled --------------------------------------------------------------------------------
+
+
+@FAST
+@given(
+    b=st.integers(1, 2),
+    h=st.integers(1, 72),
+    w=st.integers(1, 72),
+    tile=st.integers(8, 48),
+    scale=st.sampled_from([1, 2, 4]),
+    data=st.data(),
+)
+def test_nearest_upsample_tiles_back_exactly(b, h, w, tile, scale, data):
+    overlap = data.draw(st.integers(0, tile // 2 - 1))
+    batch_size = data.draw(st.integers(2, 5))
+    x = torch.randn(b, 3, h, w, generator=torch.Generator().manual_seed(h * 100 + w))
+    fn = nearest_up(scale)
+    ref = fn(x)
+    out1 = run_tiled(fn, x, tile=tile, overlap=overlap, scale=scale, batch_size=1)
+    outn = run_tiled(fn, x, tile=tile, overlap=overlap, scale=scale, batch_size=batch_size)
+    assert out1.shape == (b, 3, h * scale, w * scale) and out1.dtype == torch.float32
+    torch.testing.assert_close(out1, ref, atol=1e-6, rtol=0)
+    torch.testing.assert_close(outn, out1, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("tile", [0, 64, 1000])
+def test_untiled_paths_call_fn_on_whole_image(tile):
+    x = torch.rand(2, 3, 20, 64)
+    shapes = []
+
+    def fn(t):
+        shapes.append(tuple(t.shape))
+        return nearest_up(4)(t)
+
+    out = run_tiled(fn, x, tile=tile, overlap=8, scale=4, batch_size=2)
+    assert shapes == [(2, 3, 20, 64)]
+    torch.testing.assert_close(out, nearest_up(4)(x), atol=0, rtol=0)
+
+
+@FAST
+@given(h=st.integers(5, 64), w=st.integers(5, 64), tile=st.integers(8, 32), data=st.data())
+def test_pointwise_fn_is_tile_invariant(h, w, tile, data):
+    overlap = data.draw(st.integers(0, tile // 2 - 1))
+    x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(7))
+
+    def fn(t):
+        return torch.sigmoid(3 * F.interpolate(t, scale_factor=2, mode="nearest")) * 2 - 0.5
+
+    out = run_tiled(fn, x, tile=tile, overlap=overlap, scale=2, batch_size=3)
+    torch.testing.assert_close(out, fn(x), atol=1e-6, rtol=0)
+
+
+def test_batching_stacks_equal_tiles_across_the_batch_and_reports_progress():
+    x = torch.rand(3, 1, 50, 70)
+    tiles = plan_tiles(50, 70, 32, 8)
+    calls, progress = [], []
+
+    def fn(t):
+        calls.append(t.shape[0])
+        return t
+
+    def on_tile(done, total):
+        progress.append((done, total))
+
+    out = run_tiled(fn, x, tile=32, overlap=8, scale=1, batch_size=4, on_tile=on_tile)
+    total = 3 * len(tiles)
+    assert sum(calls) == total and max(calls) == 4
+    assert progress[-1] == (total, total)
+    assert [d for d, _ in progress] == sorted(d for d, _ in progress)
+    torch.testing.assert_close(out, x, atol=1e-6, rtol=0)
+
+
+def test_out_device_and_dtype():
+    x = torch.rand(1, 3, 40, 40, dtype=torch.float64)
+    out = run_tiled(lambda t: t.half(), x, tile=16, overlap=4, scale=1, out_device="cpu")
+    assert out.dtype == torch.float32 and out.device == torch.device("cpu")
+
+
+def test_wrong_fn_output_shape_is_reported():
+    x = torch.rand(1, 3, 40, 40)
+    with pytest.raises(ValueError, match="scale"):
+        run_tiled(nearest_up(2), x, tile=16, overlap=4, scale=4)
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
+        run_tiled(nearest_up(2), x[0], tile=16, overlap=4, scale=2)
+    with pytest.raises(ValueError, match="overlap"):
+        run_tiled(nearest_up(2), x, tile=16, overlap=16, scale=2)
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_small_conv_net_differs_only_near_tile_borders(scale):
+    torch.manual_seed(0)
+    # Three 3x3 convs: each LR output pixel sees r = 3 px of input on every side.
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.GELU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1),
+        torch.nn.GELU(),
+        torch.nn.Conv2d(8, 3 * scale * scale, 3, padding=1),
+        torch.nn.PixelShuffle(scale),
+    ).eval()
+    r = 3
+    h, w, tile, overlap = 45, 61, 24, 8
+    x = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ref = net(x)
+        out = run_tiled(net, x, tile=tile, overlap=overlap, scale=scale, batch_size=4)
+
+    # An LR pixel is exact when every tile covering it sees its whole receptive field, i.e. it
+    # lies >= r px inside each covering tile's internal (non-image-border) edges.
+    ok = torch.ones(h, w, dtype=torch.bool)
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    for t in plan_tiles(h, w, tile, overlap):
+        inside = (yy >= t.y0) & (yy < t.y1) & (xx >= t.x0) & (xx < t.x1)
+        far = torch.ones(h, w, dtype=torch.bool)
+        if t.y0 > 0:
+            far &= yy >= t.y0 + r
+        if t.y1 < h:
+            far &= yy < t.y1 - r
+        if t.x0 > 0:
+            far &= xx >= t.x0 + r
+        if t.x1 < w:
+            far &= xx < t.x1 - r
+        ok &= ~inside | far
+    assert 0.3 < ok.float().mean() < 1.0  # the check is not vacuous and there are seams
+    mask = ok.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
+    diff = (out - ref).abs()
+    torch.testing.assert_close(out[..., mask], ref[..., mask], atol=1e-5, rtol=0)
+    # Near borders the blend still stays close: far below the output's own spread.
+    assert diff.mean() < 0.05 * ref.std()
+    assert diff.max() < 0.1 * (ref.max() - ref.min())
+
+
+# --- out-of-memory retry ----------------------------------------------------------------------
+
+
+def fake_oom_fn(limit: int, scale: int, *, typed: bool = True):
+    """Nearest upsample that 'runs out of memory' when a tile side exceeds ``limit``."""
+    seen = []
+
+    def fn(t):
+        seen.append(max(t.shape[-2:]))
+        if max(t.shape[-2:]) > limit:
+            if typed:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+            raise RuntimeError("CUDA error: out of memory")
+        return nearest_up(scale)(t)
+
+    return fn, seen
+
+
+@pytest.mark.parametrize("typed", [True, False])
+def test_oom_retry_halves_tile_until_it_fits(typed):
+    x = torch.rand(1, 3, 150, 200, generator=torch.Generator().manual_seed(3))
+    fn, seen = fake_oom_fn(60, 2, typed=typed)
+    retries = []
+    out = run_tiled_with_oom_retry(
+        fn, x, tile=256, overlap=40, scale=2, on_retry=lambda t, o: retries.append((t, o))
+    )
+    torch.testing.assert_close(out, nearest_up(2)(x), atol=1e-6, rtol=0)
+    # whole image (200) -> 100 -> 50, overlap held below half the tile
+    assert retries == [(100, 40), (50, 24)]
+    assert seen[-1] <= 60
+
+
+def test_oom_retry_reraises_below_minimum():
+    x = torch.rand(1, 3, 64, 64)
+    fn, seen = fake_oom_fn(20, 2)
+    with pytest.raises(torch.cuda.OutOfMemoryError) as info:
+        run_tiled_with_oom_retry(fn, x, tile=64, overlap=8, scale=2, min_tile=32)
+    assert seen == [64, 32]  # tried whole, then 32; 16 is below the minimum
+    if hasattr(info.value, "add_note"):  # Python >= 3.11 carries the hint as a note
+        assert any("tile=32" in n for n in info.value.__notes__)
+
+
+def test_oom_retry_leaves_other_errors_alone():
+    calls = []
+
+    def fn(t):
+        calls.append(1)
+        raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        run_tiled_with_oom_retry(fn, torch.rand(1, 3, 64, 64), tile=32, overlap=4, scale=1)
+    assert len(calls) == 1
+    assert is_oom_error(RuntimeError("CUDA out of memory"))
+    assert not is_oom_error(ValueError("out of memory"))
+
+
+# --- auto tile size ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cost", [1.0, 1e3, 1e5, 1e7, 1e12])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_auto_tile_size_is_a_clamped_multiple(cost, dtype):
+    t = auto_tile_size(torch.device("cpu"), dtype, bytes_per_lr_pixel=cost)
+    assert t % 64 == 0 and 64 <= t <= 1024
+    t = auto_tile_size(
+        torch.device("cpu"), dtype, bytes_per_lr_pixel=cost, min_tile=40, max_tile=500, multiple=32
+    )
+    assert t % 32 == 0 and 40 <= t <= 500
+
+
+def test_auto_tile_size_extremes_and_errors():
+    cpu = torch.device("cpu")
+    assert auto_tile_size(cpu, torch.float32, bytes_per_lr_pixel=1e15) == 64
+    assert auto_tile_size(cpu, torch.float32, bytes_per_lr_pixel=1e-3) == 1024
+    with pytest.raises(ValueError):
+        auto_tile_size(cpu, torch.float32, bytes_per_lr_pixel=0)
+    with pytest.raises(ValueError, match="multiple"):
+        auto_tile_size(cpu, torch.float32, bytes_per_lr_pixel=1.0, min_tile=65, max_tile=100)
