@@ -29,6 +29,7 @@ Nothing here prints: progress goes through ``progress(done_bytes, total_bytes_or
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import inspect
@@ -41,13 +42,14 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import __version__
 
-Progress = Callable[[int, "int | None"], None]
+Progress = Callable[[int, int | None], None]
 
 DEFAULT_HUB_REPO = "sinsr-cli/weights"
 #: seconds a connect or a read may stall before a release download is abandoned
@@ -215,7 +217,9 @@ def resolve_weights(
     if kind is not None and entry.kind != kind:
         raise ValueError(f"{entry.name} is a {entry.kind} model, not a {kind} model")
     offline = is_offline() if offline is None else offline
-    return _resolve(_Paths(cache_root(cache_dir), entry), offline=offline, progress=progress, force=False)
+    p = _Paths(cache_root(cache_dir), entry)
+    with _entry_lock(p):
+        return _resolve(p, offline=offline, progress=progress, force=False)
 
 
 def download(
@@ -231,7 +235,9 @@ def download(
     offline = is_offline() if offline is None else offline
     if force and offline:
         raise WeightsUnavailable(f"{name}: cannot re-download while offline (SINSR_OFFLINE / HF_HUB_OFFLINE is set)")
-    return _resolve(_Paths(cache_root(cache_dir), entry), offline=offline, progress=progress, force=force)
+    p = _Paths(cache_root(cache_dir), entry)
+    with _entry_lock(p):
+        return _resolve(p, offline=offline, progress=progress, force=force)
 
 
 def cached_status(cache_dir: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
@@ -263,6 +269,27 @@ def cached_status(cache_dir: str | os.PathLike[str] | None = None) -> list[dict[
 
 
 # -- resolution ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _entry_lock(p: _Paths) -> Iterator[None]:
+    """One process at a time per model and cache: a reader never sees a half-replaced pair of
+    weights and sidecar, and two processes never download the same file. (``filelock`` comes
+    with huggingface_hub.) A cache we cannot write to is used without a lock."""
+    lock = None
+    try:
+        from filelock import FileLock
+
+        p.weights.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(p.weights.parent / f".{p.entry.name}.lock"))
+        lock.acquire()
+    except (ImportError, OSError):
+        lock = None
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _resolve(p: _Paths, *, offline: bool, progress: Progress | None, force: bool) -> Path:
@@ -467,7 +494,7 @@ def _callback_bar(progress: Progress | None) -> type:
         def set_postfix(self, *args: Any, **kwargs: Any) -> None:
             pass
 
-        def __enter__(self) -> "_Bar":
+        def __enter__(self) -> _Bar:
             return self
 
         def __exit__(self, *exc: Any) -> None:
@@ -494,9 +521,7 @@ def _fetch_url(url: str, folder: Path, filename: str, progress: Progress | None)
     tmp = Path(name)
     h = hashlib.sha256()
     done, total = 0, None
-    req = urllib.request.Request(
-        url, headers={"User-Agent": f"sinsr-cli/{__version__}", "Accept-Encoding": "identity"}
-    )
+    req = urllib.request.Request(url, headers={"User-Agent": f"sinsr-cli/{__version__}", "Accept-Encoding": "identity"})
     try:
         with os.fdopen(fd, "wb") as f:
             try:
@@ -600,9 +625,22 @@ def _one_line(text: str, limit: int = 300) -> str:
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
+# huggingface_hub errors, by class name (stable across its versions), in a few words
+_HF_ERRORS = {
+    "RemoteEntryNotFoundError": "no such file in the repository",
+    "EntryNotFoundError": "no such file in the repository",
+    "RevisionNotFoundError": "no such revision",
+    "GatedRepoError": "gated repository (accept its terms and set HF_TOKEN)",
+    "RepositoryNotFoundError": "no such repository (or it is private: set HF_TOKEN)",
+    "LocalEntryNotFoundError": "the Hub cannot be reached",
+}
+
+
 def _describe(err: BaseException) -> str:
     if isinstance(err, (WeightsUnavailable, _DownloadError)):
         return _one_line(str(err))
+    if type(err).__name__ in _HF_ERRORS:
+        return _HF_ERRORS[type(err).__name__]
     text = _one_line(str(err)) or "no details"
     return f"{type(err).__name__}: {text}"
 

@@ -21,6 +21,7 @@ from .diffusion.sampler import Callback, Denoiser, SAMPLERS, randn_like, sample
 from .diffusion.schedule import Schedule, make_schedule, respace
 from .models.swin_unet import SwinUNet
 from .models.vq_f4 import VQModel
+from .tiling import run_tiled_with_oom_retry
 
 #: the official sampler pads the LR image to a multiple of this (``desired_min_size``)
 PAD_MULTIPLE = 64
@@ -141,14 +142,17 @@ class SRPipeline:
         seed: int | None = None,
         tile: int = 0,
         tile_overlap: int = 32,
+        tile_pad: int = 8,
         tile_batch: int = 1,
         on_tile: Callable[[int, int], None] | None = None,
+        on_retry: Callable[[int, int], None] | None = None,
     ) -> torch.Tensor:
         """``[B,3,H,W]`` in [0,1] -> ``[B,3,4H,4W]`` in [0,1] (float32, on the pipeline device).
 
         ``steps=1`` (or a one-step preset by default) is SinSR's single step; more steps use
         ``sampler`` (default: the preset's, ``ancestral`` for ResShift). ``tile`` > 0 processes
-        overlapping LR tiles of that size, blended smoothly, so memory follows the tile.
+        overlapping LR tiles of that size (each seeing ``tile_pad`` px of context), blended
+        smoothly, so memory follows the tile; on CUDA out-of-memory the tile is halved.
         """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images [B,3,H,W], got {tuple(images.shape)}")
@@ -161,9 +165,10 @@ class SRPipeline:
             return self.upscale_pm1(x, steps=steps, sampler=sampler_name, generator=generator)
 
         if tile and tile < max(lq.shape[-2:]):
-            from .tiling import run_tiled
-
-            out = run_tiled(run, lq, tile=tile, overlap=tile_overlap, scale=self.scale, batch_size=tile_batch, on_tile=on_tile)
+            out = run_tiled_with_oom_retry(
+                run, lq, tile=tile, overlap=min(tile_overlap, tile // 2 - 1), scale=self.scale,
+                batch_size=tile_batch, on_tile=on_tile, on_retry=on_retry, pad=tile_pad,
+            )
         else:
             out = run(lq)
             if on_tile is not None:

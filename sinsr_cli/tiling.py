@@ -138,6 +138,7 @@ def run_tiled(
     batch_size: int = 1,
     on_tile: Callable[[int, int], None] | None = None,
     out_device: torch.device | str | None = None,
+    pad: int = 0,
 ) -> torch.Tensor:
     """Apply an upsampling ``fn`` to ``x`` tile by tile and blend the outputs seamlessly.
 
@@ -151,6 +152,9 @@ def run_tiled(
         on_tile: progress callback ``(tiles_done, tiles_total)``, called after each ``fn`` call.
         out_device: where the float32 output is accumulated (default ``x.device``); pass
             ``"cpu"`` to keep a large output off the accelerator.
+        pad: LR context added around each tile (shifted inside the image so every input has
+            the same size) and cropped from ``fn``'s output: operators with a receptive field
+            (bicubic, convs) then see real neighbours instead of the tile's edge.
 
     Returns:
         ``[B, C', H*scale, W*scale]`` float32 on ``out_device``: at each pixel the weighted mean
@@ -183,23 +187,32 @@ def run_tiled(
 
     # plan_tiles makes every tile the same size, so any run of jobs stacks into one batch.
     jobs = [(i, t) for i in range(b) for t in tiles]
+    th0, tw0 = tiles[0].height, tiles[0].width
+    ch, cw = min(h, th0 + 2 * max(pad, 0)), min(w, tw0 + 2 * max(pad, 0))
+
+    def context(t: Tile) -> tuple[int, int]:
+        """Top-left of the padded input box: the tile grown by ``pad``, shifted inside the image."""
+        return min(max(t.y0 - pad, 0), h - ch), min(max(t.x0 - pad, 0), w - cw)
+
     out: torch.Tensor | None = None
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
-        inp = torch.stack([x[i, :, t.y0 : t.y1, t.x0 : t.x1] for i, t in chunk])
+        boxes = [context(t) for _, t in chunk]
+        inp = torch.stack([x[i, :, cy : cy + ch, cx : cx + cw] for (i, _), (cy, cx) in zip(chunk, boxes)])
         y = fn(inp)
-        th, tw = chunk[0][1].height * scale, chunk[0][1].width * scale
-        if y.ndim != 4 or y.shape[0] != len(chunk) or tuple(y.shape[-2:]) != (th, tw):
+        if y.ndim != 4 or y.shape[0] != len(chunk) or tuple(y.shape[-2:]) != (ch * scale, cw * scale):
             raise ValueError(
                 f"fn returned shape {tuple(y.shape)} for input {tuple(inp.shape)}; expected "
-                f"[{len(chunk)}, C', {th}, {tw}] (scale={scale}): check the scale argument"
+                f"[{len(chunk)}, C', {ch * scale}, {cw * scale}] (scale={scale}): check the scale argument"
             )
         y = y.to(device=out_device, dtype=torch.float32)
         if out is None:
             out = torch.zeros(b, y.shape[1], h * scale, w * scale, device=out_device)
-        for k, (i, t) in enumerate(chunk):
+        for k, ((i, t), (cy, cx)) in enumerate(zip(chunk, boxes)):
             ys, xs = slice(t.y0 * scale, t.y1 * scale), slice(t.x0 * scale, t.x1 * scale)
-            out[i, :, ys, xs].addcmul_(y[k], window(t)[0])
+            oy, ox = (t.y0 - cy) * scale, (t.x0 - cx) * scale
+            crop = y[k, :, oy : oy + t.height * scale, ox : ox + t.width * scale]
+            out[i, :, ys, xs].addcmul_(crop, window(t)[0])
         del y, inp
         if on_tile is not None:
             on_tile(start + len(chunk), len(jobs))
@@ -236,6 +249,7 @@ def run_tiled_with_oom_retry(
     out_device: torch.device | str | None = None,
     min_tile: int = 32,
     on_retry: Callable[[int, int], None] | None = None,
+    pad: int = 0,
 ) -> torch.Tensor:
     """``run_tiled`` that halves the tile and starts the image again on out-of-memory.
 
@@ -259,6 +273,7 @@ def run_tiled_with_oom_retry(
                 batch_size=batch_size,
                 on_tile=on_tile,
                 out_device=out_device,
+                pad=pad,
             )
         except Exception as err:
             if not is_oom_error(err):

@@ -37,8 +37,9 @@ __all__ = [
     "ssim_y_numpy",
 ]
 
-# ITU-R BT.601 studio-range luma for RGB in [0, 1]: Y = (16 + 65.481 R + 128.553 G + 24.966 B) / 255,
-# so black -> 16/255 and white -> 235/255 (pyiqa ``rgb2ycbcr``, MATLAB ``rgb2ycbcr``).
+# ITU-R BT.601 studio-range luma for RGB in [0, 1]:
+# Y = (16 + 65.481 R + 128.553 G + 24.966 B) / 255, so black -> 16/255 and white -> 235/255
+# (pyiqa ``rgb2ycbcr``, MATLAB ``rgb2ycbcr``).
 Y_WEIGHTS = (65.481, 128.553, 24.966)
 Y_OFFSET = 16.0
 
@@ -64,10 +65,11 @@ def protocol(crop_border: int = 0) -> dict[str, str]:
             f"(pyiqa adds eps=1e-8 to the MSE: 80 dB cap, < 5e-4 dB below 40 dB); {crop}"
         ),
         "ssim": (
-            "Y channel scaled to [0, 255] and rounded to integers; 11x11 Gaussian window sigma 1.5 "
-            "(MATLAB fspecial, applied separably); 'valid' filtering, no padding; no downsampling; "
-            "C1 = (0.01*255)^2, C2 = (0.03*255)^2; contrast-structure term clamped at 0; mean of the "
-            f"valid SSIM map per image; float64; {crop}"
+            "Y channel scaled to [0, 255] and rounded to integers (half to even); "
+            "11x11 Gaussian window sigma 1.5 (MATLAB fspecial, applied separably); "
+            "'valid' filtering, no padding; no downsampling; "
+            "C1 = (0.01*255)^2, C2 = (0.03*255)^2; contrast-structure term clamped at 0; "
+            f"mean of the valid SSIM map per image; float64; {crop}"
         ),
         "reference": (
             "pyiqa create_metric('psnr' | 'ssim', test_y_channel=True, color_space='ycbcr')"
@@ -82,7 +84,10 @@ PROTOCOL: dict[str, str] = protocol(0)
 
 
 def rgb_to_y(x: torch.Tensor) -> torch.Tensor:
-    """BT.601 studio-range luma. ``[B, 3, H, W]`` RGB in [0, 1] -> ``[B, 1, H, W]`` float64 in [16/255, 235/255]."""
+    """BT.601 studio-range luma (no rounding).
+
+    ``[B, 3, H, W]`` RGB in [0, 1] -> ``[B, 1, H, W]`` float64 in [16/255, 235/255].
+    """
     x = x.to(torch.float64)
     w = torch.tensor(Y_WEIGHTS, dtype=torch.float64, device=x.device).view(1, 3, 1, 1)
     return (Y_OFFSET + (x * w).sum(dim=1, keepdim=True)) / 255.0
@@ -122,8 +127,8 @@ def _prepare_pair(
     h, w = sr.shape[-2] - 2 * crop_border, sr.shape[-1] - 2 * crop_border
     if min(h, w) < min_size:
         raise ValueError(
-            f"image {sr.shape[-2]}x{sr.shape[-1]} with crop_border={crop_border} leaves {h}x{w} px; "
-            f"need at least {min_size}x{min_size}"
+            f"image {sr.shape[-2]}x{sr.shape[-1]} with crop_border={crop_border} leaves "
+            f"{h}x{w} px; need at least {min_size}x{min_size}"
         )
     device = _compute_device(sr)
     out = []
@@ -290,7 +295,8 @@ def load_learned_metrics(
     unknown = [n for n in requested if n not in LEARNED_METRICS]
     if unknown:
         raise ValueError(
-            f"unknown learned metric(s) {', '.join(unknown)}; choose from {', '.join(LEARNED_METRICS)}"
+            f"unknown learned metric(s) {', '.join(unknown)}; "
+            f"choose from {', '.join(LEARNED_METRICS)}"
         )
     if not requested:
         return {}, []

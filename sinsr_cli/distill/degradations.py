@@ -55,6 +55,11 @@ def _check_prob(name: str, p: float) -> None:
         raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
 
 
+def _check_sizes(name: str, sizes: Sequence[int], pad_to: int) -> None:
+    if pad_to % 2 != 1 or not sizes or any(k % 2 != 1 or not 1 <= k <= pad_to for k in sizes):
+        raise ValueError(f"{name} must be odd sizes up to an odd pad size ({pad_to}), got {tuple(sizes)}")
+
+
 def _check_probs(name: str, ps: Sequence[float], n: int) -> None:
     if len(ps) != n or any(p < 0 for p in ps) or abs(sum(ps) - 1.0) > 1e-6:
         raise ValueError(f"{name} must be {n} non-negative probabilities summing to 1, got {ps}")
@@ -69,6 +74,10 @@ class BlurKernelConfig:
     uniform in ``sinc_cutoff_small`` for sizes below ``sinc_large_from`` and in
     ``sinc_cutoff_large`` otherwise; else a Gaussian-family kernel of a type drawn with
     ``kernel_probs``.
+
+    The official dataset draws sizes from ``range(3, blur_kernel_size, 2)``: 3..19 padded to 21
+    for the first stage and 3..13 padded to 15 for the second (its comment's "7 to 21" is the
+    Real-ESRGAN range, not what the code does).
     """
 
     kernel_sizes: tuple[int, ...] = tuple(range(3, 21, 2))
@@ -84,12 +93,7 @@ class BlurKernelConfig:
     sinc_large_from: int = 13
 
     def __post_init__(self) -> None:
-        if self.pad_to % 2 != 1:
-            raise ValueError(f"pad_to must be odd, got {self.pad_to}")
-        if not self.kernel_sizes or any(
-            k % 2 != 1 or not 1 <= k <= self.pad_to for k in self.kernel_sizes
-        ):
-            raise ValueError(f"kernel_sizes must be odd and <= pad_to={self.pad_to}, got {self.kernel_sizes}")
+        _check_sizes("kernel_sizes", self.kernel_sizes, self.pad_to)
         unknown = set(self.kernel_types) - set(KERNEL_TYPES)
         if unknown:
             raise ValueError(f"unknown kernel types {sorted(unknown)} (use {', '.join(KERNEL_TYPES)})")
@@ -181,13 +185,7 @@ class DegradationConfig:
         _check_prob("second_order_prob", self.second_order_prob)
         _check_prob("final_sinc_prob", self.final_sinc_prob)
         _check_prob("final_resize_first_prob", self.final_resize_first_prob)
-        if self.final_sinc_pad_to % 2 != 1 or any(
-            k % 2 != 1 or not 1 <= k <= self.final_sinc_pad_to for k in self.final_sinc_sizes
-        ) or not self.final_sinc_sizes:
-            raise ValueError(
-                f"final_sinc_sizes must be odd and <= final_sinc_pad_to={self.final_sinc_pad_to}, "
-                f"got {self.final_sinc_sizes}"
-            )
+        _check_sizes("final_sinc_sizes", self.final_sinc_sizes, self.final_sinc_pad_to)
         _check_range("final_sinc_cutoff", self.final_sinc_cutoff, lo=1e-6, hi=math.pi)
         bad = set(self.resize_modes) - set(RESIZE_MODES)
         if not self.resize_modes or bad:
@@ -298,7 +296,9 @@ def _rand(n: int, generator: torch.Generator | None, device: torch.device) -> Te
     return u.to(device)
 
 
-def _uniform(n: int, low: float, high: float, generator: torch.Generator | None, device: torch.device) -> Tensor:
+def _uniform(
+    n: int, low: float, high: float, generator: torch.Generator | None, device: torch.device
+) -> Tensor:
     return low + (high - low) * _rand(n, generator, device)
 
 
@@ -631,7 +631,7 @@ def resize(
     if (size is None) == (scale_factor is None):
         raise ValueError("give exactly one of size or scale_factor")
     h, w = x.shape[-2:]
-    out = size if size is not None else (int(h * scale_factor), int(w * scale_factor))  # type: ignore[operator]
+    out = size if size is not None else (int(h * scale_factor), int(w * scale_factor))  # type: ignore
     if min(out) < 1:
         raise ValueError(f"resizing {h}x{w} gives an empty image ({out[0]}x{out[1]}); use larger inputs")
     align = None if mode == "area" else False

@@ -1,0 +1,65 @@
+"""Shared test fixtures: paths to ../shared, tiny models, tiny checkpoints."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from sinsr_cli.config import tiny_preset, tiny_vq
+from sinsr_cli.models.checkpoints import unet_metadata, vq_metadata, write_safetensors
+from sinsr_cli.models.swin_unet import SwinUNet
+from sinsr_cli.models.vq_f4 import VQModel
+from sinsr_cli.pipeline import SRPipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SINSR_SHARED", ROOT.parent / "shared"))
+DATA = Path(os.environ.get("SINSR_DATA", SHARED / "data"))
+REFERENCE = SHARED / "reference"
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def need(path: Path) -> Path:
+    """Skip cleanly when a shared file/folder is absent (e.g. a clone without ../shared)."""
+    if not path.exists():
+        pytest.skip(f"{path} not available")
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return need(DATA)
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    return need(REFERENCE)
+
+
+def make_tiny_models(seed: int = 0) -> tuple[SwinUNet, VQModel]:
+    """Tiny random models whose outputs stay in a sane range (small last layer)."""
+    torch.manual_seed(seed)
+    unet, vq = SwinUNet(tiny_preset().unet), VQModel(tiny_vq())
+    with torch.no_grad():
+        unet.out[2].weight.mul_(0.1)
+        vq.quantize.embedding.weight.normal_(0, 0.5)
+    return unet, vq
+
+
+@pytest.fixture
+def tiny_pipeline() -> SRPipeline:
+    unet, vq = make_tiny_models()
+    return SRPipeline(unet, vq, tiny_preset())
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
+    """(unet.safetensors, vq.safetensors) with self-describing metadata."""
+    d = tmp_path_factory.mktemp("ckpt")
+    unet, vq = make_tiny_models()
+    u = write_safetensors(unet.state_dict(), d / "tiny_unet.safetensors", unet_metadata(tiny_preset()))
+    v = write_safetensors(vq.state_dict(), d / "tiny_vq.safetensors", vq_metadata(tiny_vq()))
+    return u, v

@@ -1,0 +1,154 @@
+"""Checkpoint reading, canonicalisation, detection, strict loading, conversion."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sinsr_cli.config import PRESETS, VQ_PRESETS, tiny_preset, tiny_unet, tiny_vq
+from sinsr_cli.models.checkpoints import (
+    CheckpointError,
+    canonicalize,
+    convert_checkpoint,
+    detect_kind,
+    detect_preset,
+    infer_unet_config,
+    infer_vq_config,
+    load_strict,
+    read_checkpoint,
+    read_config_file,
+)
+from sinsr_cli.models.swin_unet import SwinUNet
+from sinsr_cli.models.vq_f4 import VQModel
+from sinsr_cli.weights import load_unet, load_vq
+
+
+def _sd(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda sd: sd,
+        lambda sd: {"state_dict": sd},
+        lambda sd: {"params_ema": sd, "params": {k: v * 0 for k, v in sd.items()}},
+        lambda sd: {"model": {f"module.{k}": v for k, v in sd.items()}, "step": 3},
+        lambda sd: {f"_orig_mod.module.{k}": v for k, v in sd.items()},
+    ],
+)
+def test_canonicalize_unwraps_and_strips(wrap):
+    sd = _sd(SwinUNet(tiny_unet()))
+    out = canonicalize(wrap(sd))
+    assert out.keys() == sd.keys()
+    assert all(torch.equal(out[k], sd[k]) for k in sd)
+
+
+def test_mixed_prefixes_are_stripped_per_key():
+    sd = {"module.a": torch.zeros(1), "b": torch.ones(1)}
+    assert set(canonicalize(sd)) == {"a", "b"}
+
+
+def test_pth_roundtrip_with_module_prefix_loads_strictly(tmp_path):
+    torch.manual_seed(0)
+    unet = SwinUNet(tiny_unet())
+    torch.save({f"module.{k}": v for k, v in unet.state_dict().items()}, tmp_path / "SinSR_tiny.pth")
+    ckpt = read_checkpoint(tmp_path / "SinSR_tiny.pth")
+    other = SwinUNet(tiny_unet())
+    load_strict(other, ckpt.state_dict)
+    x, lq, t = torch.randn(1, 3, 64, 64), torch.randn(1, 3, 64, 64), torch.tensor([5])
+    with torch.no_grad():
+        torch.testing.assert_close(other(x, t, lq), unet(x, t, lq))
+
+
+def test_strict_load_error_is_one_line_naming_keys():
+    sd = _sd(SwinUNet(tiny_unet()))
+    sd.pop("out.2.bias")
+    sd["extra.weight"] = torch.zeros(1)
+    with pytest.raises(CheckpointError) as e:
+        load_strict(SwinUNet(tiny_unet()), sd, "x.pth")
+    msg = str(e.value)
+    assert "\n" not in msg and "out.2.bias" in msg and "extra.weight" in msg
+
+
+def test_unreadable_and_empty_files(tmp_path):
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint at all" * 10)
+    for name in ("empty.pth", "junk.pth", "missing.pth"):
+        with pytest.raises(CheckpointError) as e:
+            read_checkpoint(tmp_path / name)
+        assert "\n" not in str(e.value)
+
+
+def test_pickled_code_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"w": torch.zeros(1), "x": Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError):
+        read_checkpoint(tmp_path / "evil.pth")
+
+
+def test_infer_configs_from_shapes():
+    assert infer_unet_config(_sd(SwinUNet(tiny_unet()))) == tiny_unet()
+    assert infer_vq_config(_sd(VQModel(tiny_vq()))) == tiny_vq()
+    with torch.device("meta"):
+        full = SwinUNet(PRESETS["sinsr-v1"].unet).state_dict()
+        vq = VQModel(VQ_PRESETS["vq-f4"]).state_dict()
+    assert infer_unet_config(full) == PRESETS["sinsr-v1"].unet
+    assert infer_vq_config(vq) == VQ_PRESETS["vq-f4"]
+    assert detect_kind(full) == "unet" and detect_kind(vq) == "vq"
+
+
+@pytest.mark.parametrize(
+    "name,preset",
+    [
+        ("SinSR_v1.pth", "sinsr-v1"),
+        ("resshift_realsrx4_s15_v1.pth", "resshift-v1"),
+        ("resshift_realsrx4_s4_v3.pth", "resshift-v3"),
+    ],
+)
+def test_detect_preset_from_official_file_names(tmp_path, name, preset):
+    with torch.device("meta"):
+        sd = SwinUNet(PRESETS["sinsr-v1"].unet).state_dict()
+    from sinsr_cli.models.checkpoints import Checkpoint
+
+    got = detect_preset(Checkpoint(sd, {}, tmp_path / name))
+    assert got.name == preset and got.schedule == PRESETS[preset].schedule
+
+
+def test_convert_writes_self_describing_safetensors(tmp_path):
+    torch.manual_seed(0)
+    unet, vq = SwinUNet(tiny_unet()), VQModel(tiny_vq())
+    torch.save({"state_dict": unet.state_dict()}, tmp_path / "student.pth")
+    torch.save(vq.state_dict(), tmp_path / "vq.pth")
+    u = convert_checkpoint(tmp_path / "student.pth", tmp_path / "student.safetensors")
+    v = convert_checkpoint(tmp_path / "vq.pth", tmp_path / "vq.safetensors")
+    cu, cv = read_checkpoint(u), read_checkpoint(v)
+    assert cu.metadata["sinsr.kind"] == "unet" and cv.metadata["sinsr.kind"] == "vq"
+    assert json.loads(cu.metadata["sinsr.preset"])["unet"]["model_channels"] == 32
+    model, preset = load_unet(u)
+    assert preset.unet == tiny_unet()
+    assert all(torch.equal(model.state_dict()[k], unet.state_dict()[k]) for k in unet.state_dict())
+    assert load_vq(v).cfg == tiny_vq()
+    with pytest.raises(CheckpointError, match="not a UNet"):
+        load_unet(v)
+
+
+def test_config_file_sidecar_and_yaml(tmp_path, reference_dir):
+    side = read_config_file(reference_dir / "parity_small.json")
+    assert side["unet"]["model_channels"] == 32 and side["vq"]["n_embed"] == 32
+    y = tmp_path / "cfg.yaml"
+    y.write_text(
+        "model:\n  params:\n    image_size: 64\n    in_channels: 6\n    model_channels: 32\n"
+        "    out_channels: 3\n    num_res_blocks: [1, 1]\n    attention_resolutions: [64, 32]\n"
+        "    channel_mult: [1, 2]\n    num_head_channels: 16\n    use_scale_shift_norm: true\n"
+        "    swin_embed_dim: 32\n    window_size: 8\n    mlp_ratio: 2\n"
+    )
+    cfg = read_config_file(y)
+    from sinsr_cli.config import UNetConfig
+
+    assert UNetConfig.from_official(cfg["unet"]) == tiny_unet()

@@ -1,0 +1,446 @@
+"""Model zoo download / cache / verification, all against a loopback HTTP server.
+
+The server plays both sources: GitHub release files at ``/releases/<file>`` and a minimal
+Hugging Face Hub at ``/<repo>/resolve/<revision>/<file>`` (HEAD + GET with ``X-Repo-Commit`` and
+an LFS-style ``ETag`` = sha256 of the content), so ``hf_hub_download`` runs unmodified.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as st_save
+
+from sinsr_cli import hub
+from sinsr_cli.config import PRESETS, VQ_PRESETS, tiny_unet, tiny_vq
+from sinsr_cli.hub import WeightsUnavailable, cached_status, download, resolve_weights, zoo_entry
+from sinsr_cli.models.swin_unet import SwinUNet
+from sinsr_cli.models.vq_f4 import VQModel
+
+REPO = "test/weights"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+# -- a loopback server ----------------------------------------------------------------------
+
+
+@dataclass
+class Route:
+    body: bytes
+    mode: str = "ok"  # ok | short (fewer bytes than Content-Length) | nolength (cut, no length) | 404
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Server:
+    def __init__(self) -> None:
+        self.routes: dict[str, Route] = {}
+        self.log: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_HEAD(self) -> None:
+                self._serve(body=False)
+
+            def do_GET(self) -> None:
+                self._serve(body=True)
+
+            def _serve(self, body: bool) -> None:
+                with server._lock:
+                    server.log.append((self.command, self.path))
+                route = server.routes.get(self.path)
+                if route is None or route.mode == "404":
+                    self.send_response(404)
+                    if "/resolve/" in self.path:  # what the Hub says for a missing file
+                        self.send_header("X-Error-Code", "EntryNotFound")
+                        self.send_header("X-Repo-Commit", COMMIT)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                if route.mode != "nolength":
+                    self.send_header("Content-Length", str(len(route.body)))
+                for k, v in route.headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                if not body:
+                    return
+                if route.mode == "ok":
+                    self.wfile.write(route.body)
+                else:  # the connection drops half-way through the body
+                    self.wfile.write(route.body[: len(route.body) // 2])
+                    self.wfile.flush()
+                self.close_connection = True
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def release(self, filename: str, body: bytes, mode: str = "ok") -> None:
+        self.routes[f"/releases/{filename}"] = Route(body, mode)
+
+    def hub_file(self, filename: str, body: bytes, revision: str = "main") -> None:
+        sha = hashlib.sha256(body).hexdigest()
+        headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{sha}"'}
+        self.routes[f"/{REPO}/resolve/{revision}/{filename}"] = Route(body, "ok", headers)
+
+    def count(self, needle: str = "", method: str | None = None) -> int:
+        with self._lock:
+            return sum(1 for m, p in self.log if needle in p and (method is None or m == method))
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = Server()
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def vq_pth() -> bytes:
+    torch.manual_seed(0)
+    sd = {f"module.{k}": v for k, v in VQModel(tiny_vq()).state_dict().items()}  # DDP-style keys
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def unet_pth() -> bytes:
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    torch.save(SwinUNet(tiny_unet()).state_dict(), buf)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def env(server, tmp_path, monkeypatch):
+    """Point the zoo at the loopback server, the cache at tmp_path, and clear offline flags."""
+    server.routes.clear()
+    server.log.clear()
+    for var in ("SINSR_OFFLINE", "HF_HUB_OFFLINE", "HF_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SINSR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HF_ENDPOINT", server.base)
+    monkeypatch.setenv("SINSR_HUB_REPO", REPO)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setattr(hub, "HTTP_TIMEOUT", 5.0)
+    zoo = tuple(dataclasses.replace(e, url=f"{server.base}/releases/{e.filename}") for e in hub.ZOO)
+    monkeypatch.setattr(hub, "ZOO", zoo)
+    return tmp_path / "cache"
+
+
+def sha(data: bytes | Path) -> str:
+    return hashlib.sha256(data.read_bytes() if isinstance(data, Path) else data).hexdigest()
+
+
+def metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def cache_files(root: Path) -> list[str]:
+    """Every file under the cache outside huggingface_hub's own folder, lock files aside."""
+    return sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file() and "hub" not in p.relative_to(root).parts and p.suffix != ".lock"
+    )
+
+
+# -- the table ------------------------------------------------------------------------------
+
+
+def test_zoo_table_is_complete_and_consistent():
+    assert [e.name for e in hub.ZOO] == ["sinsr-v1", "sinsr-v2", "resshift-v1", "resshift-v2", "resshift-v3", "vq-f4"]
+    for e in hub.ZOO:
+        assert e.kind in ("unet", "vq")
+        assert e.preset in (PRESETS if e.kind == "unet" else VQ_PRESETS)
+        assert e.url.startswith("https://github.com/") and e.url.endswith(".pth")
+        assert e.hub_filename.endswith(".safetensors") and e.revision == "main" and e.sha256 is None
+        assert e.licence == ("CC BY-NC-SA 4.0" if e.name.startswith("sinsr") else "S-Lab License 1.0")
+    assert zoo_entry("resshift-v3").url.endswith("/ResShift/releases/download/v2.0/resshift_realsrx4_s4_v3.pth")
+    assert zoo_entry("sinsr-v1").filename == "SinSR_v1.pth"
+    with pytest.raises(ValueError, match="sinsr-v1.*vq-f4"):
+        zoo_entry("sinsr-v9")
+
+
+def test_cache_root_defaults(monkeypatch, tmp_path):
+    monkeypatch.delenv("SINSR_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert hub.cache_root() == tmp_path / "sinsr"
+    monkeypatch.setenv("SINSR_CACHE", str(tmp_path / "x"))
+    assert hub.cache_root() == tmp_path / "x"
+    assert hub.cache_root(tmp_path / "y") == tmp_path / "y"
+
+
+# -- release downloads ----------------------------------------------------------------------
+
+
+def test_first_download_converts_then_cache_hit_is_offline(env, server, vq_pth):
+    server.release("autoencoder_vq_f4.pth", vq_pth)
+    seen: list[tuple[int, int | None]] = []
+    path = resolve_weights("vq-f4", kind="vq", progress=lambda n, t: seen.append((n, t)))
+
+    assert path == env / "models" / "vq-f4.safetensors"
+    meta = metadata(path)
+    assert meta["sinsr.kind"] == "vq" and meta["sinsr.zoo"] == "vq-f4"
+    assert meta["sinsr.source"] == zoo_entry("vq-f4").url
+    assert meta["sinsr.source_sha256"] == sha(vq_pth)
+    rec = json.loads((env / "models" / "vq-f4.json").read_text())
+    assert rec["sha256"] == sha(path) and rec["size"] == path.stat().st_size
+    assert seen[-1] == (len(vq_pth), len(vq_pth))
+    assert cache_files(env) == ["models/vq-f4.json", "models/vq-f4.safetensors"]  # no .part left
+    # the Hub was asked first (404), then the release
+    assert server.count("/resolve/", "HEAD") == 1 and server.count("/releases/", "GET") == 1
+
+    n = len(server.log)
+    assert resolve_weights("vq-f4") == path  # cache hit: verified, no request at all
+    assert resolve_weights("vq-f4", offline=True) == path
+    assert len(server.log) == n
+
+
+def test_unet_release_pth_becomes_a_self_describing_file(env, server, unet_pth):
+    server.release("SinSR_v1.pth", unet_pth)
+    path = resolve_weights("sinsr-v1", kind="unet")
+    meta = metadata(path)
+    assert meta["sinsr.kind"] == "unet" and meta["sinsr.zoo"] == "sinsr-v1"
+    assert json.loads(meta["sinsr.preset"])["unet"]["model_channels"] == tiny_unet().model_channels
+    assert meta["sinsr.licence"] == "CC BY-NC-SA 4.0"
+
+
+def test_offline_env_with_cache(env, server, vq_pth, monkeypatch):
+    server.release("autoencoder_vq_f4.pth", vq_pth)
+    path = download("vq-f4")
+    n = len(server.log)
+    for var in ("SINSR_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.setenv(var, "1")
+        assert resolve_weights("vq-f4") == path
+        monkeypatch.delenv(var)
+    assert len(server.log) == n
+
+
+def test_offline_without_cache_says_where_to_put_the_file(env, server, vq_pth, monkeypatch):
+    monkeypatch.setenv("SINSR_OFFLINE", "1")
+    with pytest.raises(WeightsUnavailable) as info:
+        resolve_weights("vq-f4")
+    msg = str(info.value)
+    incoming = env / "incoming" / "autoencoder_vq_f4.pth"
+    assert "\n" not in msg
+    assert str(incoming) in msg and str(env / "models" / "vq-f4.safetensors") in msg
+    assert "sinsr download vq-f4" in msg and zoo_entry("vq-f4").url in msg
+    assert server.log == []
+
+    # doing what the message says works, still offline
+    incoming.parent.mkdir(parents=True)
+    incoming.write_bytes(vq_pth)
+    path = resolve_weights("vq-f4")
+    assert metadata(path)["sinsr.source_sha256"] == sha(vq_pth)
+    assert not incoming.exists() and server.log == []
+
+
+def test_corrupt_cache_is_detected_and_fetched_again(env, server, vq_pth):
+    server.release("autoencoder_vq_f4.pth", vq_pth)
+    path = resolve_weights("vq-f4")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside the tensor data
+    path.write_bytes(bytes(data))
+
+    with pytest.raises(WeightsUnavailable, match="failed sha256 verification") as info:
+        resolve_weights("vq-f4", offline=True)
+    assert "\n" not in str(info.value) and not path.exists()
+
+    path.write_bytes(bytes(data))
+    assert resolve_weights("vq-f4") == path
+    assert server.count("/releases/", "GET") == 2
+    assert sha(path) == json.loads((env / "models" / "vq-f4.json").read_text())["sha256"]
+    assert metadata(path)["sinsr.source_sha256"] == sha(vq_pth)
+
+
+@pytest.mark.parametrize("mode", ["short", "nolength"])
+def test_interrupted_download_leaves_nothing_behind(env, server, vq_pth, mode):
+    server.release("autoencoder_vq_f4.pth", vq_pth, mode=mode)
+    with pytest.raises(WeightsUnavailable) as info:
+        resolve_weights("vq-f4")
+    msg = str(info.value)
+    assert "\n" not in msg and zoo_entry("vq-f4").url in msg
+    if mode == "short":  # Content-Length said more than arrived
+        assert f"received {len(vq_pth) // 2} of {len(vq_pth)} bytes" in msg
+    else:  # no length to check: the truncated file does not convert
+        assert "not usable" in msg
+    assert cache_files(env) == []
+
+    server.release("autoencoder_vq_f4.pth", vq_pth)
+    path = resolve_weights("vq-f4")
+    assert metadata(path)["sinsr.source_sha256"] == sha(vq_pth)
+
+
+def test_stalled_server_times_out(env, server, vq_pth, monkeypatch):
+    import socket
+
+    monkeypatch.setattr(hub, "HTTP_TIMEOUT", 0.5)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)  # accepts the connection, never answers
+    try:
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/releases/x.pth"
+        with pytest.raises(hub._DownloadError, match="timed out"):
+            hub._fetch_url(url, env / "incoming", "x.pth", None)
+    finally:
+        sock.close()
+    assert cache_files(env) == []
+
+
+def test_404_everywhere_is_one_line(env, server):
+    with pytest.raises(WeightsUnavailable) as info:
+        resolve_weights("sinsr-v2")
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert msg.startswith("sinsr-v2: download failed")
+    assert f"Hub {REPO}/sinsr_v2.safetensors@main: no such file in the repository" in msg
+    assert f"{zoo_entry('sinsr-v2').url}: HTTP 404" in msg
+    assert cache_files(env) == []
+
+
+def test_upstream_file_changed_is_refused_until_accepted(env, server, vq_pth, unet_pth):
+    server.release("autoencoder_vq_f4.pth", vq_pth)
+    path = resolve_weights("vq-f4")
+    path.unlink()  # e.g. the user cleans the cache; the first hash stays on record
+    torch.manual_seed(1)
+    buf = io.BytesIO()
+    torch.save(VQModel(tiny_vq()).state_dict(), buf)
+    server.release("autoencoder_vq_f4.pth", buf.getvalue())
+    with pytest.raises(WeightsUnavailable, match="upstream file changed") as info:
+        resolve_weights("vq-f4")
+    assert str(env / "models" / "vq-f4.json") in str(info.value)
+    (env / "models" / "vq-f4.json").unlink()
+    assert metadata(resolve_weights("vq-f4"))["sinsr.source_sha256"] == sha(buf.getvalue()) != sha(vq_pth)
+
+
+def test_wrong_kind_from_upstream_is_refused(env, server, vq_pth):
+    server.release("SinSR_v1.pth", vq_pth)  # a VQ where a UNet belongs
+    with pytest.raises(WeightsUnavailable, match="holds a vq checkpoint, expected unet"):
+        resolve_weights("sinsr-v1")
+    assert cache_files(env) == []
+
+
+def test_download_force_fetches_again(env, server, vq_pth):
+    server.release("autoencoder_vq_f4.pth", vq_pth)
+    download("vq-f4")
+    download("vq-f4")
+    assert server.count("/releases/", "GET") == 1
+    download("vq-f4", force=True)
+    assert server.count("/releases/", "GET") == 2
+    with pytest.raises(WeightsUnavailable, match="offline"):
+        download("vq-f4", force=True, offline=True)
+
+
+# -- the Hub --------------------------------------------------------------------------------
+
+
+def test_hub_file_is_preferred_and_verified(env, server, vq_pth, tmp_path):
+    # our mirror holds the converted file; the release is never contacted
+    server.release("autoencoder_vq_f4.pth", vq_pth)
+    local = resolve_weights("vq-f4", cache_dir=tmp_path / "other")
+    body = local.read_bytes()
+    server.log.clear()
+    server.hub_file("vq_f4.safetensors", body)
+
+    seen: list[tuple[int, int | None]] = []
+    path = resolve_weights("vq-f4", progress=lambda n, t: seen.append((n, t)))
+    assert sha(path) == sha(body) and seen[-1] == (len(body), len(body))
+    assert server.count("/releases/") == 0
+    assert server.count(f"/{REPO}/resolve/main/vq_f4.safetensors", "GET") == 1
+    rec = json.loads((env / "models" / "vq-f4.json").read_text())
+    assert rec["source"] == f"hf://{REPO}@{COMMIT}/vq_f4.safetensors"
+    blobs = list((env / "hub").rglob("blobs/*"))
+    assert [b.name for b in blobs] == [sha(body)]  # huggingface_hub's own cache layout
+    assert blobs[0].stat().st_ino == path.stat().st_ino  # hard-linked, not a second copy
+
+    # corrupt (the blob shares the bytes): detected, downloaded again from the Hub
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert sha(resolve_weights("vq-f4")) == sha(body)
+    assert server.count("/resolve/", "GET") == 2 and server.count("/releases/") == 0
+
+    # our copy gone, huggingface_hub's blob corrupt: its name (the LFS sha256) gives it away
+    path.unlink()
+    blob = next((env / "hub").rglob("blobs/*"))
+    blob.write_bytes(bytes(data))
+    assert sha(resolve_weights("vq-f4")) == sha(body)
+    assert server.count("/resolve/", "GET") == 3
+
+    # our copy gone, offline: huggingface_hub's cache still serves it, without a request
+    path.unlink()
+    n = len(server.log)
+    assert sha(resolve_weights("vq-f4", offline=True)) == sha(body)
+    assert len(server.log) == n
+
+
+def test_hub_plain_safetensors_is_converted_and_revision_pinned(env, server, vq_pth, monkeypatch):
+    sd = VQModel(tiny_vq()).state_dict()
+    body = st_save({k: v.contiguous() for k, v in sd.items()})  # no sinsr metadata
+    server.hub_file("vq_f4.safetensors", body, revision=COMMIT)
+    zoo = tuple(dataclasses.replace(e, revision=COMMIT) if e.name == "vq-f4" else e for e in hub.ZOO)
+    monkeypatch.setattr(hub, "ZOO", zoo)
+    path = resolve_weights("vq-f4")
+    meta = metadata(path)
+    assert meta["sinsr.kind"] == "vq" and meta["sinsr.source_sha256"] == sha(body)
+    assert server.count(f"/resolve/{COMMIT}/vq_f4.safetensors", "GET") == 1
+
+
+def test_hub_disabled_by_empty_repo(env, server, vq_pth, monkeypatch):
+    monkeypatch.setenv("SINSR_HUB_REPO", "")
+    server.release("autoencoder_vq_f4.pth", vq_pth)
+    resolve_weights("vq-f4")
+    assert server.count("/resolve/") == 0
+
+
+# -- paths and listing ----------------------------------------------------------------------
+
+
+def test_local_path_passes_through(env, server, tmp_path):
+    f = tmp_path / "my weights.pth"
+    f.write_bytes(b"anything")
+    assert resolve_weights(str(f)) == f
+    assert resolve_weights(f, kind="unet") == f
+    with pytest.raises(WeightsUnavailable, match="no such file, and not a model name"):
+        resolve_weights(str(tmp_path / "missing.pth"))
+    with pytest.raises(WeightsUnavailable, match="is not a file"):
+        resolve_weights(str(tmp_path))
+    with pytest.raises(ValueError, match="vq-f4 is a vq model"):
+        resolve_weights("vq-f4", kind="unet")
+    assert server.log == []
+
+
+def test_cached_status(env, server, vq_pth):
+    before = {r["name"]: r for r in cached_status()}
+    assert set(before) == {e.name for e in hub.ZOO} and not any(r["cached"] for r in before.values())
+    assert before["sinsr-v1"]["licence"] == "CC BY-NC-SA 4.0" and before["sinsr-v1"]["kind"] == "unet"
+    server.release("autoencoder_vq_f4.pth", vq_pth)
+    path = download("vq-f4")
+    after = {r["name"]: r for r in cached_status()}
+    assert after["vq-f4"]["cached"] and after["vq-f4"]["path"] == str(path)
+    assert after["vq-f4"]["size"] == path.stat().st_size and after["vq-f4"]["preset"] == "vq-f4"
+    assert not after["sinsr-v1"]["cached"] and after["sinsr-v1"]["size"] is None

@@ -1,0 +1,88 @@
+"""Numerical parity with the official implementation, through the shipped parity runner."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sinsr_cli.parity import run_fixture
+
+KEY_OUTPUTS = [
+    "z_y", "x_T", "lq_up", "onestep_z0", "unet_out_t14", "unet_out_t5", "ddim_z0", "ancestral_z0",
+    "z_y_decoded_raw", "onestep_image", "ddim_image", "ancestral_image", "pad_image", "chop_image01",
+]
+
+
+@pytest.fixture(scope="module")
+def fp32_report(reference_dir):
+    return run_fixture(reference_dir / "parity_small.safetensors")
+
+
+def test_fp32_parity_green(fp32_report):
+    bad = {k: v for k, v in fp32_report["errors"].items() if not v.get("ok")}
+    assert fp32_report["ok"], bad
+    for key in KEY_OUTPUTS:
+        assert key in fp32_report["errors"], f"runner did not reproduce {key}"
+    rows = fp32_report["errors"]
+    assert rows["onestep_z0"]["max_abs_err"] <= 1e-4
+    assert rows["unet_out_t14"]["max_abs_err"] <= 1e-4
+    assert rows["onestep_image_e2e"]["codebook_flips"] == 0
+    assert rows["ddim_z0"]["steps_checked"] == 15 and rows["ancestral_z0"]["steps_checked"] == 15
+
+
+def test_runner_cli_prints_one_json_object_and_exit_code(reference_dir, tmp_path):
+    # a broken copy of the fixture (perturbed output) must make the runner fail with exit 1
+    from safetensors.torch import load_file, save_file
+
+    src = reference_dir / "parity_small.safetensors"
+    tensors = load_file(str(src))
+    tensors["unet_out_t5"] = tensors["unet_out_t5"] + 1e-2
+    meta = json.loads(src.with_suffix(".json").read_text())
+    keep = [k for k in tensors if k.startswith(("unet.", "vq.")) or k in ("lq", "unet_in_x", "unet_out_t5", "z_y")]
+    save_file({k: tensors[k].contiguous() for k in keep}, str(tmp_path / "fx.safetensors"))
+    (tmp_path / "fx.json").write_text(json.dumps(meta))
+    proc = subprocess.run(
+        [sys.executable, "-m", "sinsr_cli.parity", str(tmp_path / "fx.safetensors")], capture_output=True, text=True
+    )
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1
+    out = json.loads(lines[0])
+    assert not out["errors"]["unet_out_t5"]["ok"] and out["errors"]["z_y"]["ok"]
+
+
+def test_runner_generalises_to_batch_and_non_square(reference_dir, tmp_path):
+    """A fixture of another shape: batch 2, 64x128, outputs made by our own fp32 path."""
+    from safetensors.torch import load_file, save_file
+
+    from sinsr_cli.config import ModelPreset, ScheduleConfig, UNetConfig, VQConfig
+    from sinsr_cli.models.checkpoints import split_prefixed
+    from sinsr_cli.models.swin_unet import SwinUNet
+    from sinsr_cli.models.vq_f4 import VQModel
+    from sinsr_cli.pipeline import SRPipeline
+    from sinsr_cli.diffusion.sampler import sample_onestep
+
+    src = reference_dir / "parity_small.safetensors"
+    meta = json.loads(src.with_suffix(".json").read_text())
+    T = load_file(str(src))
+    unet = SwinUNet(UNetConfig.from_official(meta["unet_params"]))
+    unet.load_state_dict(split_prefixed(T, "unet."))
+    vq = VQModel(VQConfig.from_official(meta["vq_params"]))
+    vq.load_state_dict(split_prefixed(T, "vq."))
+    pipe = SRPipeline(unet, vq, ModelPreset("x", unet.cfg, ScheduleConfig.from_official(meta["diffusion_params"]), 1, "onestep"))
+    g = torch.Generator().manual_seed(0)
+    lq = torch.rand(2, 3, 64, 128, generator=g) * 2 - 1
+    noise = torch.randn(2, 3, 64, 128, generator=g)
+    with torch.no_grad():
+        z_y = pipe.encode(lq)
+        z0 = sample_onestep(pipe.denoiser(lq), z_y, pipe.schedule, noise)
+    out = {k: v for k, v in T.items() if k.startswith(("unet.", "vq."))}
+    out.update(lq=lq, noise=noise, z_y=z_y, onestep_z0=z0)
+    save_file({k: v.contiguous() for k, v in out.items()}, str(tmp_path / "b2.safetensors"))
+    (tmp_path / "b2.json").write_text(json.dumps({k: meta[k] for k in ("unet_params", "vq_params", "diffusion_params")}))
+    rep = run_fixture(tmp_path / "b2.safetensors")
+    assert rep["ok"] and rep["errors"]["onestep_z0"]["max_abs_err"] <= 1e-5
