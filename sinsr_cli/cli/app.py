@@ -1,0 +1,44 @@
+"""The `sinsr` command: Typer only (parse -> build -> call -> render)."""
+
+from __future__ import annotations
+
+import typer
+
+from .. import __version__
+from .bench import bench_cmd
+from .distill import distill_cmd
+from .models import convert_cmd, download_cmd, models_cmd
+from .upscale import upscale_cmd
+
+app = typer.Typer(
+    name="sinsr",
+    help="One-step diffusion image super-resolution (SinSR / ResShift).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sinsr {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    """One-step diffusion image super-resolution (SinSR / ResShift)."""
+
+
+app.command("upscale")(upscale_cmd)
+app.command("bench")(bench_cmd)
+app.command("distill")(distill_cmd)
+app.command("models")(models_cmd)
+app.command("download")(download_cmd)
+app.command("convert")(convert_cmd)
+
+
+def main() -> None:
+    app()
