@@ -1,0 +1,735 @@
+"""sinsr_cli.imageio: decoding, metadata, 16-bit, alpha, errors, atomic writes, input discovery."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from PIL import Image, ImageCms, ImageFile, ImageOps
+
+from sinsr_cli import imageio
+from sinsr_cli.imageio import (
+    DEFAULT_MAX_PIXELS,
+    ImageReadError,
+    ImageWriteError,
+    InputItem,
+    LoadedImage,
+    SinsrIOError,
+    atomic_write_bytes,
+    collect_inputs,
+    image_to_tensor,
+    output_path,
+    pair_by_stem,
+    read_image,
+    sniff_format,
+    tensor_to_image,
+    write_image,
+)
+
+SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+RNG = np.random.default_rng(0)
+
+
+def _data_dir() -> Path | None:
+    here = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    for d in (here, Path(os.environ.get("SINSR_DATA", "/nonexistent"))):
+        if d.is_dir():
+            return d
+    return None
+
+
+DATA = _data_dir()
+needs_data = pytest.mark.skipif(DATA is None, reason="shared test images not present")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def rand8(h: int, w: int, c: int) -> np.ndarray:
+    return RNG.integers(0, 256, (h, w, c), dtype=np.uint8)
+
+
+def rand16(h: int, w: int, c: int) -> np.ndarray:
+    return RNG.integers(0, 65536, (h, w, c), dtype=np.uint16)
+
+
+def save(path: Path, im: Image.Image, fmt: str | None = None, **params) -> Path:
+    im.save(path, format=fmt, **params)
+    return path
+
+
+def exif_bytes(orientation: int | None = None, make: str = "Canon") -> bytes:
+    ex = Image.Exif()
+    ex[0x010F] = make
+    if orientation is not None:
+        ex[0x0112] = orientation
+    ex[0x8769] = {0x9003: "2021:02:03 04:05:06"}
+    return ex.tobytes()
+
+
+def one_line(err: pytest.ExceptionInfo, path: Path | str) -> str:
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{path}: ")
+    return msg
+
+
+def png16_bytes(a: np.ndarray, trns: tuple[int, ...] | None = None) -> bytes:
+    """An independent 16-bit PNG encoder cycling through all five filter types."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w, c = a.shape
+    rows = a.astype(">u2").reshape(h, -1).view(np.uint8).astype(int)
+    bpp, prev, out = 2 * c, np.zeros(rows.shape[1], int), []
+    for y in range(h):
+        r, kind = rows[y], y % 5
+        left = np.concatenate([np.zeros(bpp, int), r[:-bpp]])
+        upleft = np.concatenate([np.zeros(bpp, int), prev[:-bpp]])
+        pred = [0 * r, left, prev, (left + prev) // 2, None][kind]
+        if kind == 4:
+            p = left + prev - upleft
+            pa, pb, pc = abs(p - left), abs(p - prev), abs(p - upleft)
+            pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, prev, upleft))
+        out.append(bytes([kind]) + ((r - pred) % 256).astype(np.uint8).tobytes())
+        prev = r
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, {1: 0, 2: 4, 3: 2, 4: 6}[c], 0, 0, 0)
+    extra = chunk(b"tRNS", struct.pack(">3H", *trns)) if trns else b""
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + extra
+        + chunk(b"IDAT", zlib.compress(b"".join(out))) + chunk(b"IEND", b"")
+    )
+
+
+def raw_tiff16_bytes(a: np.ndarray, order: bytes, orientation: int = 1) -> bytes:
+    """An independent uncompressed 16-bit RGB(A) TIFF, little (II) or big (MM) endian."""
+    h, w, c = a.shape
+    e = "<" if order == b"II" else ">"
+    data = a.astype(e + "u2").tobytes()
+    bps_at = 8 + len(data)
+    ifd_at = bps_at + 2 * c
+    tags = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, c, bps_at), (259, 3, 1, 1), (262, 3, 1, 2),
+            (273, 4, 1, 8), (277, 3, 1, c), (278, 4, 1, h), (279, 4, 1, len(data)), (284, 3, 1, 1)]
+    if c == 4:
+        tags.append((338, 3, 1, 2))
+    if orientation != 1:
+        tags.insert(10, (274, 3, 1, orientation))
+    ifd = struct.pack(e + "H", len(tags))
+    for tag, typ, count, value in tags:
+        inline = typ == 3 and count == 1
+        ifd += struct.pack(e + "HHI", tag, typ, count)
+        ifd += struct.pack(e + "HH", value, 0) if inline else struct.pack(e + "I", value)
+    ifd += struct.pack(e + "I", 0)
+    header = order + struct.pack(e + "HI", 42, ifd_at)
+    return header + data + struct.pack(e + f"{c}H", *([16] * c)) + ifd
+
+
+def pil_exif(path: Path) -> Image.Exif:
+    with Image.open(path) as im:
+        return im.getexif()
+
+
+# ----------------------------------------------------------------------------- reading basics
+
+
+def test_rgb_png_round_trip_is_exact(tmp_path: Path) -> None:
+    a = rand8(9, 13, 3)
+    src = save(tmp_path / "a.png", Image.fromarray(a))
+    img = read_image(src)
+    assert img.rgb.dtype == np.float32 and img.rgb.shape == (9, 13, 3)
+    assert img.size == (13, 9)
+    assert (img.format, img.bit_depth, img.grayscale, img.path) == ("PNG", 8, False, src)
+    assert img.alpha is None
+    np.testing.assert_array_equal(np.rint(img.rgb * 255), a)
+    out = write_image(tmp_path / "b.png", img.rgb, like=img)
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), a)
+
+
+def test_content_decides_format_not_extension(tmp_path: Path) -> None:
+    a = rand8(6, 5, 3)
+    png_as_jpg = save(tmp_path / "x.jpg", Image.fromarray(a), "PNG")
+    jpg_as_png = save(tmp_path / "y.png", Image.fromarray(a), "JPEG")
+    assert read_image(png_as_jpg).format == "PNG"
+    np.testing.assert_array_equal(np.rint(read_image(png_as_jpg).rgb * 255), a)
+    assert read_image(jpg_as_png).format == "JPEG"
+    assert sniff_format(png_as_jpg) == "PNG" and sniff_format(jpg_as_png) == "JPEG"
+    (tmp_path / "t.png").write_text("hello")
+    assert sniff_format(tmp_path / "t.png") is None
+    assert sniff_format(tmp_path) is None
+    assert sniff_format(tmp_path / "missing.png") is None
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_applied_and_reset(tmp_path: Path, orientation: int) -> None:
+    a = rand8(4, 7, 3)  # non-square, so rotations show in the shape
+    src = save(tmp_path / "o.png", Image.fromarray(a), exif=exif_bytes(orientation))
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(src)).convert("RGB"))
+    img = read_image(src)
+    np.testing.assert_array_equal(np.rint(img.rgb * 255), expected)
+    carried = Image.Exif()
+    carried.load(img.exif)
+    assert carried[0x0112] == 1 and carried[0x010F] == "Canon"
+    assert carried.get_ifd(0x8769)[0x9003] == "2021:02:03 04:05:06"
+    out = write_image(tmp_path / "out.png", img.rgb, like=img)
+    assert pil_exif(out)[0x0112] == 1
+
+
+def test_jpeg_orientation_swaps_size(tmp_path: Path) -> None:
+    src = save(tmp_path / "r.jpg", Image.fromarray(rand8(8, 16, 3)), exif=exif_bytes(6))
+    img = read_image(src)
+    assert img.size == (8, 16)
+    out = write_image(tmp_path / "r_out.jpg", img.rgb, like=img)
+    assert pil_exif(out)[0x0112] == 1 and Image.open(out).size == (8, 16)
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg", "webp", "tif"])
+def test_icc_and_exif_carried_or_stripped(tmp_path: Path, fmt: str) -> None:
+    pixels = Image.fromarray(rand8(8, 8, 3))
+    src = save(tmp_path / "src.jpg", pixels, exif=exif_bytes(3), icc_profile=SRGB)
+    img = read_image(src)
+    assert img.icc_profile == SRGB and img.exif is not None
+    out = write_image(tmp_path / f"out.{fmt}", img.rgb, like=img)
+    with Image.open(out) as im:
+        assert im.info.get("icc_profile") == SRGB
+        ex = im.getexif()
+        assert ex[0x010F] == "Canon" and ex.get(0x0112, 1) == 1
+        assert ex.get_ifd(0x8769)[0x9003] == "2021:02:03 04:05:06"
+    bare = write_image(tmp_path / f"bare.{fmt}", img.rgb, like=img, strip_metadata=True)
+    with Image.open(bare) as im:
+        assert not im.info.get("icc_profile")
+        assert 0x010F not in im.getexif() and "exif" not in im.info
+
+
+def test_jpeg_refuses_oversized_exif(tmp_path: Path) -> None:
+    ex = Image.Exif()
+    ex[0x010E] = "x" * 70_000  # ImageDescription; fine in PNG, too big for one JPEG segment
+    img = LoadedImage(np.zeros((4, 4, 3), np.float32), None, False, 8, "PNG", None, ex.tobytes(), None)
+    assert write_image(tmp_path / "ok.png", img.rgb, like=img).exists()
+    with pytest.raises(ImageWriteError) as err:
+        write_image(tmp_path / "big.jpg", img.rgb, like=img)
+    assert "--strip-metadata" in one_line(err, tmp_path / "big.jpg")
+    assert write_image(tmp_path / "big.jpg", img.rgb, like=img, strip_metadata=True).exists()
+
+
+def test_icc_of_wrong_colour_space_is_not_written(tmp_path: Path) -> None:
+    gray_icc = SRGB[:16] + b"GRAY" + SRGB[20:]
+    img = LoadedImage(np.zeros((4, 4, 3), np.float32), None, False, 8, "PNG", gray_icc, None, None)
+    out = write_image(tmp_path / "o.png", img.rgb, like=img)
+    assert "icc_profile" not in Image.open(out).info
+
+
+def test_tiff_source_exif_keeps_metadata_not_structure(tmp_path: Path) -> None:
+    src = tmp_path / "s.tif"
+    Image.fromarray(rand8(5, 6, 3)).save(src, exif=exif_bytes(8))  # Pillow writes an EXIF IFD
+    img = read_image(src)
+    assert img.size == (5, 6)
+    ex = Image.Exif()
+    ex.load(img.exif)
+    assert ex[0x010F] == "Canon" and ex.get(0x0112, 1) == 1
+    assert 273 not in ex and 256 not in ex  # StripOffsets / ImageWidth of the source are not metadata
+
+
+# ----------------------------------------------------------------------------- alpha, modes, depth
+
+
+def test_rgba_alpha_round_trip(tmp_path: Path) -> None:
+    a = rand8(6, 7, 4)
+    img = read_image(save(tmp_path / "a.png", Image.fromarray(a)))
+    np.testing.assert_array_equal(np.rint(img.alpha * 255), a[..., 3])
+    out = write_image(tmp_path / "b.png", img.rgb, img.alpha, like=img)
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), a)
+    webp = write_image(tmp_path / "b.webp", img.rgb, img.alpha, like=img, quality=90)
+    assert Image.open(webp).mode == "RGBA"
+
+
+def test_la_stays_gray_with_alpha(tmp_path: Path) -> None:
+    a = rand8(5, 6, 2)
+    img = read_image(save(tmp_path / "la.png", Image.fromarray(a)))
+    assert img.grayscale and img.bit_depth == 8
+    np.testing.assert_array_equal(np.rint(img.rgb[..., 1] * 255), a[..., 0])
+    np.testing.assert_array_equal(np.rint(img.alpha * 255), a[..., 1])
+    for ext in ("png", "tif"):
+        out = write_image(tmp_path / f"o.{ext}", img.rgb, img.alpha, like=img)
+        with Image.open(out) as im:
+            assert im.mode == "LA"
+            np.testing.assert_array_equal(np.asarray(im), a)
+
+
+def test_palette_and_trns_transparency(tmp_path: Path) -> None:
+    idx = RNG.integers(0, 4, (5, 5), dtype=np.uint8)
+    pal = Image.fromarray(idx, "L").convert("P")
+    pal.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255, 9, 9, 9])
+    for name, fmt in (("p.png", "PNG"), ("p.gif", "GIF")):
+        img = read_image(save(tmp_path / name, pal, fmt, transparency=2))
+        np.testing.assert_array_equal(img.alpha, (idx != 2).astype(np.float32))
+        assert not img.grayscale
+    rgb = rand8(4, 4, 3)
+    rgb[0, 0] = (1, 2, 3)
+    img = read_image(save(tmp_path / "t.png", Image.fromarray(rgb), transparency=(1, 2, 3)))
+    assert img.alpha[0, 0] == 0 and img.alpha.sum() == 15
+    gray = rand8(4, 4, 1)[..., 0]
+    gray[gray == 77] = 78
+    gray[1, 1] = 77
+    img = read_image(save(tmp_path / "l.png", Image.fromarray(gray), transparency=77))
+    assert img.grayscale and img.alpha[1, 1] == 0 and img.alpha.sum() == 15
+
+
+def test_one_bit_and_float_and_int_modes(tmp_path: Path) -> None:
+    bits = RNG.integers(0, 2, (6, 8)).astype(bool)
+    img = read_image(save(tmp_path / "b.png", Image.fromarray(bits)))
+    assert img.grayscale and img.bit_depth == 8
+    np.testing.assert_array_equal(img.rgb[..., 0], bits.astype(np.float32))
+    f = np.linspace(-0.5, 1.5, 24, dtype=np.float32).reshape(4, 6)
+    img = read_image(save(tmp_path / "f.tif", Image.fromarray(f, "F")))
+    assert img.grayscale and img.bit_depth == 16
+    np.testing.assert_allclose(img.rgb[..., 0], np.clip(f, 0, 1))
+    i = np.array([[-5, 0, 1000], [65535, 70000, 3]], dtype=np.int32)
+    img = read_image(save(tmp_path / "i.tif", Image.fromarray(i, "I")))
+    np.testing.assert_array_equal(np.rint(img.rgb[..., 0] * 65535), np.clip(i, 0, 65535))
+
+
+def test_cmyk_converts_to_rgb(tmp_path: Path) -> None:
+    a = rand8(6, 6, 3)
+    cmyk = Image.fromarray(a).convert("CMYK")
+    for name, extra in (("c.jpg", {}), ("c2.jpg", {"icc_profile": b"not a real profile" * 10})):
+        img = read_image(save(tmp_path / name, cmyk, quality=100, **extra))
+        assert img.icc_profile is None and img.rgb.shape == (6, 6, 3) and not img.grayscale
+        assert np.abs(img.rgb * 255 - a).mean() < 6  # naive CMYK round trip through JPEG
+
+
+def test_gray16_png_and_tiff_stay_16bit_gray(tmp_path: Path) -> None:
+    g = rand16(7, 5, 1)[..., 0]
+    img = read_image(save(tmp_path / "g.png", Image.fromarray(g)))
+    assert img.grayscale and img.bit_depth == 16
+    np.testing.assert_array_equal(np.rint(img.rgb[..., 2] * 65535), g)
+    for ext in ("png", "tif"):
+        out = write_image(tmp_path / f"o.{ext}", img.rgb, like=img)
+        with Image.open(out) as im:
+            assert im.mode.startswith("I;16")
+            np.testing.assert_array_equal(np.asarray(im), g)
+
+
+@pytest.mark.parametrize("channels", [2, 3, 4])
+def test_png16_colour_read_exactly(tmp_path: Path, channels: int) -> None:
+    a = rand16(6, 9, channels)
+    src = tmp_path / "d.png"
+    src.write_bytes(png16_bytes(a))
+    img = read_image(src)
+    assert img.bit_depth == 16 and img.grayscale == (channels == 2)
+    color = a[..., :1] if channels == 2 else a[..., :3]
+    np.testing.assert_array_equal(np.rint(img.rgb * 65535), np.broadcast_to(color, (6, 9, 3)))
+    if channels % 2 == 0:
+        np.testing.assert_array_equal(np.rint(img.alpha * 65535), a[..., -1])
+    out = write_image(tmp_path / "o.png", img.rgb, img.alpha, like=img)
+    assert out.read_bytes()[24] == 16  # IHDR bit depth
+    again = read_image(out)
+    np.testing.assert_array_equal(again.rgb, img.rgb)
+    assert again.grayscale == img.grayscale
+    if img.alpha is not None:
+        np.testing.assert_array_equal(again.alpha, img.alpha)
+
+
+def test_png16_trns_alpha(tmp_path: Path) -> None:
+    a = rand16(4, 4, 3)
+    a[2, 3] = (1000, 2000, 3000)
+    src = tmp_path / "t.png"
+    src.write_bytes(png16_bytes(a, trns=(1000, 2000, 3000)))
+    img = read_image(src)
+    assert img.bit_depth == 16 and img.alpha[2, 3] == 0 and img.alpha.sum() == 15
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_tiff16_colour_round_trip(tmp_path: Path, channels: int) -> None:
+    a = rand16(5, 7, channels)
+    for order in (b"II", b"MM"):
+        src = tmp_path / f"raw_{order.decode()}.tif"
+        src.write_bytes(raw_tiff16_bytes(a, order))
+        img = read_image(src)
+        assert img.bit_depth == 16 and img.format == "TIFF"
+        np.testing.assert_array_equal(np.rint(img.rgb * 65535), a[..., :3])
+    src.write_bytes(raw_tiff16_bytes(a, b"MM", orientation=6))
+    np.testing.assert_array_equal(np.rint(read_image(src).rgb * 65535), np.rot90(a[..., :3], -1))
+    out = write_image(tmp_path / "o.tiff", img.rgb, img.alpha, like=img)
+    with Image.open(out) as im:
+        assert im.tile[0][3][0].startswith("RGB")  # Pillow sees a 16-bit RGB(A) TIFF
+    again = read_image(out)
+    np.testing.assert_array_equal(np.rint(again.rgb * 65535), a[..., :3])
+    if channels == 4:
+        np.testing.assert_array_equal(np.rint(again.alpha * 65535), a[..., 3])
+
+
+def test_bit_depth_choice(tmp_path: Path) -> None:
+    x = RNG.random((4, 5, 3), dtype=np.float32)
+    deep = LoadedImage(x, None, False, 16, "PNG", None, None, None)
+    assert read_image(write_image(tmp_path / "a.png", x, like=deep)).bit_depth == 16
+    assert read_image(write_image(tmp_path / "b.png", x, like=deep, bit_depth=8)).bit_depth == 8
+    assert read_image(write_image(tmp_path / "c.png", x, bit_depth=16)).bit_depth == 16
+    assert read_image(write_image(tmp_path / "d.jpg", x, like=deep)).bit_depth == 8  # silently 8-bit
+    with pytest.raises(ImageWriteError) as err:
+        write_image(tmp_path / "e.jpg", x, bit_depth=16)
+    assert "16-bit" in one_line(err, tmp_path / "e.jpg")
+    with pytest.raises(ValueError):
+        write_image(tmp_path / "f.png", x, bit_depth=12)
+
+
+def test_jpeg_drops_alpha_and_gray_like_writes_gray(tmp_path: Path) -> None:
+    x = RNG.random((6, 6, 3), dtype=np.float32)
+    out = write_image(tmp_path / "a.jpg", x, np.ones((6, 6), np.float32))
+    assert Image.open(out).mode == "RGB"
+    gray_like = LoadedImage(x, None, True, 8, "PNG", None, None, None)
+    for ext, mode in (("png", "L"), ("jpg", "L"), ("tif", "L"), ("webp", "RGB")):
+        assert Image.open(write_image(tmp_path / f"g.{ext}", x, like=gray_like)).mode == mode
+    assert Image.open(write_image(tmp_path / "two_d.png", x[..., 0])).mode == "L"
+
+
+@settings(max_examples=20, deadline=None)
+@given(hnp.arrays(np.float32, st.tuples(st.integers(2, 9), st.integers(2, 9), st.just(3)),
+                  elements=st.floats(-0.5, 1.5, width=32)), st.sampled_from([8, 16]))
+def test_quantisation_error_is_half_a_step(
+    tmp_path_factory: pytest.TempPathFactory, x: np.ndarray, depth: int
+) -> None:
+    path = tmp_path_factory.mktemp("q") / "x.png"
+    back = read_image(write_image(path, x, bit_depth=depth)).rgb
+    step = 1 / (255 if depth == 8 else 65535)
+    assert np.abs(back - np.clip(x, 0, 1)).max() <= step / 2 + 1e-7
+
+
+# ----------------------------------------------------------------------------- size limits
+
+
+def header_only_png(w: int, h: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 10))
+
+
+def test_declared_size_checked_before_decoding(tmp_path: Path) -> None:
+    bomb = tmp_path / "x.png"
+    bomb.write_bytes(header_only_png(30000, 30000))
+    before = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ImageReadError) as err:
+        read_image(bomb)
+    msg = one_line(err, bomb)
+    assert "30000x30000 (900 MP)" in msg and "limit of 179 MP" in msg and "--max-pixels" in msg
+    assert Image.MAX_IMAGE_PIXELS == before
+    assert DEFAULT_MAX_PIXELS == 178_956_970
+
+
+def test_max_pixels_is_ours_not_pillows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = save(tmp_path / "a.png", Image.fromarray(rand8(20, 20, 3)))
+    with pytest.raises(ImageReadError, match="exceeds the limit of 399 px"):
+        read_image(src, max_pixels=399)
+    assert read_image(src, max_pixels=400).size == (20, 20)
+    tif = save(tmp_path / "a.tif", Image.fromarray(rand8(20, 20, 3)))  # checked again on load
+    gif = save(tmp_path / "a.gif", Image.fromarray(rand8(20, 20, 3)).convert("P"))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # Pillow's global would refuse these files
+    for path in (src, tif, gif):
+        assert read_image(path, max_pixels=None).size == (20, 20)
+        assert read_image(path).size == (20, 20)
+    assert sniff_format(src) == "PNG"
+    assert Image.MAX_IMAGE_PIXELS == 10
+
+
+def test_too_small(tmp_path: Path) -> None:
+    tiny = save(tmp_path / "a.png", Image.new("RGB", (1, 1)))
+    with pytest.raises(ImageReadError) as err:
+        read_image(tiny)
+    assert one_line(err, tiny).endswith("1x1 image is too small (minimum 2x2)")
+    assert read_image(save(tmp_path / "b.png", Image.new("RGB", (2, 2)))).size == (2, 2)
+
+
+# ----------------------------------------------------------------------------- read errors
+
+
+def test_read_errors_are_one_line(tmp_path: Path) -> None:
+    noisy = Image.fromarray(rand8(64, 64, 3))
+    png = save(tmp_path / "full.png", noisy).read_bytes()
+    jpg = save(tmp_path / "full.jpg", noisy, quality=95).read_bytes()
+    cases = {
+        "missing.png": (None, "no such file"),
+        "empty.png": (b"", "empty file (0 bytes)"),
+        "notes.txt": (b"just some text\n" * 20, "not an image"),
+        "cut.png": (png[: len(png) // 2], "truncated or corrupt image file"),
+        "cut.jpg": (jpg[: len(jpg) // 2], "truncated or corrupt image file"),
+        "junk.png": (png[:8] + RNG.bytes(200), "truncated or corrupt PNG file"),
+        "junk.jpg": (b"\xff\xd8\xff\xe0" + bytes(200), "truncated or corrupt"),
+    }
+    for name, (content, reason) in cases.items():
+        path = tmp_path / name
+        if content is not None:
+            path.write_bytes(content)
+        with pytest.raises(ImageReadError) as err:
+            read_image(path)
+        assert reason in one_line(err, path), name
+    with pytest.raises(ImageReadError) as err:
+        read_image(tmp_path)
+    assert "is a directory" in one_line(err, tmp_path)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root can read anything")
+def test_unreadable_file(tmp_path: Path) -> None:
+    path = save(tmp_path / "a.png", Image.new("RGB", (4, 4)))
+    path.chmod(0)
+    try:
+        with pytest.raises(ImageReadError) as err:
+            read_image(path)
+        assert "permission denied" in one_line(err, path)
+    finally:
+        path.chmod(0o644)
+
+
+def test_permission_error_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = save(tmp_path / "a.png", Image.new("RGB", (4, 4)))
+
+    def denied(*args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(imageio.Image, "open", denied)  # what chmod 000 does for non-root users
+    with pytest.raises(ImageReadError) as err:
+        read_image(path)
+    assert one_line(err, path).endswith(": permission denied")
+    items, skipped = collect_inputs([path])
+    assert items == [] and skipped == [(path, "permission denied")]
+
+
+def test_errors_pickle() -> None:
+    err = pickle.loads(pickle.dumps(ImageReadError(Path("a.png"), "bad\nthing")))
+    assert isinstance(err, SinsrIOError) and err.path == Path("a.png")
+    assert str(err) == "a.png: bad thing"
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def test_quality_and_format_aliases(tmp_path: Path) -> None:
+    x = RNG.random((32, 32, 3), dtype=np.float32)
+    for ext in ("jpg", "webp"):
+        small = write_image(tmp_path / f"q30.{ext}", x, quality=30).stat().st_size
+        large = write_image(tmp_path / f"q95.{ext}", x, quality=95).stat().st_size
+        assert small < large
+    aliases = {"jpeg": "JPEG", "JPG": "JPEG", "tiff": "TIFF", ".png": "PNG", "webp": "WEBP"}
+    for alias, pil in aliases.items():
+        out = write_image(tmp_path / "any.name", x, format=alias)
+        assert sniff_format(out) == pil
+    assert sniff_format(write_image(tmp_path / "e.TIF", x)) == "TIFF"
+    with pytest.raises(ImageWriteError) as err:
+        write_image(tmp_path / "a.gif", x)
+    assert "png, jpg, webp or tif" in one_line(err, tmp_path / "a.gif")
+    with pytest.raises(ImageWriteError, match="unknown output format 'bmp'"):
+        write_image(tmp_path / "a.png", x, format="bmp")
+    with pytest.raises(ValueError):
+        write_image(tmp_path / "a.png", (x * 255).astype(np.uint8))
+    with pytest.raises(ValueError):
+        write_image(tmp_path / "a.png", x, np.ones((3, 3), np.float32))
+
+
+def test_write_clamps_and_creates_parents(tmp_path: Path) -> None:
+    x = np.array([[[-1, 0.5, 2]] * 2] * 2, dtype=np.float32)
+    x[0, 0, 0] = np.nan
+    out = write_image(tmp_path / "deep" / "er" / "a.png", x)
+    np.testing.assert_array_equal(np.asarray(Image.open(out))[1, 1], [0, 128, 255])
+    assert np.asarray(Image.open(out))[0, 0, 0] == 0
+
+
+def leftovers(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_failed_write_leaves_nothing_and_keeps_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x = RNG.random((8, 8, 3), dtype=np.float32)
+    target = tmp_path / "a.png"
+    target.write_bytes(b"old")
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(imageio.os, "fsync", disk_full)
+    with pytest.raises(ImageWriteError) as err:
+        write_image(target, x)
+    assert "no space left on device" in one_line(err, target)
+    with pytest.raises(ImageWriteError, match="no space left"):
+        atomic_write_bytes(tmp_path / "b.bin", b"data")
+    monkeypatch.undo()
+
+    def explode(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(imageio, "_encode_pillow", explode)
+    with pytest.raises(KeyboardInterrupt):
+        write_image(target, x)
+    assert target.read_bytes() == b"old"
+    assert leftovers(tmp_path) == [] and not (tmp_path / "b.bin").exists()
+
+
+def test_unwritable_destinations(tmp_path: Path) -> None:
+    x = np.zeros((4, 4, 3), np.float32)
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    with pytest.raises(ImageWriteError) as err:  # the parent "directory" is a file
+        write_image(blocker / "out.png", x)
+    assert "not a directory" in one_line(err, blocker / "out.png")
+    (tmp_path / "dir.png").mkdir()
+    with pytest.raises(ImageWriteError) as err:
+        write_image(tmp_path / "dir.png", x)
+    assert "is a directory" in one_line(err, tmp_path / "dir.png")
+    assert leftovers(tmp_path) == []
+
+
+def test_atomic_write_bytes_respects_umask(tmp_path: Path) -> None:
+    out = atomic_write_bytes(tmp_path / "x" / "a.bin", b"abc")
+    assert out.read_bytes() == b"abc"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+# ----------------------------------------------------------------------------- tensors
+
+
+def test_tensor_helpers() -> None:
+    x = RNG.random((5, 7, 3), dtype=np.float32)
+    t = image_to_tensor(x)
+    assert t.shape == (1, 3, 5, 7) and t.dtype == torch.float32
+    np.testing.assert_array_equal(tensor_to_image(t), x)
+    np.testing.assert_array_equal(tensor_to_image(t[0]), x)
+    nan, inf = float("nan"), float("inf")
+    wild = torch.tensor([[[-1.0, 2.0]], [[nan, 0.5]], [[0.25, inf]]], dtype=torch.float64)
+    kept = wild.clone()
+    out = tensor_to_image(wild)
+    assert out.dtype == np.float32 and out.shape == (1, 2, 3)
+    np.testing.assert_array_equal(out[0], [[0, 0, 0.25], [1, 0.5, 1]])
+    assert torch.equal(wild.nan_to_num(), kept.nan_to_num())  # input untouched
+    with pytest.raises(ValueError):
+        tensor_to_image(torch.zeros(2, 3, 4, 4))
+    with pytest.raises(ValueError):
+        image_to_tensor(np.zeros((4, 4), np.float32))
+
+
+# ----------------------------------------------------------------------------- inputs and outputs
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "in"
+    (root / "sub" / "deeper").mkdir(parents=True)
+    (root / ".hidden").mkdir()
+    img = Image.fromarray(rand8(4, 4, 3))
+    save(root / "b.png", img)
+    save(root / "a.jpeg", img, "PNG")  # PNG content, JPEG name
+    save(root / "sub" / "c.jpg", img)
+    save(root / "sub" / "deeper" / "d.webp", img)
+    save(root / ".hidden" / "e.png", img)
+    save(root / ".f.png", img)
+    (root / "readme.txt").write_text("not an image")
+    return root
+
+
+def test_collect_directory_recursive_and_flat(tree: Path) -> None:
+    items, skipped = collect_inputs([tree])
+    assert [i.rel.as_posix() for i in items] == ["a.jpeg", "b.png", "sub/c.jpg", "sub/deeper/d.webp"]
+    assert all(i.path == tree / i.rel for i in items)
+    assert skipped == [(tree / "readme.txt", "not an image")]
+    flat, _ = collect_inputs([str(tree)], recursive=False)
+    assert [i.rel.as_posix() for i in flat] == ["a.jpeg", "b.png"]
+
+
+def test_collect_files_globs_dedup_and_missing(tree: Path) -> None:
+    (tree / "link.png").symlink_to(tree / "b.png")
+    items, skipped = collect_inputs(
+        [tree / "b.png", tree / "sub", str(tree / "**" / "*.jp*g"), tree / "b.png", tree / "nope.png",
+         str(tree / "*.gif"), tree / ".f.png", tree / "link.png"]
+    )
+    rels = {i.path.relative_to(tree).as_posix(): i.rel.as_posix() for i in items}
+    assert rels == {"a.jpeg": "a.jpeg", "b.png": "b.png", "sub/c.jpg": "c.jpg",
+                    "sub/deeper/d.webp": "deeper/d.webp", ".f.png": ".f.png"}
+    assert [i.path for i in items] == sorted(i.path for i in items)
+    assert dict(skipped) == {tree / "nope.png": "no such file or directory",
+                             tree / "*.gif": "no files match this pattern"}
+
+
+def test_output_path_rules(tree: Path, tmp_path: Path) -> None:
+    items, _ = collect_inputs([tree])
+    by_rel = {i.rel.as_posix(): i for i in items}
+    a, c = by_rel["a.jpeg"], by_rel["sub/c.jpg"]
+
+    def where(item: InputItem, output: Path | None, suffix: str, fmt: str | None, one: bool) -> Path:
+        return output_path(item, output=output, suffix=suffix, format=fmt, single_input_file=one)
+
+    # next to the input; extension from the real content (a.jpeg holds PNG)
+    assert where(a, None, "_sinsr", None, False) == tree / "a_sinsr.png"
+    assert where(c, None, "_sinsr", "tiff", False) == tree / "sub" / "c_sinsr.tif"
+    out = tmp_path / "out"
+    assert where(c, out, "", None, False) == out / "sub" / "c.jpg"
+    assert where(c, out, "_x", "webp", False) == out / "sub" / "c_x.webp"
+    # -o FILE for one input file; a name without an image extension is a directory
+    single = InputItem(c.path, Path("c.jpg"))
+    assert where(single, tmp_path / "r.png", "_s", None, True) == tmp_path / "r.png"
+    assert where(single, tmp_path / "r.png", "_s", None, False) == tmp_path / "r.png" / "c_s.jpg"
+    assert where(single, tmp_path / "res", "", None, True) == tmp_path / "res" / "c.jpg"
+    with pytest.raises(SinsrIOError, match="does not match"):
+        output_path(single, output=tmp_path / "r.png", suffix="", format="jpg", single_input_file=True)
+    with pytest.raises(SinsrIOError, match="unknown output format"):
+        output_path(single, output=None, suffix="_s", format="gif", single_input_file=True)
+    # never the input itself
+    b = by_rel["b.png"]
+    for kwargs in ({"output": None}, {"output": tree}, {"output": b.path}):
+        with pytest.raises(SinsrIOError) as err:
+            output_path(b, suffix="", format=None, single_input_file=True, **kwargs)
+        assert "overwrite the input" in one_line(err, b.path)
+
+
+def test_pair_by_stem_matches_names_not_positions(tmp_path: Path) -> None:
+    lr, hr = tmp_path / "lr", tmp_path / "hr"
+    (lr / "x").mkdir(parents=True)
+    (hr / "x").mkdir(parents=True)
+    img = Image.fromarray(rand8(4, 4, 3))
+    for name in ("a.png", "c.png", "x/d.png", "z.png"):
+        save(lr / name, img)
+    for name in ("b.jpg", "c.jpg", "x/d.webp", "d.png", "zz.png"):
+        save(hr / name, img)
+    pairs, lr_only, hr_only = pair_by_stem(lr, hr)
+    assert pairs == [(lr / "c.png", hr / "c.jpg"), (lr / "x/d.png", hr / "x/d.webp")]
+    assert lr_only == [lr / "a.png", lr / "z.png"]
+    assert hr_only == [hr / "b.jpg", hr / "d.png", hr / "zz.png"]
+    save(lr / "c.jpg", img)
+    with pytest.raises(SinsrIOError, match="two images share the name 'c'"):
+        pair_by_stem(lr, hr)
+    with pytest.raises(SinsrIOError, match="not a directory"):
+        pair_by_stem(tmp_path / "nope", hr)
+
+
+# ----------------------------------------------------------------------------- real images
+
+
+@needs_data
+def test_real_images_smoke() -> None:
+    assert DATA is not None
+    pairs, lr_only, hr_only = pair_by_stem(DATA / "set5" / "lr", DATA / "set5" / "hr")
+    assert len(pairs) == 5 and not lr_only and not hr_only
+    lr_path, hr_path = pairs[0]
+    lr, hr = read_image(lr_path), read_image(hr_path)
+    assert (hr.size[0], hr.size[1]) == (4 * lr.size[0], 4 * lr.size[1])
+    flower = read_image(DATA / "realset65" / "flower2.jpeg")
+    assert flower.format == "PNG" and flower.alpha is not None
+    assert read_image(DATA / "realset65" / "im_lq2.png").format == "JPEG"
+    items, skipped = collect_inputs([DATA / "realset65"])
+    assert len(items) == 65 and skipped == []
+    item = next(i for i in items if i.rel.name == "flower2.jpeg")
+    target = output_path(item, output=None, suffix="_sinsr", format=None, single_input_file=False)
+    assert target.name == "flower2_sinsr.png"
