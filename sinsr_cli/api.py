@@ -1,0 +1,39 @@
+"""A small Python API: upscale a PIL image or a tensor in one call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .pipeline import SRPipeline, load_pipeline
+
+
+def upscale(
+    image: Image.Image | torch.Tensor,
+    *,
+    pipeline: SRPipeline | None = None,
+    model: str | Path = "sinsr-v1",
+    vq: str | Path | None = None,
+    steps: int | None = None,
+    sampler: str | None = None,
+    seed: int | None = 0,
+    tile: int = 0,
+    device: str = "auto",
+    dtype: str = "auto",
+) -> Image.Image | torch.Tensor:
+    """Upscale x4. A PIL image gives a PIL RGB image; a ``[B,3,H,W]``/``[3,H,W]`` tensor in [0,1]
+    gives a tensor of the same rank. Pass ``pipeline`` to reuse loaded models across calls."""
+    pipe = pipeline or load_pipeline(model, vq, device=device, dtype=dtype)
+    if isinstance(image, Image.Image):
+        rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        x = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+        out = pipe(x, steps=steps, sampler=sampler, seed=seed, tile=tile)[0]
+        arr = (out.permute(1, 2, 0).cpu().numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "RGB")
+    squeeze = image.ndim == 3
+    x = image[None] if squeeze else image
+    out = pipe(x, steps=steps, sampler=sampler, seed=seed, tile=tile)
+    return out[0] if squeeze else out
