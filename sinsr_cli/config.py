@@ -80,8 +80,6 @@ class UNetConfig:
         p = dict(p)
         if p.get("dims", 2) != 2:
             raise ValueError("only dims=2 UNets are supported")
-        if float(p.get("dropout", 0) or 0) != 0:
-            pass  # dropout only matters for training; inference ignores it
         cond = bool(p.get("cond_lq", True))
         in_ch = int(p["in_channels"])
         lq_size = p.get("lq_size")

@@ -27,14 +27,13 @@ from typing import Any
 
 import torch
 
-from .config import ScheduleConfig, UNetConfig, VQConfig
+from .config import ModelPreset, ScheduleConfig, UNetConfig, VQConfig
 from .diffusion.sampler import predict_x0, prior_sample, sample_ancestral, sample_deterministic, sample_onestep
 from .diffusion.schedule import make_schedule
 from .models.checkpoints import load_strict, split_prefixed
 from .models.swin_unet import SwinUNet
 from .models.vq_f4 import VQModel
 from .pipeline import SRPipeline, bicubic_up, pad_to_multiple
-from .config import ModelPreset
 
 TOL_LATENT = 1e-4
 TOL_IMAGE = 1e-3
@@ -153,7 +152,6 @@ def _main_paths(T, meta, pipe: SRPipeline, schedule, rep: Report, path: Path, to
     noise = T.get("noise")
     if noise is not None and "x_T" in T:
         rep.add("x_T", prior_sample(z_y, schedule, noise), T["x_T"], tol_lat)
-    den_ref = pipe.denoiser(lq)
 
     # decoded images from the fixture's own latents (strict) and our codebook choices
     for lat in ("z_y", "onestep", "ddim", "ancestral"):
@@ -193,7 +191,7 @@ def _main_paths(T, meta, pipe: SRPipeline, schedule, rep: Report, path: Path, to
             if xk not in T or sk not in T:
                 continue
             z_prev = T["x_T"] if step == 0 else T[f"{kind}_sample_{step - 1}"]
-            x0 = predict_x0(den_ref, z_prev, schedule, i)
+            x0 = predict_x0(den, z_prev, schedule, i)
             if kind == "ddim":
                 k, m, j = schedule.ddim(i)
                 s = x0 * k + m * z_prev + j * z_y_ref
@@ -230,15 +228,15 @@ def _main_paths(T, meta, pipe: SRPipeline, schedule, rep: Report, path: Path, to
 
 
 def _padding(T, pipe: SRPipeline, rep: Report, tol_img) -> None:
+    """Non-multiple-of-64 input: reflect pad, one step, decode, crop (no stored latent)."""
     if "pad_lq" not in T or "pad_image" not in T:
         return
-    out = pipe.upscale_pm1(T["pad_lq"], sampler="onestep", noise=T["pad_noise_0"])
-    rep.add("pad_image", out, T["pad_image"], None)
-    padded, _ = pad_to_multiple(T["pad_lq"], pipe.pad_multiple)
+    lq = T["pad_lq"]
+    padded, (h, w) = pad_to_multiple(lq, pipe.pad_multiple)
     z0 = pipe.sample_latent(padded, sampler="onestep", noise=T["pad_noise_0"])
-    # no stored latent for this path: report the image error, enforce when it is small
-    row = rep.rows["pad_image"]
-    row["ok"] = row["finite"] and (tol_img is None or row["max_abs_err"] <= tol_img or _near_tie(pipe, z0))
+    out = pipe.decode(z0)[..., : h * pipe.scale, : w * pipe.scale]
+    # without the reference latent a codebook flip cannot be told apart: relax only at near-ties
+    rep.add("pad_image", out, T["pad_image"], None if _near_tie(pipe, z0) else tol_img)
 
 
 def _near_tie(pipe: SRPipeline, z: torch.Tensor) -> bool:
@@ -247,7 +245,7 @@ def _near_tie(pipe: SRPipeline, z: torch.Tensor) -> bool:
     flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).float()
     d = torch.cdist(flat, e) ** 2
     two = d.topk(2, largest=False).values
-    return bool(((two[:, 1] - two[:, 0]) < 1e-5).any())
+    return bool(((two[:, 1] - two[:, 0]) < 1e-6).any())
 
 
 def _chopping(T, meta, pipe: SRPipeline, rep: Report, tol_img) -> None:
