@@ -17,6 +17,14 @@ def _tuple(v: Any) -> tuple:
     return tuple(v) if isinstance(v, (list, tuple)) else (v,)
 
 
+def _checked_kwargs(cls: type, d: Mapping[str, Any], tuple_fields: tuple[str, ...]) -> dict[str, Any]:
+    """``d`` as constructor kwargs of dataclass ``cls``: unknown names rejected, lists -> tuples."""
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    return {k: _tuple(v) if k in tuple_fields else v for k, v in d.items()}
+
+
 @dataclass(frozen=True)
 class UNetConfig:
     """Swin-UNet denoiser (``UNetModelSwin``) hyper-parameters.
@@ -61,14 +69,7 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "UNetConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown UNet config fields: {sorted(unknown)}")
-        kw = dict(d)
-        for k in ("num_res_blocks", "attention_resolutions", "channel_mult"):
-            if k in kw:
-                kw[k] = _tuple(kw[k])
+        kw = _checked_kwargs(cls, d, ("num_res_blocks", "attention_resolutions", "channel_mult"))
         if "num_res_blocks" in kw and len(kw["num_res_blocks"]) == 1:
             n = len(kw.get("channel_mult", cls.channel_mult))
             kw["num_res_blocks"] = kw["num_res_blocks"] * n
@@ -145,15 +146,7 @@ class VQConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "VQConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown VQ config fields: {sorted(unknown)}")
-        kw = dict(d)
-        for k in ("ch_mult", "attn_resolutions"):
-            if k in kw:
-                kw[k] = _tuple(kw[k])
-        return cls(**kw)
+        return cls(**_checked_kwargs(cls, d, ("ch_mult", "attn_resolutions")))
 
     @classmethod
     def from_official(cls, p: Mapping[str, Any]) -> "VQConfig":
