@@ -1,0 +1,80 @@
+"""`sinsr convert`, `sinsr models`, `sinsr --version` through the real Typer app."""
+
+from __future__ import annotations
+
+import torch
+from typer.testing import CliRunner
+
+from sinsr_cli import __version__
+from sinsr_cli.cli.app import app
+from sinsr_cli.config import tiny_unet
+from sinsr_cli.models.checkpoints import read_checkpoint
+from sinsr_cli.models.swin_unet import SwinUNet
+
+runner = CliRunner()
+
+
+def test_version_and_help():
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and __version__ in r.output
+    r = runner.invoke(app, ["--help"])
+    assert r.exit_code == 0
+    for cmd in ("upscale", "bench", "distill", "models", "download", "convert"):
+        assert cmd in r.output
+
+
+def test_convert_official_style_pth(tmp_path):
+    sd = {f"module.{k}": v for k, v in SwinUNet(tiny_unet()).state_dict().items()}
+    torch.save({"params_ema": sd}, tmp_path / "SinSR_tiny.pth")
+    dst = tmp_path / "out.safetensors"
+    r = runner.invoke(app, ["convert", str(tmp_path / "SinSR_tiny.pth"), str(dst)])
+    assert r.exit_code == 0, r.output
+    ck = read_checkpoint(dst)
+    assert ck.metadata["sinsr.kind"] == "unet" and "sinsr.preset" in ck.metadata
+    # never overwrite without --force; wrong suffix; missing source: one line, exit 2
+    for args in (
+        [str(tmp_path / "SinSR_tiny.pth"), str(dst)],
+        [str(tmp_path / "SinSR_tiny.pth"), str(tmp_path / "x.pth")],
+        [str(tmp_path / "nope.pth"), str(tmp_path / "y.safetensors")],
+    ):
+        r = runner.invoke(app, ["convert", *args])
+        assert r.exit_code == 2
+        assert "error:" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["convert", str(tmp_path / "SinSR_tiny.pth"), str(dst), "--force"])
+    assert r.exit_code == 0
+
+
+def test_convert_with_config_sidecar(tmp_path, reference_dir):
+    """A non-preset architecture described by an official-style JSON sidecar."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from sinsr_cli.models.checkpoints import split_prefixed
+
+    T = load_file(str(reference_dir / "parity_small.safetensors"))
+    torch.save(split_prefixed(T, "unet."), tmp_path / "small.pth")
+    r = runner.invoke(
+        app, ["convert", str(tmp_path / "small.pth"), str(tmp_path / "small.safetensors"),
+              "--config", str(reference_dir / "parity_small.json")]
+    )
+    assert r.exit_code == 0, r.output
+    meta = json.loads(read_checkpoint(tmp_path / "small.safetensors").metadata["sinsr.preset"])
+    assert meta["unet"]["model_channels"] == 32 and meta["unet"]["num_res_blocks"] == [1, 1, 1, 1]
+
+
+def test_models_lists_zoo(tmp_path, monkeypatch):
+    monkeypatch.setenv("SINSR_CACHE", str(tmp_path))
+    r = runner.invoke(app, ["models"])
+    assert r.exit_code == 0, r.output
+    for name in ("sinsr-v1", "resshift-v3", "vq-f4"):
+        assert name in r.output
+    assert "non-commercial" in r.output
+
+
+def test_download_offline_without_cache_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("SINSR_CACHE", str(tmp_path))
+    monkeypatch.setenv("SINSR_OFFLINE", "1")
+    r = runner.invoke(app, ["download", "sinsr-v1"])
+    assert r.exit_code == 2
+    assert "Traceback" not in r.output and "sinsr-v1" in r.output
