@@ -1,10 +1,204 @@
-"""`sinsr bench` (being written)."""
+"""`sinsr bench`: quality and speed of each model and step count on your images, in one run."""
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
 import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .common import EXIT_PARTIAL, console, handle_errors
+
+_HELP_MODEL = (
+    "Models to compare, comma-separated or repeated: zoo names or checkpoint files "
+    "(e.g. sinsr-v1,resshift-v3). 'none' benchmarks the bicubic baseline only."
+)
 
 
-def bench_cmd() -> None:
-    """Not implemented yet."""
-    raise typer.Exit(2)
+def _split(values: Optional[list[str]]) -> list[str]:
+    return [v.strip() for raw in values or [] for v in raw.split(",") if v.strip()]
+
+
+def _parse_steps(values: Optional[list[str]]) -> list[Optional[int]]:
+    tokens = _split(values)
+    if not tokens:
+        return [None]
+    steps: list[Optional[int]] = []
+    for t in tokens:
+        if t.lower() == "default":
+            steps.append(None)
+            continue
+        try:
+            n = int(t)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"--steps takes positive integers separated by commas (or 'default'), got {t!r}")
+        steps.append(n)
+    return steps
+
+
+def _parse_learned(value: str) -> Optional[tuple[str, ...]]:
+    from ..bench.metrics import LEARNED_METRICS
+
+    key = value.strip().lower()
+    if key == "auto":
+        return None
+    if key in ("none", ""):
+        return ()
+    names = tuple(dict.fromkeys(_split([key])))
+    unknown = [n for n in names if n not in LEARNED_METRICS]
+    if unknown:
+        raise ValueError(
+            f"--learned: unknown metric(s) {', '.join(unknown)}; use auto, none or any of {', '.join(LEARNED_METRICS)}"
+        )
+    return names
+
+
+def _render_table(report: object) -> Table:
+    from ..bench.report import summary_table
+
+    t = summary_table(report)  # type: ignore[arg-type]
+    ds = report.dataset  # type: ignore[attr-defined]
+    env = report.environment  # type: ignore[attr-defined]
+    table = Table(
+        title=f"sinsr bench: {len(ds.items)} {'pairs' if ds.paired else 'images'} ({ds.mode}) · "
+        f"{env['device']} {env['dtype']} · torch {env['torch']}",
+        title_justify="left",
+    )
+    for i, h in enumerate(t.headers):
+        table.add_column(h, justify="left" if i == 0 else "right", no_wrap=i == 0)
+    for row, best, failed in zip(t.rows, t.best, t.failed):
+        cells = [f"[bold green]{c}[/]" if b else c for c, b in zip(row, best)]
+        table.add_row(*cells, style="red" if failed else None)
+    return table
+
+
+@handle_errors
+def bench_cmd(
+    input: Path = typer.Argument(  # noqa: A002
+        ...,
+        help="A folder with lr/ and hr/ sub-folders (paired), an LR folder with --hr, or LR images only "
+        "(no-reference: speed and no-reference metrics).",
+    ),
+    hr: Optional[Path] = typer.Option(None, "--hr", help="HR folder, paired with INPUT by file name without extension."),
+    model: Optional[list[str]] = typer.Option(None, "--model", "-m", help=_HELP_MODEL + "  [default: sinsr-v1]"),
+    steps: Optional[list[str]] = typer.Option(
+        None, "--steps", "-s", help="Step counts to compare, comma-separated (e.g. 1,4); 'default' = each model's own."
+    ),
+    vq: Optional[str] = typer.Option(None, "--vq", help="VQ autoencoder (zoo name or file) for every model [default: vq-f4]."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Official YAML/JSON for non-preset checkpoints."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="Sampler for multi-step runs [default: the model's]."),
+    seed: int = typer.Option(0, "--seed", help="Noise seed, the same for every image and run."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on CUDA, else fp32), fp32, fp16 or bf16."),
+    tile: int = typer.Option(0, "--tile", help="LR tile size (0 = whole image); recorded in the report."),
+    tile_overlap: int = typer.Option(32, "--tile-overlap", help="Overlap between tiles, LR pixels."),
+    warmup: int = typer.Option(1, "--warmup", help="Untimed passes on the first image before timing each run."),
+    crop_border: int = typer.Option(0, "--crop-border", help="Pixels cut from each side before PSNR/SSIM (4 = BasicSR convention)."),
+    learned: str = typer.Option(
+        "auto", "--learned",
+        help="Learned metrics: auto (all that pyiqa can load), none, or a list of lpips,clipiqa,musiq,niqe.",
+    ),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N images (in name order)."),
+    center_crop: Optional[int] = typer.Option(
+        None, "--center-crop", help="Only the central NxN LR pixels of each image (and the HR under them): quick runs."
+    ),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report (summary and per image) as JSON."),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Write per-image results as CSV."),
+    markdown: Optional[Path] = typer.Option(
+        None, "--markdown", help="Write a shareable Markdown report (with the comparison sheet next to it)."
+    ),
+    save_images: Optional[Path] = typer.Option(None, "--save-images", help="Save every SR image as PNG under DIR/<run>/."),
+    sheet: Optional[Path] = typer.Option(None, "--sheet", help="Write the comparison sheet PNG (bicubic | each run | HR)."),
+    sheet_images: int = typer.Option(4, "--sheet-images", help="Images on the comparison sheet (0 = no sheet)."),
+    sheet_crop: int = typer.Option(128, "--sheet-crop", help="Crop size on the sheet, in SR pixels."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show tracebacks on errors."),
+) -> None:
+    """Benchmark quality (PSNR/SSIM on Y, learned metrics) and speed of models and step counts.
+
+    Every run is compared with a bicubic baseline row. LR and HR images are paired by file name,
+    never by order; HR must be exactly 4x LR. SR images are scored as saved (8-bit).
+    """
+    from ..bench.dataset import ImageStore, find_dataset
+    from ..bench.report import to_csv, to_json, to_markdown, write_text
+    from ..bench.runner import SCALE, BenchOptions, plan_runs, run_bench
+    from ..bench.sheet import SheetCollector
+
+    models = _split(model) or ["sinsr-v1"]
+    if [m.lower() for m in models] == ["none"]:
+        models = []
+    elif any(m.lower() == "none" for m in models):
+        raise ValueError("--model none (bicubic only) cannot be combined with other models")
+    step_list = _parse_steps(steps)
+    learned_names = _parse_learned(learned)
+    if sheet_images < 0:
+        raise ValueError(f"--sheet-images must be >= 0, got {sheet_images}")
+    if sheet is None and markdown is not None and sheet_images > 0:
+        sheet = markdown.with_suffix(".png")
+
+    dataset = find_dataset(input, hr, limit=limit)
+    runs = plan_runs(models, step_list)
+    options = BenchOptions(
+        vq=vq, config=None if config is None else str(config), device=device, dtype=dtype, sampler=sampler,
+        seed=seed, tile=tile, tile_overlap=tile_overlap, warmup=warmup, crop_border=crop_border,
+        center_crop=center_crop, learned=learned_names, save_dir=save_images,
+    )
+    show = not quiet
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=True, disable=not show,
+    )
+    tasks: dict[str, int] = {}
+
+    def on_progress(label: str, done: int, total: int) -> None:
+        if label not in tasks:
+            tasks[label] = progress.add_task(label, total=total)
+        progress.update(tasks[label], completed=done)
+
+    def on_message(text: str) -> None:
+        progress.console.print(f"[yellow]note:[/yellow] {escape(text)}", soft_wrap=True, highlight=False)
+
+    with progress:
+        reading = progress.add_task("reading images", total=len(dataset.items))
+        store = ImageStore(
+            dataset, scale=SCALE, center_crop=center_crop,
+            on_read=lambda done, total: progress.update(reading, completed=done),
+        )
+        progress.remove_task(reading)
+        collector = SheetCollector(store, images=sheet_images, crop=sheet_crop) if sheet is not None else None
+        report = run_bench(
+            dataset, runs, options, store=store, on_progress=on_progress, on_message=on_message, on_output=collector,
+        )
+
+    out = Console()
+    if not out.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
+        out = Console(width=160)
+    out.print(_render_table(report))
+    written: list[Path] = []
+    if collector is not None and sheet is not None:
+        written.append(collector.save(sheet, report))
+    command = ["sinsr", "bench", *sys.argv[2:]] if len(sys.argv) > 1 and sys.argv[1] == "bench" else None
+    if json_path is not None:
+        written.append(write_text(json_path, to_json(report, command=command)))
+    if csv_path is not None:
+        written.append(write_text(csv_path, to_csv(report)))
+    if markdown is not None:
+        link = None
+        if sheet is not None:
+            link = Path(os.path.relpath(sheet.resolve(), markdown.resolve().parent)).as_posix()
+        written.append(write_text(markdown, to_markdown(report, sheet=link)))
+    for p in written:
+        console.print(f"wrote {p}")
+    if save_images is not None:
+        console.print(f"SR images under {save_images}")
+    console.print(f"bench took {report.wall_s:.1f} s")
+    if report.failed:
+        raise typer.Exit(EXIT_PARTIAL)

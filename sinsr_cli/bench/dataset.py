@@ -1,0 +1,239 @@
+"""What ``sinsr bench`` runs on: LR images, optionally paired with HR images by name.
+
+Layouts (see :func:`find_dataset`):
+
+* ``DIR`` with ``DIR/lr`` and ``DIR/hr`` sub-folders: paired;
+* ``DIR`` (LR) plus ``hr=HR_DIR``: paired;
+* anything else (a folder, file or glob of LR images): no-reference.
+
+Pairs are matched by relative path without extension (``imageio.pair_by_stem``), never by sort
+order; an image without a partner, or an HR image that is not exactly ``scale`` x its LR, is an
+error that names the files. :class:`ImageStore` decodes every image once up front (so a bad
+file fails before any model is loaded), keeps LR images in memory as 8/16-bit arrays, and keeps
+HR images too while they fit in ``hr_cache_bytes`` (re-reading the rest when needed).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..imageio import SinsrIOError, collect_inputs, pair_by_stem, read_image
+
+__all__ = [
+    "BenchDataset",
+    "BenchItem",
+    "ImageStore",
+    "find_dataset",
+]
+
+_SHOW = 5  # file names listed in an error before "and N more"
+
+
+@dataclass(frozen=True)
+class BenchItem:
+    """One benchmark image: ``name`` is its path below the LR root without extension."""
+
+    name: str
+    lr: Path
+    hr: Path | None
+
+
+@dataclass(frozen=True)
+class BenchDataset:
+    """The images of one benchmark, in name order."""
+
+    items: tuple[BenchItem, ...]
+    lr_root: Path
+    hr_root: Path | None
+    total: int  # images found before --limit
+
+    @property
+    def paired(self) -> bool:
+        return self.hr_root is not None
+
+    @property
+    def mode(self) -> str:
+        return "paired" if self.paired else "no-reference"
+
+
+def _names(paths: list[Path]) -> str:
+    shown = ", ".join(p.name for p in paths[:_SHOW])
+    return shown + (f" and {len(paths) - _SHOW} more" if len(paths) > _SHOW else "")
+
+
+def find_dataset(
+    input: str | os.PathLike[str],  # noqa: A002 - mirrors the CLI argument
+    hr: str | os.PathLike[str] | None = None,
+    *,
+    limit: int | None = None,
+) -> BenchDataset:
+    """Discover the images to benchmark (see the module docstring for the layouts).
+
+    Args:
+        input: a folder holding ``lr/`` and ``hr/``; or the LR folder (with ``hr``); or LR
+            images (folder, file or glob) for no-reference mode.
+        hr: the HR folder, paired with ``input`` by name.
+        limit: keep only the first ``limit`` images in name order.
+
+    Raises:
+        SinsrIOError: missing folders, no images, or images without a partner.
+        ValueError: ``limit`` < 1.
+    """
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {limit}")
+    root = Path(os.path.expanduser(os.fspath(input)))
+    if hr is not None:
+        lr_dir, hr_dir = root, Path(os.path.expanduser(os.fspath(hr)))
+    elif root.is_dir() and (root / "hr").is_dir():
+        lr_dir, hr_dir = root / "lr", root / "hr"
+        if not lr_dir.is_dir():
+            raise SinsrIOError(root, "has an hr/ folder but no lr/ folder next to it")
+    else:
+        lr_dir, hr_dir = (root / "lr" if (root / "lr").is_dir() else root), None
+
+    if hr_dir is None:
+        found, skipped = collect_inputs([lr_dir])
+        if not found:
+            why = f" ({skipped[0][1]})" if skipped else ""
+            raise SinsrIOError(lr_dir, f"no images found{why}")
+        stems = [i.rel.with_suffix("").as_posix() for i in found]
+        counts = Counter(stems)
+        # a.png next to a.jpg: keep the extension in both names so outputs cannot collide
+        items = [
+            BenchItem(stem if counts[stem] == 1 else i.rel.as_posix(), i.path, None)
+            for stem, i in zip(stems, found)
+        ]
+    else:
+        pairs, lr_only, hr_only = pair_by_stem(lr_dir, hr_dir)
+        if lr_only or hr_only:
+            parts = []
+            if lr_only:
+                parts.append(f"{len(lr_only)} LR image(s) have no HR image of the same name ({_names(lr_only)})")
+            if hr_only:
+                parts.append(f"{len(hr_only)} HR image(s) have no LR image of the same name ({_names(hr_only)})")
+            raise SinsrIOError(
+                lr_dir, "; ".join(parts) + f" in {hr_dir}; images are paired by file name without extension"
+            )
+        if not pairs:
+            raise SinsrIOError(lr_dir, f"no images found to pair with {hr_dir}")
+        items = [BenchItem(lr.relative_to(lr_dir).with_suffix("").as_posix(), lr, h) for lr, h in pairs]
+
+    total = len(items)
+    if limit is not None:
+        items = items[:limit]
+    return BenchDataset(tuple(items), lr_dir, hr_dir, total)
+
+
+# --------------------------------------------------------------------------- decoded images
+
+
+def _compact(rgb: np.ndarray, bit_depth: int) -> np.ndarray:
+    """Float32 ``[H, W, 3]`` k/255 (or k/65535) values -> the uint8 (uint16) array they came from."""
+    if bit_depth == 16:
+        return np.rint(rgb * np.float32(65535)).astype(np.uint16)
+    return np.rint(rgb * np.float32(255)).astype(np.uint8)
+
+
+def _expand(a: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_compact`: float32 in [0, 1], bit-identical to ``read_image``'s."""
+    return a.astype(np.float32) / (65535 if a.dtype == np.uint16 else 255)
+
+
+def _center_box(h: int, w: int, crop: int | None) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the central ``crop`` x ``crop`` box (clipped to the image)."""
+    if not crop:
+        return 0, 0, h, w
+    ch, cw = min(crop, h), min(crop, w)
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+class ImageStore:
+    """Decoded images of a :class:`BenchDataset`, validated once.
+
+    ``lr(i)`` is ``[h, w, 3]`` float32 in [0, 1], what ``imageio.read_image`` returns
+    (bit-identical for 8- and 16-bit integer files); ``hr(i)`` is ``[scale*h, scale*w, 3]``
+    uint8/uint16, the integers of the file. Both are optionally cut to the central ``center_crop`` LR pixels and the HR region under them.
+    Alpha is ignored: the models and the metrics see colour only.
+    """
+
+    def __init__(
+        self,
+        dataset: BenchDataset,
+        *,
+        scale: int = 4,
+        center_crop: int | None = None,
+        hr_cache_bytes: int = 1 << 30,
+        on_read: Callable[[int, int], None] | None = None,
+    ) -> None:
+        if center_crop is not None and center_crop < 2:
+            raise ValueError(f"--center-crop must be at least 2 LR pixels, got {center_crop}")
+        self.dataset = dataset
+        self.scale = scale
+        self.center_crop = center_crop
+        self._lr: list[np.ndarray] = []
+        self._boxes: list[tuple[int, int, int, int]] = []
+        self._hr: list[np.ndarray | None] = []
+        budget = hr_cache_bytes
+        mismatched: list[str] = []
+        for n, item in enumerate(dataset.items):
+            lr = read_image(item.lr)
+            h, w = lr.rgb.shape[:2]
+            box = _center_box(h, w, center_crop)
+            self._boxes.append(box)
+            self._lr.append(_compact(self._cut(lr.rgb, box, 1), lr.bit_depth))
+            cached = None
+            if item.hr is not None:
+                ref = read_image(item.hr)
+                hh, hw = ref.rgb.shape[:2]
+                if (hh, hw) != (scale * h, scale * w):
+                    mismatched.append(
+                        f"{item.hr} is {hw}x{hh} but {item.lr.name} is {w}x{h} "
+                        f"(HR must be exactly {scale}x LR: {scale * w}x{scale * h})"
+                    )
+                else:
+                    cut = _compact(self._cut(ref.rgb, box, scale), ref.bit_depth)
+                    if cut.nbytes <= budget:
+                        budget -= cut.nbytes
+                        cached = cut
+            self._hr.append(cached)
+            if on_read is not None:
+                on_read(n + 1, len(dataset.items))
+        if mismatched:
+            more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
+            raise SinsrIOError(None, mismatched[0] + more)
+
+    @staticmethod
+    def _cut(rgb: np.ndarray, box: tuple[int, int, int, int], s: int) -> np.ndarray:
+        top, left, h, w = box
+        if (top, left) == (0, 0) and rgb.shape[:2] == (h * s, w * s):
+            return rgb
+        return rgb[top * s : (top + h) * s, left * s : (left + w) * s]
+
+    def __len__(self) -> int:
+        return len(self._lr)
+
+    def lr(self, i: int) -> np.ndarray:
+        """LR image ``i``: ``[h, w, 3]`` float32 in [0, 1]."""
+        return _expand(self._lr[i])
+
+    def lr_size(self, i: int) -> tuple[int, int]:
+        """(width, height) of LR image ``i`` as benchmarked (after ``center_crop``)."""
+        return self._lr[i].shape[1], self._lr[i].shape[0]
+
+    def hr(self, i: int) -> np.ndarray | None:
+        """HR image ``i`` as stored: ``[scale*h, scale*w, 3]`` uint8 (uint16 for 16-bit files),
+        or None in no-reference mode. Integers, so metrics see exactly k/255 (k/65535)."""
+        item = self.dataset.items[i]
+        if item.hr is None:
+            return None
+        cached = self._hr[i]
+        if cached is not None:
+            return cached
+        ref = read_image(item.hr)
+        return _compact(self._cut(ref.rgb, self._boxes[i], self.scale), ref.bit_depth)

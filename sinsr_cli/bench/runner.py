@@ -1,0 +1,499 @@
+"""``sinsr bench``'s engine: every run (bicubic, then each model x step count) over one dataset.
+
+For each run and image: LR -> SR (timed), SR quantised to 8 bits exactly as a saved PNG would
+be, then scored against HR (PSNR/SSIM on Y, LPIPS) and on its own (CLIPIQA, MUSIQ, NIQE). The
+bicubic baseline row is always first. Models are loaded once for all their step counts; a model
+that fails to load or run marks its rows failed and the others still run. Nothing here prints:
+progress, messages and every SR image go to callbacks.
+"""
+
+from __future__ import annotations
+
+import gc
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..devices import resolve_device, resolve_dtype
+from ..imageio import image_to_tensor, tensor_to_image, write_image
+from ..pipeline import SRPipeline, load_pipeline
+from . import metrics as M
+from .dataset import BenchDataset, ImageStore
+from .resources import PeakMemory, Stopwatch, dtype_name, environment
+
+__all__ = [
+    "BICUBIC",
+    "SCALE",
+    "BenchOptions",
+    "BenchReport",
+    "ImageResult",
+    "RunResult",
+    "RunSpec",
+    "bench_protocol",
+    "bicubic_upscale",
+    "plan_runs",
+    "run_bench",
+    "to_uint8",
+]
+
+SCALE = 4
+BICUBIC = "bicubic"
+SCHEMA = "sinsr-bench/1"
+
+#: what the bicubic baseline row is, written into every report
+BICUBIC_PROTOCOL = (
+    "Pillow Image.resize(BICUBIC) x4 of the LR, per channel on float32 ('F' mode): Keys cubic "
+    "a=-0.5 (as MATLAB imresize), no antialiasing when enlarging, edge taps renormalised; "
+    "clipped to [0, 1] and quantised to 8 bits like the model outputs"
+)
+
+OnProgress = Callable[[str, int, int], None]  # (run label, images done, images total)
+OnMessage = Callable[[str], None]
+OnOutput = Callable[["RunResult", int, np.ndarray], None]  # (run, image index, SR uint8 [H, W, 3])
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One row to benchmark: ``model`` None is the bicubic baseline; ``steps`` None the default."""
+
+    model: str | None
+    steps: int | None = None
+
+    @property
+    def is_bicubic(self) -> bool:
+        return self.model is None
+
+
+def plan_runs(models: Sequence[str], steps: Sequence[int | None] = (None,)) -> list[RunSpec]:
+    """Bicubic first, then every model x step count, in the order given, without repeats."""
+    for s in steps:
+        if s is not None and s < 1:
+            raise ValueError(f"--steps must be positive integers, got {s}")
+    runs = [RunSpec(None)]
+    for m in dict.fromkeys(models):
+        runs += [RunSpec(m, s) for s in dict.fromkeys(steps or (None,))]
+    return runs
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """Everything but the data and the runs. ``learned`` None: every learned metric available."""
+
+    vq: str | None = None
+    config: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    sampler: str | None = None
+    seed: int = 0
+    tile: int = 0
+    tile_overlap: int = 32
+    tile_pad: int = 8
+    warmup: int = 1
+    crop_border: int = 0
+    center_crop: int | None = None
+    learned: tuple[str, ...] | None = None
+    save_dir: Path | None = None
+    hr_cache_bytes: int = 1 << 30
+
+
+@dataclass
+class ImageResult:
+    """One image of one run. ``metrics`` maps metric name -> score (``inf`` PSNR if identical)."""
+
+    name: str
+    lr_size: tuple[int, int]  # (width, height)
+    sr_size: tuple[int, int]
+    latency_s: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    saved: Path | None = None
+
+
+@dataclass
+class RunResult:
+    """One row of the report."""
+
+    label: str
+    model: str | None
+    steps: int | None  # None for bicubic
+    sampler: str | None
+    preset: str | None = None
+    load_s: float | None = None
+    warmup: int = 0
+    peak_memory_bytes: int | None = None
+    images: list[ImageResult] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return "bicubic" if self.model is None else "model"
+
+    def summary(self, metric_names: Sequence[str]) -> dict[str, float | int | None]:
+        """Means of each metric over images, and the speed figures (see :func:`bench_protocol`)."""
+        acc = M.MetricAccumulator()
+        for r in self.images:
+            for k in metric_names:
+                if k in r.metrics:
+                    acc.update(k, [r.metrics[k]])
+        means = acc.means()
+        out: dict[str, float | int | None] = {"images": len(self.images)}
+        out.update({k: means.get(k) for k in metric_names})
+        lat = np.array([r.latency_s for r in self.images], dtype=np.float64)
+        total = float(lat.sum()) if lat.size else 0.0
+        mpix = sum(r.sr_size[0] * r.sr_size[1] for r in self.images) / 1e6
+        out.update(
+            latency_s_mean=float(lat.mean()) if lat.size else None,
+            latency_s_median=float(np.median(lat)) if lat.size else None,
+            latency_s_min=float(lat.min()) if lat.size else None,
+            latency_s_max=float(lat.max()) if lat.size else None,
+            images_per_s=len(lat) / total if total > 0 else None,
+            output_mpix_per_s=mpix / total if total > 0 else None,
+        )
+        return out
+
+
+@dataclass
+class BenchReport:
+    """Everything a report needs; ``report.py`` renders it, nothing here formats."""
+
+    dataset: BenchDataset
+    runs: list[RunResult]
+    metric_names: list[str]
+    protocol: dict[str, str]
+    environment: dict[str, Any]
+    settings: dict[str, Any]
+    messages: list[str]
+    wall_s: float
+    created: str
+    schema: str = SCHEMA
+
+    @property
+    def failed(self) -> bool:
+        return any(r.error for r in self.runs)
+
+
+# --------------------------------------------------------------------------- image operations
+
+
+def to_uint8(rgb: np.ndarray) -> np.ndarray:
+    """Float ``[H, W, 3]`` in [0, 1] -> uint8, rounded exactly as ``imageio.write_image`` does."""
+    x = np.clip(np.asarray(rgb, dtype=np.float32), 0.0, 1.0)
+    return np.rint(x * np.float32(255)).astype(np.uint8)
+
+
+def bicubic_upscale(lr: np.ndarray, scale: int = SCALE) -> np.ndarray:
+    """The baseline row: ``[h, w, 3]`` float in [0, 1] -> ``[scale*h, scale*w, 3]`` float32 in [0, 1].
+
+    See :data:`BICUBIC_PROTOCOL`. Float32 per channel, so 16-bit inputs keep their precision.
+    """
+    h, w = lr.shape[:2]
+    out = np.empty((h * scale, w * scale, 3), dtype=np.float32)
+    for c in range(3):
+        plane = Image.fromarray(np.ascontiguousarray(lr[..., c], dtype=np.float32), mode="F")
+        out[..., c] = np.asarray(plane.resize((w * scale, h * scale), Image.Resampling.BICUBIC))
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "run"
+
+
+def _model_name(model: str) -> str:
+    """Zoo names as they are; checkpoint paths by file stem."""
+    p = Path(model)
+    return p.stem if p.suffix or p.exists() else model
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+# --------------------------------------------------------------------------- protocol
+
+
+def bench_protocol(crop_border: int, memory_kind: str, paired: bool) -> dict[str, str]:
+    """How every number in a report was produced, one line per item."""
+    out: dict[str, str] = {}
+    out["pairing"] = (
+        "LR and HR matched by relative path without extension (never by sort order); "
+        f"HR must be exactly {SCALE}x LR" if paired else "no-reference: LR images only"
+    )
+    out["sr_quantisation"] = (
+        "every SR image (model or bicubic) is clamped to [0, 1] and rounded to 8 bits (round half "
+        "to even), exactly the pixels a saved PNG holds, before any metric"
+    )
+    out["bicubic"] = BICUBIC_PROTOCOL
+    if paired:
+        out.update(M.protocol(crop_border))
+    out["learned"] = (
+        "pyiqa create_metric(name) defaults on the 8-bit SR (and HR for lpips, LPIPS-alex v0.1); "
+        "lower is better for lpips and niqe, higher for the others"
+    )
+    out["mean"] = "arithmetic mean over images of the per-image scores"
+    out["latency"] = (
+        "per image, after the warm-up passes: CPU tensor in -> CPU tensor out, device synchronised "
+        "before and after; excludes file decoding, encoding and metrics"
+    )
+    out["throughput"] = "images/s = images / sum of latencies; output MP/s likewise in output megapixels"
+    out["load"] = "load_pipeline (read checkpoint, build, move to device), device synchronised"
+    mem = {
+        "cuda-max-allocated": "torch.cuda.max_memory_allocated during warm-up and inference (weights included)",
+        "peak-rss": "peak resident set size of the process (VmHWM) during warm-up and inference, reset per run",
+        "peak-rss-process": "peak resident set size of the process so far (ru_maxrss; cannot be reset per run)",
+    }
+    out["peak_memory"] = mem.get(memory_kind, memory_kind)
+    out["seed"] = "one seed for every image and run: an image's result does not depend on its position"
+    return out
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class _Scorer:
+    """PSNR/SSIM (paired) and the learned metrics for one SR image."""
+
+    def __init__(self, crop_border: int, learned: dict[str, M.LearnedMetric], paired: bool) -> None:
+        self.crop_border = crop_border
+        self.learned = learned
+        self.paired = paired
+        self.names = (["psnr", "ssim"] if paired else []) + [n for n in M.LEARNED_METRICS if n in learned]
+
+    def __call__(self, sr: np.ndarray, hr: np.ndarray | None) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if hr is not None:
+            out["psnr"] = M.psnr_y_numpy(sr, hr, self.crop_border)
+            out["ssim"] = M.ssim_y_numpy(sr, hr, self.crop_border)
+        if self.learned:
+            x = image_to_tensor(sr.astype(np.float32) / 255)
+            y = None
+            if hr is not None:
+                y = image_to_tensor(hr.astype(np.float32) / (65535 if hr.dtype == np.uint16 else 255))
+            for name, metric in self.learned.items():
+                if metric.full_reference and y is None:
+                    continue
+                out[name] = float(metric(x, y)[0])
+        return out
+
+
+def _learned(
+    requested: tuple[str, ...] | None, paired: bool, device: torch.device, messages: list[str]
+) -> dict[str, M.LearnedMetric]:
+    if requested is None:
+        names = [n for n in M.LEARNED_METRICS if paired or n not in M.FULL_REFERENCE]
+    else:
+        names = list(dict.fromkeys(n.lower() for n in requested))
+        if not paired:
+            for n in [n for n in names if n in M.FULL_REFERENCE]:
+                messages.append(f"{n} needs HR images; skipped in no-reference mode")
+                names.remove(n)
+    loaded, notes = M.load_learned_metrics(names, device)
+    messages.extend(notes)
+    return loaded
+
+
+def run_bench(
+    dataset: BenchDataset,
+    runs: Sequence[RunSpec],
+    options: BenchOptions = BenchOptions(),
+    *,
+    on_progress: OnProgress | None = None,
+    on_message: OnMessage | None = None,
+    on_output: OnOutput | None = None,
+    store: ImageStore | None = None,
+) -> BenchReport:
+    """Benchmark every run over ``dataset`` and return the report.
+
+    Args:
+        dataset: from :func:`~sinsr_cli.bench.dataset.find_dataset`.
+        runs: from :func:`plan_runs` (bicubic first).
+        options: device, sampler, seed, tiling, metrics, where to save SR images.
+        on_progress: ``(run label, done, total)`` after each image.
+        on_message: each warning as it happens (all are also in ``report.messages``).
+        on_output: every SR image, ``[H, W, 3]`` uint8 as scored.
+        store: decoded images, when the caller already has them (else decoded here).
+
+    Raises:
+        ValueError: bad options (unknown learned metric, crop too large, ...).
+        SinsrIOError: an unreadable image or a size mismatch (before any model is loaded).
+    """
+    t_start = time.perf_counter()
+    created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    messages: list[str] = []
+
+    def note(text: str) -> None:
+        messages.append(text)
+        if on_message is not None:
+            on_message(text)
+
+    if options.warmup < 0:
+        raise ValueError(f"--warmup must be >= 0, got {options.warmup}")
+    if options.tile < 0:
+        raise ValueError(f"--tile must be >= 0, got {options.tile}")
+    device = resolve_device(options.device)
+    dtype = resolve_dtype(options.dtype, device)
+    if store is None:
+        store = ImageStore(dataset, scale=SCALE, center_crop=options.center_crop, hr_cache_bytes=options.hr_cache_bytes)
+    if dataset.paired:
+        smallest = min(min(store.lr_size(i)) for i in range(len(store))) * SCALE
+        if smallest - 2 * options.crop_border < M.SSIM_WINDOW:
+            raise ValueError(
+                f"--crop-border {options.crop_border} leaves less than {M.SSIM_WINDOW}x{M.SSIM_WINDOW} px "
+                f"of the smallest SR image ({smallest} px on a side)"
+            )
+    pre: list[str] = []
+    learned = _learned(options.learned, dataset.paired, device, pre)
+    for m in pre:
+        note(m)
+    scorer = _Scorer(options.crop_border, learned, dataset.paired)
+    memory = PeakMemory(device)
+    results: list[RunResult] = []
+    labels: set[str] = set()
+
+    def unique(label: str) -> str:
+        base, n = label, 2
+        while label in labels:
+            label, n = f"{base}-{n}", n + 1
+        labels.add(label)
+        return label
+
+    def finish(run: RunResult, index: int, sr: np.ndarray, latency: float) -> None:
+        w, h = store.lr_size(index)
+        item = dataset.items[index]
+        res = ImageResult(item.name, (w, h), (sr.shape[1], sr.shape[0]), latency, scorer(sr, store.hr(index)))
+        if options.save_dir is not None:
+            target = options.save_dir / _slug(run.label) / f"{item.name}.png"
+            res.saved = write_image(target, sr.astype(np.float32) / 255, format="png")
+        run.images.append(res)
+        if on_output is not None:
+            on_output(run, index, sr)
+        if on_progress is not None:
+            on_progress(run.label, len(run.images), len(store))
+
+    # -- bicubic baseline ------------------------------------------------------------------
+    if any(r.is_bicubic for r in runs):
+        run = RunResult(unique(BICUBIC), None, None, None)
+        results.append(run)
+        for i in range(len(store)):
+            lr = store.lr(i)
+            t0 = time.perf_counter()
+            sr = to_uint8(bicubic_upscale(lr, SCALE))
+            finish(run, i, sr, time.perf_counter() - t0)
+
+    # -- models, each loaded once for all its step counts -----------------------------------
+    models = list(dict.fromkeys(r.model for r in runs if r.model is not None))
+    watch = Stopwatch(device)
+    for model in models:
+        specs = [r for r in runs if r.model == model]
+        name = _model_name(model)
+        try:
+            watch.start()
+            pipe = load_pipeline(model, options.vq, device=device, dtype=dtype, config=options.config)
+            load_s = watch.stop()
+            if pipe.scale != SCALE:
+                raise ValueError(f"{model} upscales x{pipe.scale}; bench compares x{SCALE} models")
+        except Exception as e:  # noqa: BLE001 - one model failing must not lose the other rows
+            for spec in specs:
+                run = RunResult(unique(f"{name}-{spec.steps}step" if spec.steps else name), model, spec.steps, None)
+                run.error = f"cannot load {model}: {_one_line(e)}"
+                results.append(run)
+            note(f"{name}: cannot load: {_one_line(e)}")
+            continue
+        for spec in specs:
+            run = _model_run(pipe, spec, name, load_s, options, store, memory, watch, finish, note, unique)
+            results.append(run)
+        del pipe
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    settings: dict[str, Any] = {
+        "scale": SCALE,
+        "seed": options.seed,
+        "sampler": options.sampler,
+        "vq": options.vq,
+        "tile": options.tile,
+        "tile_overlap": options.tile_overlap,
+        "tile_pad": options.tile_pad,
+        "warmup": options.warmup,
+        "crop_border": options.crop_border,
+        "center_crop": options.center_crop,
+        "learned_requested": "all available" if options.learned is None else list(options.learned),
+        "learned_loaded": list(learned),
+        "peak_memory_kind": memory.kind,
+        "save_images": str(options.save_dir) if options.save_dir is not None else None,
+    }
+    return BenchReport(
+        dataset=dataset,
+        runs=results,
+        metric_names=scorer.names,
+        protocol=bench_protocol(options.crop_border, memory.kind, dataset.paired),
+        environment=environment(device, dtype),
+        settings=settings,
+        messages=messages,
+        wall_s=time.perf_counter() - t_start,
+        created=created,
+    )
+
+
+def _model_run(
+    pipe: SRPipeline,
+    spec: RunSpec,
+    name: str,
+    load_s: float,
+    options: BenchOptions,
+    store: ImageStore,
+    memory: PeakMemory,
+    watch: Stopwatch,
+    finish: Callable[[RunResult, int, np.ndarray, float], None],
+    note: OnMessage,
+    unique: Callable[[str], str],
+) -> RunResult:
+    """All images through one loaded pipeline at one step count."""
+    try:
+        sampler = pipe.resolve_sampler(spec.steps, options.sampler)
+    except ValueError as e:
+        run = RunResult(unique(f"{name}-{spec.steps}step"), spec.model, spec.steps, options.sampler, pipe.preset.name)
+        run.error = str(e)
+        note(f"{run.label}: {e}")
+        return run
+    steps = 1 if sampler == "onestep" else (spec.steps or pipe.preset.default_steps)
+    run = RunResult(unique(f"{name}-{steps}step"), spec.model, steps, sampler, pipe.preset.name, load_s, options.warmup)
+    what = run.label
+
+    def on_retry(tile: int, overlap: int) -> None:
+        note(f"{what}: out of memory; retried with --tile {tile}")
+
+    def call(x: torch.Tensor) -> torch.Tensor:
+        y = pipe(
+            x, steps=steps, sampler=sampler, seed=options.seed, tile=options.tile,
+            tile_overlap=options.tile_overlap, tile_pad=options.tile_pad, on_retry=on_retry,
+        )
+        return y.to("cpu")
+
+    try:
+        memory.reset()
+        for _ in range(options.warmup):
+            call(image_to_tensor(store.lr(0)))
+        for i in range(len(store)):
+            x = image_to_tensor(store.lr(i))
+            watch.start()
+            y = call(x)
+            latency = watch.stop()
+            if not bool(torch.isfinite(y).all()):
+                note(
+                    f"{what}: {store.dataset.items[i].name} has NaN/Inf values in {dtype_name(pipe.dtype)}; "
+                    "scored as saved (NaN -> 0)"
+                )
+            finish(run, i, to_uint8(tensor_to_image(y)), latency)
+        run.peak_memory_bytes = memory.read()
+    except Exception as e:  # noqa: BLE001 - keep the other rows (OOM, a bad sampler, ...)
+        run.error = _one_line(e)
+        note(f"{what}: failed after {len(run.images)} image(s): {run.error}")
+    return run

@@ -1,0 +1,150 @@
+"""`sinsr bench` with models: the runner's bookkeeping with a stand-in pipeline (fast), then the
+tiny checkpoint on imagenet-val32, set5 and set14 (one small central crop each: the tiny model
+still costs seconds per image on a CPU)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from sinsr_cli.bench import runner as R
+from sinsr_cli.pipeline import SRPipeline
+
+from test_bench import bench, make_pairs, read8, ref_psnr, ref_ssim
+
+
+class FakePipe:
+    """Quacks like SRPipeline: nearest x4, counts its calls."""
+
+    scale = 4
+    dtype = torch.float32
+    preset = types.SimpleNamespace(name="fake", default_steps=4, default_sampler="onestep")
+    resolve_sampler = SRPipeline.resolve_sampler
+
+    def __init__(self, fail_at: int | None = None, nan: bool = False) -> None:
+        self.calls: list[dict] = []
+        self.fail_at, self.nan = fail_at, nan
+
+    def __call__(self, x: torch.Tensor, **kw: object) -> torch.Tensor:
+        self.calls.append(kw)
+        if self.fail_at is not None and len(self.calls) > self.fail_at:
+            raise RuntimeError("CUDA out of memory (pretend)")
+        y = F.interpolate(x, scale_factor=4, mode="nearest")
+        return torch.full_like(y, float("nan")) if self.nan else y
+
+
+@pytest.fixture
+def fake_models(monkeypatch: pytest.MonkeyPatch) -> dict[str, FakePipe]:
+    """--model good / nan / oom load fakes; --model missing fails to load."""
+    pipes = {"good": FakePipe(), "nan": FakePipe(nan=True), "oom": FakePipe(fail_at=2)}
+    loads: list[str] = []
+
+    def load(model: str, vq: object = None, **kw: object) -> FakePipe:
+        loads.append(model)
+        if model not in pipes:
+            raise FileNotFoundError(f"{model}: no such checkpoint file")
+        return pipes[model]
+
+    monkeypatch.setattr(R, "load_pipeline", load)
+    pipes["loads"] = loads  # type: ignore[assignment]
+    return pipes
+
+
+def test_each_model_loads_once_and_warms_up_per_run(tmp_path: Path, fake_models: dict) -> None:
+    make_pairs(tmp_path / "d", {f"{k}.png": f"{k}.png" for k in "abc"})
+    _, doc = bench(tmp_path, tmp_path / "d", "--model", "good", "--steps", "1,3", "--warmup", "2", "--seed", "7", "--tile", "16")
+    assert fake_models["loads"] == ["good"]
+    calls = fake_models["good"].calls
+    assert len(calls) == 2 * (2 + 3)  # two step counts x (2 warm-up + 3 images)
+    assert [c["steps"] for c in calls] == [1] * 5 + [3] * 5
+    assert {c["seed"] for c in calls} == {7} and {c["tile"] for c in calls} == {16}
+    labels = [(r["label"], r["steps"], r["sampler"]) for r in doc["runs"]]
+    assert labels == [("bicubic", None, None), ("good-1step", 1, "onestep"), ("good-3step", 3, "ancestral")]
+    for run in doc["runs"][1:]:
+        assert run["load_s"] >= 0 and run["warmup"] == 2 and run["peak_memory_bytes"] > 0
+        assert run["summary"]["images"] == 3 and run["summary"]["images_per_s"] > 0
+    assert doc["settings"]["tile"] == 16 and doc["settings"]["seed"] == 7
+
+
+def test_a_failing_model_keeps_the_other_rows(tmp_path: Path, fake_models: dict) -> None:
+    make_pairs(tmp_path / "d", {f"{k}.png": f"{k}.png" for k in "abc"})
+    result, doc = bench(
+        tmp_path, tmp_path / "d", "--model", "missing,oom,good", "--warmup", "0", "--markdown", tmp_path / "r.md",
+        expect=1,
+    )
+    runs = {r["label"]: r for r in doc["runs"]}
+    assert list(runs) == ["bicubic", "missing", "oom-1step", "good-1step"]
+    assert "cannot load missing" in runs["missing"]["error"]
+    assert "out of memory" in runs["oom-1step"]["error"] and len(runs["oom-1step"]["images"]) == 2
+    assert runs["good-1step"]["error"] is None and len(runs["good-1step"]["images"]) == 3
+    assert "failed" in result.output and "Failed runs:" in (tmp_path / "r.md").read_text()
+
+
+def test_nan_output_is_reported(tmp_path: Path, fake_models: dict) -> None:
+    make_pairs(tmp_path / "d", {"a.png": "a.png"})
+    _, doc = bench(tmp_path, tmp_path / "d", "--model", "nan", "--warmup", "0")
+    assert any("NaN/Inf" in m for m in doc["messages"])
+    assert doc["runs"][1]["images"][0]["psnr"] < 15  # scored as saved: black
+
+
+# ----------------------------------------------------------------------------- the tiny checkpoint
+
+
+def test_tiny_model_on_imagenet_val32(data_dir: Path, tmp_path: Path, tiny_checkpoints: tuple[Path, Path]) -> None:
+    unet, vq = tiny_checkpoints
+    result, doc = bench(
+        tmp_path, data_dir / "imagenet-val32", "--model", unet, "--vq", vq, "--steps", "1,2", "--limit", "1",
+        "--center-crop", "32", "--warmup", "0", "--save-images", tmp_path / "sr", "--csv", tmp_path / "r.csv",
+        "--markdown", tmp_path / "r.md", "--learned", "none",
+    )
+    assert [r["label"] for r in doc["runs"]] == ["bicubic", "tiny_unet-1step", "tiny_unet-2step"]
+    assert doc["dataset"] == {
+        "mode": "paired", "lr_dir": str(data_dir / "imagenet-val32" / "lr"),
+        "hr_dir": str(data_dir / "imagenet-val32" / "hr"), "images": 1, "images_found": 32,
+    }
+    assert doc["settings"]["center_crop"] == 32
+    for run in doc["runs"]:
+        (img,) = run["images"]
+        assert img["lr_size"] == [32, 32] and img["sr_size"] == [128, 128]
+        sr = read8(img["saved"])
+        hr = read8(img["hr"])[64:192, 64:192]  # the HR under the central 32x32 LR crop
+        assert img["psnr"] == pytest.approx(ref_psnr(sr, hr, 0), abs=1e-9)
+        assert img["ssim"] == pytest.approx(ref_ssim(sr, hr, 0), abs=1e-9)
+        assert img["latency_s"] > 0
+    for run in doc["runs"][1:]:
+        assert run["preset"] == "tiny" and run["model"] == str(unet)
+        assert run["load_s"] > 0 and run["peak_memory_bytes"] > 0
+    assert doc["runs"][1]["sampler"] == "onestep" and doc["runs"][2]["sampler"] != "onestep"
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "r.csv").read_text())))
+    assert [r["run"] for r in rows] == ["bicubic", "tiny_unet-1step", "tiny_unet-2step"]
+    md = (tmp_path / "r.md").read_text()
+    assert "| tiny_unet-1step | 1 |" in md and "| tiny_unet-2step | 2 |" in md
+    sheet = Image.open(tmp_path / "r.png")
+    assert sheet.width >= 4 * 128  # bicubic | 1 step | 2 steps | HR
+    assert "tiny_unet-2step" in result.output
+
+
+@pytest.mark.parametrize("name", ["set5", "set14"])
+def test_tiny_model_on_set5_and_set14(data_dir: Path, tmp_path: Path, tiny_checkpoints: tuple[Path, Path], name: str) -> None:
+    unet, vq = tiny_checkpoints
+    _, doc = bench(
+        tmp_path, data_dir / name, "--model", unet, "--vq", vq, "--limit", "1", "--center-crop", "24",
+        "--warmup", "0", "--crop-border", "4", "--learned", "none",
+    )
+    first = sorted(p.stem for p in (data_dir / name / "lr").iterdir())[0]
+    bicubic, tiny = doc["runs"]
+    for run in (bicubic, tiny):
+        (img,) = run["images"]
+        assert img["name"] == first == Path(img["lr"]).stem == Path(img["hr"]).stem
+        assert img["sr_size"] == [96, 96] and np.isfinite(img["psnr"]) and 0 < img["ssim"] <= 1
+    assert tiny["steps"] == 1 and tiny["error"] is None
+    assert json.dumps(doc)  # plain JSON all the way down
