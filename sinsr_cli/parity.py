@@ -168,6 +168,13 @@ def _main_paths(T, meta, pipe: SRPipeline, schedule, rep: Report, path: Path, to
             n = _flips(vq, T[zkey], T[f"{lat}_vq_idx"])
             rep.note(f"{lat}_vq_idx", index_mismatches=n, ok=(n == 0) or not rep.enforce)
 
+    # direct UNet calls
+    for key in T:
+        m = re.fullmatch(r"unet_out_t(\d+)", key)
+        if m and "unet_in_x" in T:
+            t = torch.full((T["unet_in_x"].shape[0],), int(m.group(1)), dtype=torch.long)
+            rep.add(key, den(T["unet_in_x"], t), T[key], tol_lat)
+
     if noise is None:
         return
     # one step
@@ -219,12 +226,6 @@ def _main_paths(T, meta, pipe: SRPipeline, schedule, rep: Report, path: Path, to
             flips = _flips(vq, z0, T.get(f"{kind}_vq_idx"))
             _image_e2e(rep, f"{kind}_image_e2e", pipe.decode(z0), T[f"{kind}_image"], flips, tol_img)
 
-    # direct UNet calls
-    for key in T:
-        m = re.fullmatch(r"unet_out_t(\d+)", key)
-        if m and "unet_in_x" in T:
-            t = torch.full((T["unet_in_x"].shape[0],), int(m.group(1)), dtype=torch.long)
-            rep.add(key, den(T["unet_in_x"], t), T[key], tol_lat)
 
 
 def _padding(T, pipe: SRPipeline, rep: Report, tol_img) -> None:
