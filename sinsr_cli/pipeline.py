@@ -61,11 +61,21 @@ class SRPipeline:
     # -- configuration ---------------------------------------------------------------------
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "SRPipeline":
-        """Move both models; GroupNorm statistics stay float32 inside the layers."""
+        """Move both models; GroupNorm statistics stay float32 inside the layers.
+
+        In low precision the VQ codebook stays float32 (the nearest-code search decides
+        discrete indices; rounding the codebook or the latent flips them). On CPU the conv
+        weights go channels_last, so every feature map after the first conv is NHWC (oneDNN's
+        native layout: no reorders around each conv, and 1x1 convs become plain GEMMs).
+        """
         device = resolve_device(device) if device is not None else self.device
         dtype = dtype or self.dtype
-        self.unet.to(device=device, dtype=dtype)
-        self.vq.to(device=device, dtype=dtype)
+        fmt = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+        self.unet.to(device=device, dtype=dtype, memory_format=fmt)
+        self.vq.to(device=device, memory_format=fmt)
+        for part in self.vq.children():  # all but the codebook: a bf16 round trip would move it
+            if part is not self.vq.quantize:
+                part.to(dtype=dtype)
         self.device, self.dtype = device, dtype
         return self
 
@@ -83,15 +93,15 @@ class SRPipeline:
 
     def encode(self, lq: torch.Tensor) -> torch.Tensor:
         """LR ``[-1,1]`` -> ``z_y = encode(bicubic x4)`` (float32, not quantised)."""
-        up = bicubic_up(lq.to(self.dtype), self.scale)
-        return self.vq.encode(up).float()
+        up = bicubic_up(lq.float(), self.scale)  # float32 resampling; the encoder casts
+        return self.vq.encode(up).float().contiguous()
 
     def denoiser(self, lq: torch.Tensor) -> Denoiser:
         """Bind the LR conditioning: ``(x, t) -> x0`` running the UNet in the pipeline dtype."""
         lq_m = lq.to(self.dtype)
 
         def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return self.unet(x.to(self.dtype), t, lq_m).float()
+            return self.unet(x.to(self.dtype), t, lq_m).float().contiguous()
 
         return fn
 
@@ -114,7 +124,8 @@ class SRPipeline:
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latent -> image in [-1, 1] (quantised decode, clamped)."""
-        return self.vq.decode(z.to(self.dtype)).float().clamp(-1, 1)
+        # quantised in float32 inside (nearest code of the float32 latent), decoded in self.dtype
+        return self.vq.decode(z.float()).clamp(-1, 1).contiguous()
 
     def upscale_pm1(
         self,

@@ -1,10 +1,285 @@
-"""`sinsr upscale` (being written)."""
+"""`sinsr upscale`: files, folders and globs in, upscaled images out (Typer only).
+
+Parse the options, find the inputs and plan the outputs (``imageio``/``batch``), load the model
+once, hand the work to ``batch.run_batch`` and render its events: a rich progress bar (files and
+tiles) on a terminal, one line per error or warning, the written paths on stdout, and a summary
+table. Exit codes: 0 all done, 1 some inputs failed, 2 usage error, 130 interrupted.
+"""
 
 from __future__ import annotations
 
+import os
+import secrets
+import signal
+import sys
+import tempfile
+import threading
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from .common import EXIT_OK, EXIT_PARTIAL, console, fail, handle_errors
+
+if TYPE_CHECKING:  # the batch engine imports torch: keep `sinsr --help` fast
+    from ..batch import BatchReport, ItemResult, Job
+
+EXIT_INTERRUPTED = 130
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 
 
-def upscale_cmd() -> None:
-    """Not implemented yet."""
-    raise typer.Exit(2)
+def parse_tile(value: str) -> int | None:
+    """``--tile``: ``auto`` -> None (resolved once the model is loaded), else an int >= 0."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return None
+    try:
+        tile = int(text)
+    except ValueError:
+        raise ValueError(f"--tile must be a number of LR pixels, 0 (off) or 'auto', got {value!r}") from None
+    if tile < 0:
+        raise ValueError(f"--tile must be >= 0, got {tile}")
+    if 0 < tile < 16:
+        raise ValueError(f"--tile {tile} is too small; use at least 16 (or 0 to disable tiling)")
+    return tile
+
+
+class _Renderer:
+    """Turns ``run_batch`` events into terminal output. Errors and warnings are one line each."""
+
+    def __init__(self, err: Console, *, quiet: bool, verbose: bool, show_progress: bool) -> None:
+        from ..batch import BatchObserver
+
+        self.err, self.quiet, self.verbose = err, quiet, verbose
+        self.progress: Progress | None = None
+        if show_progress:
+            self.progress = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}", markup=False),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=err,
+                transient=True,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )
+        # stdout and the bar share one terminal: print written paths above the bar instead
+        self.paths_via_console = show_progress and sys.stdout.isatty()
+        self._files = self._tiles = None
+        self._in_file = False
+        renderer = self
+
+        class Observer(BatchObserver):  # the engine's callbacks, bound to this renderer
+            def batch_started(self, jobs: Sequence[Job], pending: int) -> None:
+                renderer.started(pending)
+
+            def file_started(self, job: Job, index: int, pending: int) -> None:
+                renderer.file_started(job, index, pending)
+
+            def tiles(self, done: int, total: int) -> None:
+                renderer.tiles(done, total)
+
+            def warning(self, job: Job, message: str) -> None:
+                renderer.line("warning", "yellow", message)
+
+            def file_finished(self, result: ItemResult) -> None:
+                renderer.file_finished(result)
+
+        self.observer = Observer()
+
+    # -- output helpers
+    def line(self, label: str, style: str, message: str) -> None:
+        self.err.print(Text.assemble((f"{label}: ", style), message), soft_wrap=True, highlight=False)
+
+    # -- events
+    def started(self, pending: int) -> None:
+        if self.progress is not None and pending:
+            self.progress.start()
+            self._files = self.progress.add_task("files", total=pending)
+            self._tiles = self.progress.add_task("tiles", total=None)
+
+    def file_started(self, job: Job, index: int, pending: int) -> None:
+        self._in_file = True
+        if self.progress is not None and self._files is not None:
+            name = job.item.rel.as_posix()
+            self.progress.update(self._files, description=f"file {index}/{pending}: {name}")
+            self.progress.reset(self._tiles, total=None, description="tiles")
+
+    def tiles(self, done: int, total: int) -> None:
+        if self.progress is not None and self._tiles is not None:
+            self.progress.update(self._tiles, completed=done, total=total)
+
+    def file_finished(self, result: ItemResult) -> None:
+        if result.status == "failed":
+            self.line("error", "red", result.message)
+            if self.verbose and result.error is not None:
+                tb = "".join(traceback.format_exception(result.error))
+                self.err.print(Text(tb.rstrip()), soft_wrap=True, highlight=False)
+        elif result.status == "skipped" and not self.quiet:
+            self.line("skipped", "dim", result.message)
+        elif result.status == "cancelled" and result.error is not None:  # the file Ctrl-C abandoned
+            self.line("interrupted", "yellow", result.message)
+        elif result.status == "done" and not self.quiet:
+            if self.paths_via_console:
+                self.err.print(Text(str(result.target)), soft_wrap=True, highlight=False)
+            else:
+                typer.echo(str(result.target))
+        if self._in_file and self.progress is not None and self._files is not None:
+            self.progress.advance(self._files)
+        self._in_file = False
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _summary(report: BatchReport, err: Console) -> None:
+    table = Table(title="sinsr upscale", title_justify="left")
+    for col in ("done", "skipped", "failed", "not started", "time"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        str(report.count("done")), str(report.count("skipped")), str(report.count("failed")),
+        str(report.count("cancelled")), f"{report.seconds:.1f} s",
+    )
+    err.print(table)
+    failed = report.failed
+    if failed:
+        err.print(Text(f"{len(failed)} input(s) failed:", style="red"))
+        for r in failed:
+            err.print(Text(f"  {r.message}"), soft_wrap=True, highlight=False)
+
+
+def _check_output(output: Path | None, single_input_file: bool, n_inputs: int) -> None:
+    """Usage errors about ``-o`` found before any model is loaded (raise ValueError)."""
+    if output is None or single_input_file:
+        return
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"{output}: --output exists and is not a directory ({n_inputs} inputs need a folder)")
+    if not output.exists() and output.suffix.lower() in _IMAGE_SUFFIXES:
+        raise ValueError(f"{output}: --output looks like a file name, but the inputs are a folder or several files; give a directory")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output, prefix=".sinsr-write-test-"):
+            pass
+    except OSError as e:
+        from ..imageio import SinsrIOError
+
+        raise SinsrIOError(output, f"cannot write to the output directory ({e.strerror or e})") from None
+
+
+def _single_input_file(inputs: Sequence[str], n_items: int) -> bool:
+    return len(inputs) == 1 and n_items == 1 and Path(os.path.expanduser(inputs[0])).is_file()
+
+
+@handle_errors
+def upscale_cmd(
+    inputs: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or glob patterns.", show_default=False),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output folder (the input tree is mirrored) or, for one input file, the output file. Default: next to each input."),
+    scale: float = typer.Option(4.0, "-s", "--scale", help="Output scale: the x4 model, then a Lanczos resample to exactly round(s*w) x round(s*h)."),
+    suffix: Optional[str] = typer.Option(None, "--suffix", help="Added to output file names. Default: _x<scale> (e.g. _x4); '' keeps the names."),
+    fmt: Optional[str] = typer.Option(None, "-f", "--format", help="Output format: png, jpg, webp or tif. Default: the input's."),
+    quality: int = typer.Option(95, "--quality", help="JPEG/WebP quality, 1-100."),
+    model: str = typer.Option("sinsr-v1", "-m", "--model", help="Zoo name (see `sinsr models`) or checkpoint file."),
+    vq: Optional[str] = typer.Option(None, "--vq", help="VQ autoencoder: zoo name or file. Default: vq-f4."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Official YAML/JSON for checkpoints that are not presets."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps: 1 = SinSR's single step. Default: the model's (ResShift: its T)."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="ancestral or deterministic (for more than one step)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Noise seed (default: random); the same seed gives the same output."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on CUDA, else fp32), fp32, fp16 or bf16. NaN/Inf in fp16/bf16 is retried in fp32."),
+    tile: str = typer.Option("auto", "--tile", help="Tile size in LR pixels, 0 = whole image, auto = from free memory."),
+    tile_overlap: int = typer.Option(32, "--tile-overlap", help="Overlap between tiles in LR pixels (blended seamlessly)."),
+    batch: int = typer.Option(1, "--batch", help="Tiles per model call."),
+    alpha: str = typer.Option("resize", "--alpha", help="Alpha channel: resize (Lanczos) or model (through the model as gray)."),
+    recursive: bool = typer.Option(True, "--recursive/--no-recursive", help="Search folders recursively."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip inputs whose output already exists."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (inputs are never overwritten)."),
+    strip_metadata: bool = typer.Option(False, "--strip-metadata", help="Do not carry EXIF and ICC profile to the outputs."),
+    max_pixels: int = typer.Option(178_956_970, "--max-pixels", help="Refuse inputs declaring more pixels than this (decompression bombs); 0 = no limit."),
+    offline: bool = typer.Option(False, "--offline", help="Never download; use cached weights only."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress, no list of written files; errors and the summary only."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show tracebacks on errors."),
+) -> None:
+    """Upscale images with SinSR / ResShift (x4 model, any output scale).
+
+    Inputs are found by content, not extension; non-images in folders are skipped.
+
+    Outputs are written atomically and never replace an input.
+
+    Ctrl-C stops after the current file; press it twice to abandon that file (nothing half-written is left).
+    """
+    from ..batch import UpscaleOptions, auto_tile, plan_jobs, run_batch, with_tile
+    from ..diffusion.sampler import SAMPLERS
+    from ..imageio import collect_inputs
+
+    tile_size = parse_tile(tile)
+    if sampler is not None and sampler not in SAMPLERS:
+        raise ValueError(f"--sampler must be one of {', '.join(s for s in SAMPLERS if s != 'onestep')}, got {sampler!r}")
+    if seed is None:  # chosen here so the header can show it: rerun with --seed to reproduce
+        seed = secrets.randbits(31)
+    options = UpscaleOptions(
+        scale=scale, steps=steps, sampler=sampler, seed=seed, tile=tile_size or 0,
+        tile_overlap=tile_overlap, tile_batch=batch, alpha=alpha, output=output, suffix=suffix,
+        format=fmt, quality=quality, strip_metadata=strip_metadata, skip_existing=skip_existing,
+        overwrite=overwrite, max_pixels=max_pixels or None,
+    )
+
+    items, rejected = collect_inputs(inputs, recursive=recursive)
+    single = _single_input_file(inputs, len(items))
+    if items:
+        _check_output(output, single, len(items))
+    jobs = plan_jobs(items, rejected, options, explicit=inputs, single_input_file=single)
+    if not items and not any(j.status == "failed" for j in jobs):
+        raise fail(f"no images found in {', '.join(inputs)}", EXIT_PARTIAL)
+
+    pipe = None
+    pending = sum(j.status == "pending" for j in jobs)
+    if pending:
+        from ..pipeline import load_pipeline
+
+        pipe = load_pipeline(model, vq, device=device, dtype=dtype, config=config, offline=offline or None)
+        pipe.resolve_sampler(steps, sampler)  # a bad steps/sampler pair is a usage error, before any file
+        if tile_size is None:
+            tile_size = auto_tile(pipe, tile_batch=batch, tile_pad=options.tile_pad)
+        options = with_tile(options, tile_size)
+        if not quiet:
+            dt = str(pipe.dtype).removeprefix("torch.")
+            tiles = f"tile {tile_size}" if tile_size else "no tiling"
+            console.print(
+                Text(f"{pipe.preset.name} on {pipe.device} ({dt}), {tiles}, seed {seed}, {pending} file(s)", style="dim"),
+                soft_wrap=True, highlight=False,
+            )
+
+    show_progress = console.is_terminal and not quiet
+    renderer = _Renderer(console, quiet=quiet, verbose=verbose, show_progress=show_progress)
+    stop = threading.Event()
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        renderer.line("interrupt", "yellow", "stopping after the current file (press Ctrl-C again to abandon it)")
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if in_main else None
+    try:
+        report = run_batch(pipe, jobs, options, renderer.observer, stop=stop)
+    finally:
+        renderer.stop()
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
+    _summary(report, console)
+    if report.interrupted:
+        renderer.line("interrupted", "yellow", f"{report.count('cancelled')} file(s) not processed; rerun with --skip-existing to continue")
+        raise typer.Exit(EXIT_INTERRUPTED)
+    raise typer.Exit(EXIT_PARTIAL if report.failed else EXIT_OK)
+
+
+__all__ = ["upscale_cmd", "parse_tile", "EXIT_INTERRUPTED"]

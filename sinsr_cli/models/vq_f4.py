@@ -13,11 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import VQConfig
+from ..nn.conv import Conv1x1, like, upsample_conv3x3
 from ..nn.norm import GroupNorm32
 
 _EPS = 1e-6
-#: latent positions quantised per chunk (bounds the [rows, n_embed] distance matrix)
-_QUANT_CHUNK = 16384
+#: latent positions quantised per chunk: the [rows, n_embed] distance block (8 MiB for 8192
+#: codes) stays in cache across its passes; chunking rows does not change any distance
+_QUANT_CHUNK = 256
 
 
 def _norm(c: int) -> GroupNorm32:
@@ -34,14 +36,15 @@ class ResnetBlock(nn.Module):
         self.norm2 = _norm(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
         if cin != cout:
-            self.nin_shortcut = nn.Conv2d(cin, cout, 1)
+            self.nin_shortcut = Conv1x1(cin, cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
+        inplace = not torch.is_grad_enabled()  # reuse fresh buffers at inference (same numbers)
+        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
+        h = self.conv2(F.silu(self.norm2(h), inplace=inplace))
         if hasattr(self, "nin_shortcut"):
             x = self.nin_shortcut(x)
-        return x + h
+        return h.add_(x) if inplace else x + h
 
 
 class AttnBlock(nn.Module):
@@ -50,17 +53,22 @@ class AttnBlock(nn.Module):
     def __init__(self, c: int) -> None:
         super().__init__()
         self.norm = _norm(c)
-        self.q = nn.Conv2d(c, c, 1)
-        self.k = nn.Conv2d(c, c, 1)
-        self.v = nn.Conv2d(c, c, 1)
-        self.proj_out = nn.Conv2d(c, c, 1)
+        self.q = Conv1x1(c, c)
+        self.k = Conv1x1(c, c)
+        self.v = Conv1x1(c, c)
+        self.proj_out = Conv1x1(c, c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        y = self.norm(x)
-        q, k, v = (m(y).reshape(b, 1, c, h * w).transpose(-1, -2) for m in (self.q, self.k, self.v))
-        out = F.scaled_dot_product_attention(q, k, v)  # scale c^-0.5, as officially
-        return x + self.proj_out(out.transpose(-1, -2).reshape(b, c, h, w))
+        # tokens [B, 1, HW, C] (a free view of a channels_last map); q, k, v in one GEMM
+        y = self.norm(x).permute(0, 2, 3, 1).reshape(b, 1, h * w, c)
+        wqkv = torch.cat([self.q.weight, self.k.weight, self.v.weight]).reshape(3 * c, c)
+        bqkv = torch.cat([self.q.bias, self.k.bias, self.v.bias])
+        q, k, v = F.linear(y, wqkv, bqkv).chunk(3, dim=-1)
+        # unit last stride and 4-D: the flash kernel, never the (HW)^2 matrix (scale c^-0.5)
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = F.linear(out, self.proj_out.weight.reshape(c, c), self.proj_out.bias)
+        return x + like(out.reshape(b, h, w, c).permute(0, 3, 1, 2), x)
 
 
 class _Down(nn.Module):
@@ -80,7 +88,8 @@ class _Up(nn.Module):
         self.conv = nn.Conv2d(c, c, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        """Nearest x2 then ``conv``, computed without the upsampled map (see upsample_conv3x3)."""
+        return upsample_conv3x3(x, self.conv.weight, self.conv.bias)
 
 
 class _Mid(nn.Module):
@@ -140,7 +149,7 @@ class Encoder(nn.Module):
         for level in self.down:
             h = level(h)
         h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h), inplace=not torch.is_grad_enabled()))
 
 
 class Decoder(nn.Module):
@@ -168,7 +177,7 @@ class Decoder(nn.Module):
         h = self.mid(self.conv_in(z))
         for level in reversed(self.up):
             h = level(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h), inplace=not torch.is_grad_enabled()))
 
 
 class Codebook(nn.Module):
@@ -182,15 +191,21 @@ class Codebook(nn.Module):
     def indices(self, z: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W] -> [B, H, W]`` int64: argmin |z|^2 + |e|^2 - 2 z.e in float32."""
         b, c, h, w = z.shape
-        flat = z.permute(0, 2, 3, 1).reshape(-1, c).float()
+        with torch.autocast(z.device.type, enabled=False):  # an autocast matmul would flip codes
+            return self._indices(z.permute(0, 2, 3, 1).reshape(-1, c).float()).reshape(b, h, w)
+
+    def _indices(self, flat: torch.Tensor) -> torch.Tensor:
+        """``[N, C]`` float32 -> ``[N]`` nearest code, in row chunks."""
         e = self.embedding.weight.float()
         e2 = (e * e).sum(1)
-        out = torch.empty(flat.shape[0], dtype=torch.long, device=z.device)
+        out = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
+        et = e.t().contiguous()
         for s in range(0, flat.shape[0], _QUANT_CHUNK):
             f = flat[s : s + _QUANT_CHUNK]
-            d = (f * f).sum(1, keepdim=True) + e2 - 2 * (f @ e.t())
+            d = (f * f).sum(1, keepdim=True) + e2
+            d.sub_(f @ et, alpha=2)  # bitwise the official (|z|^2 + |e|^2) - 2 z.e: 2x is exact
             out[s : s + _QUANT_CHUNK] = d.argmin(1)
-        return out.reshape(b, h, w)
+        return out
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Quantise with the straight-through form ``z + (z_q - z)`` (gradient of identity)."""
@@ -207,8 +222,8 @@ class VQModel(nn.Module):
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
         self.quantize = Codebook(cfg.n_embed, cfg.embed_dim)
-        self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.embed_dim, 1)
-        self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
+        self.quant_conv = Conv1x1(cfg.z_channels, cfg.embed_dim)
+        self.post_quant_conv = Conv1x1(cfg.embed_dim, cfg.z_channels)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -219,8 +234,12 @@ class VQModel(nn.Module):
         return self.quant_conv(self.encoder(x.to(self.dtype))).to(x.dtype)
 
     def decode(self, z: torch.Tensor, quantize: bool = True) -> torch.Tensor:
-        """``[B,embed,h,w]`` -> ``[B,3,h*f,w*f]`` (not clamped)."""
-        zz = z.to(self.dtype)
+        """``[B,embed,h,w]`` -> ``[B,3,h*f,w*f]`` in z's dtype (not clamped).
+
+        The nearest code is chosen from ``z`` as given (in float32 arithmetic), before the cast
+        to the model dtype: a float32 latent decoded by a bf16/fp16 model picks the same codes
+        as in float32 (keep ``quantize`` in float32 for that, as ``SRPipeline.to`` does).
+        """
         if quantize:
-            zz = self.quantize(zz)
-        return self.decoder(self.post_quant_conv(zz)).to(z.dtype)
+            z = self.quantize(z)
+        return self.decoder(self.post_quant_conv(z.to(self.dtype))).to(z.dtype)

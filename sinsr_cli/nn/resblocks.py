@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .conv import Conv1x1, upsample_conv3x3
 from .norm import GroupNorm32
 
 
@@ -31,8 +32,9 @@ class Upsample(nn.Module):
             self.conv = nn.Conv2d(channels, out_channels or channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2, mode="nearest")
-        return self.conv(x) if self.use_conv else x
+        if self.use_conv:  # the same as conv(nearest_x2(x)), without the upsampled map
+            return upsample_conv3x3(x, self.conv.weight, self.conv.bias)
+        return F.interpolate(x, scale_factor=2, mode="nearest")
 
 
 class ResBlock(nn.Module):
@@ -64,7 +66,7 @@ class ResBlock(nn.Module):
         self.out_layers = nn.Sequential(
             GroupNorm32(out), nn.SiLU(), nn.Dropout(dropout), nn.Conv2d(out, out, 3, padding=1)
         )
-        self.skip_connection: nn.Module = nn.Identity() if out == channels else nn.Conv2d(channels, out, 1)
+        self.skip_connection: nn.Module = nn.Identity() if out == channels else Conv1x1(channels, out)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         if self.updown:
@@ -76,7 +78,7 @@ class ResBlock(nn.Module):
         e = self.emb_layers(emb).to(h.dtype)[:, :, None, None]
         if self.use_scale_shift_norm:
             scale, shift = e.chunk(2, dim=1)
-            h = self.out_layers[0](h) * (1 + scale) + shift
+            h = torch.addcmul(shift, self.out_layers[0](h), 1 + scale)
             h = self.out_layers[3](self.out_layers[2](self.out_layers[1](h)))
         else:
             h = self.out_layers(h + e)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .conv import Conv1x1, like
 from .norm import GroupNorm32
 
 _MASK_VALUE = -100.0
@@ -42,6 +43,11 @@ def shifted_window_mask(height: int, width: int, window: int, shift: int) -> tor
     return torch.where(diff != 0, torch.tensor(_MASK_VALUE), torch.tensor(0.0)).float()
 
 
+def _version(t: torch.Tensor) -> int:
+    """In-place modification counter (inference tensors have none: -1)."""
+    return -1 if t.is_inference() else t._version
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside ``window x window`` windows with relative-position bias."""
 
@@ -54,6 +60,7 @@ class WindowAttention(nn.Module):
         self.register_buffer("relative_position_index", relative_position_index(window), persistent=True)
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
         self.proj = nn.Linear(dim, dim)
+        self._bias_cache: dict[tuple, torch.Tensor] = {}
 
     def bias(self) -> torch.Tensor:
         """``[heads, N, N]`` relative-position bias."""
@@ -61,15 +68,42 @@ class WindowAttention(nn.Module):
         idx = self.relative_position_index.reshape(-1)
         return self.relative_position_bias_table[idx].reshape(n, n, self.heads).permute(2, 0, 1)
 
+    def attn_bias(self, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        """``[1, heads, N, N]`` or ``[nW, heads, N, N]``: bias plus mask, in ``dtype``.
+
+        4-D on purpose: torch's CPU flash kernel takes only 4-D masks (else the math fallback).
+
+        Gathered once per (mask, dtype) while the table needs no gradient (inference); the
+        key holds the table's version counter, so loading new weights in place invalidates it.
+        """
+        table = self.relative_position_bias_table
+        if table.requires_grad and torch.is_grad_enabled():
+            bias = self.bias().to(dtype)[None]
+            return bias if mask is None else bias + mask.to(dtype)[:, None]
+        key = (
+            None if mask is None else (mask.data_ptr(), tuple(mask.shape), _version(mask)),
+            dtype, table.data_ptr(), table.device, _version(table),
+        )
+        out = self._bias_cache.get(key)
+        if out is None:
+            with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable anywhere
+                bias = self.bias().to(dtype)[None]
+                out = (bias if mask is None else bias + mask.to(dtype)[:, None]).contiguous()
+            if len(self._bias_cache) >= 8:
+                self._bias_cache.clear()
+            self._bias_cache[key] = out
+        return out
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """``x [B, nW, N, C]``, ``mask [nW, N, N]`` or None -> ``[B, nW, N, C]``."""
         b, nw, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, nw, n, 3, self.heads, c // self.heads).permute(3, 0, 1, 4, 2, 5)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # [B, nW, heads, N, d]
-        bias = self.bias().to(q.dtype)
-        attn_bias = bias if mask is None else bias[None] + mask.to(q.dtype)[:, None]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=self.scale)
-        out = out.transpose(2, 3).reshape(b, nw, n, c)
+        qkv = self.qkv(x).reshape(b * nw, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # [B*nW, heads, N, d]: 4-D with unit last stride -> flash kernel
+        bias = self.attn_bias(mask, q.dtype)
+        if bias.shape[0] > 1 and b > 1:
+            bias = bias.expand(b, *bias.shape).reshape(b * nw, *bias.shape[1:])
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        out = out.transpose(1, 2).reshape(b, nw, n, c)
         return self.proj(out)
 
 
@@ -78,26 +112,29 @@ class ConvMlp(nn.Module):
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.fc1 = nn.Conv2d(dim, hidden, 1)
+        self.fc1 = Conv1x1(dim, hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Conv2d(hidden, dim, 1)
+        self.fc2 = Conv1x1(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
 
 
 def _partition(x: torch.Tensor, w: int) -> torch.Tensor:
-    """``[B, C, H, W] -> [B, nW, w*w, C]`` (windows row-major, tokens row-major)."""
+    """``[B, C, H, W] -> [B, nW, w*w, C]`` (windows row-major, tokens row-major).
+
+    Goes through the NHWC view, which is free for channels_last inputs: one copy in all.
+    """
     b, c, h, wd = x.shape
-    x = x.reshape(b, c, h // w, w, wd // w, w).permute(0, 2, 4, 3, 5, 1)
+    x = x.permute(0, 2, 3, 1).reshape(b, h // w, w, wd // w, w, c).permute(0, 1, 3, 2, 4, 5)
     return x.reshape(b, (h // w) * (wd // w), w * w, c)
 
 
 def _reverse(x: torch.Tensor, w: int, h: int, wd: int) -> torch.Tensor:
-    """Inverse of ``_partition``."""
+    """Inverse of ``_partition``: a channels_last ``[B, C, H, W]`` (one copy)."""
     b, _, _, c = x.shape
-    x = x.reshape(b, h // w, wd // w, w, w, c).permute(0, 5, 1, 3, 2, 4)
-    return x.reshape(b, c, h, wd)
+    x = x.reshape(b, h // w, wd // w, w, w, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h, wd, c).permute(0, 3, 1, 2)
 
 
 class SwinBlock(nn.Module):
@@ -136,6 +173,7 @@ class SwinBlock(nn.Module):
         if self.shift:
             y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(2, 3))
         y = _reverse(self.attn(_partition(y, self.window), self._mask(h, w, x)), self.window, h, w)
+        y = like(y, x)  # free for channels_last maps (the fast path); NCHW maps stay NCHW
         if self.shift:
             y = torch.roll(y, shifts=(self.shift, self.shift), dims=(2, 3))
         x = x + y
@@ -147,7 +185,7 @@ class PatchConv(nn.Module):
 
     def __init__(self, cin: int, cout: int, norm: bool) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(cin, cout, 1)
+        self.proj = Conv1x1(cin, cout)
         self.norm = GroupNorm32(cout) if norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

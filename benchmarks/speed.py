@@ -1,0 +1,363 @@
+"""Speed of the whole SR path with the full-size ``sinsr-v1`` config (random weights).
+
+    python benchmarks/speed.py                       # lq 64 and 128, fp32 and bf16, CPU (+CUDA)
+    python benchmarks/speed.py --size 128 --dtype bf16 --repeats 5
+    python benchmarks/speed.py --device cuda --dtype fp16 --size 256
+
+Prints one JSON line per configuration, each measured in a fresh subprocess (so the peak RSS,
+``/proc/self/status`` VmHWM, belongs to that configuration alone; on CUDA the peak is
+``torch.cuda.max_memory_allocated``). A configuration is: build the models, move them to the
+device/dtype, run the path once under ``FlopCounterMode`` (counting the work per stage), warm
+up, then time ``--repeats`` calls of ``SRPipeline.__call__`` and report the median of the whole
+call and of each stage inside it (bicubic+encode, UNet, decode incl. quantisation).
+Achieved GFLOP/s = counted FLOPs / median stage time, reported beside the device peak
+(measured here first with a large matmul in fp32 and bf16; 3x3 conv peaks too on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+# ---------------------------------------------------------------------------------------------
+# measurements that run inside a worker process
+
+
+def _status_mib(field: str) -> float | None:
+    """A ``VmHWM``/``VmRSS`` line of /proc/self/status in MiB (None off Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of CPU flash SDPA (torch's counter registers only the CUDA kernels)."""
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _flop_counter():
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    mapping = {}
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is not None:
+        mapping[op] = _sdpa_cpu_flops
+    return FlopCounterMode(display=False, custom_mapping=mapping)
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def measure_peak(device: str, threads: int, n: int = 2048, repeats: int = 5) -> dict[str, Any]:
+    """Device peak in GFLOP/s: an ``n x n`` matmul (and on CPU a 256-ch 3x3 conv, channels_last)."""
+    import torch
+    import torch.nn.functional as F
+
+    from sinsr_cli.devices import synchronize
+
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    if dev.type == "cuda":
+        dtypes["fp16"] = torch.float16
+    out: dict[str, Any] = {"kind": "peak", "device": device, "threads": threads}
+    if dev.type == "cpu":
+        out["cpu"] = _cpu_model()
+        # without avx512_bf16 / AMX, oneDNN emulates bf16 with fp32 FMAs plus conversions
+        out["cpu_isa"] = {
+            name: bool(getattr(torch.cpu, f"_is_{name}_supported", lambda: False)())
+            for name in ("avx512", "avx512_bf16", "amx_tile")
+        }
+    elif dev.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(dev)
+
+    def best(fn: Callable[[], Any], flops: float) -> float:
+        fn()
+        synchronize(dev)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            synchronize(dev)
+            times.append(time.perf_counter() - t0)
+        return round(flops / min(times) / 1e9, 1)
+
+    for name, dt in dtypes.items():
+        a = torch.randn(n, n, device=dev, dtype=dt)
+        b = torch.randn(n, n, device=dev, dtype=dt)
+        out[f"matmul{n}_{name}_gflops"] = best(lambda: a @ b, 2.0 * n**3)
+        if dev.type == "cpu":
+            x = torch.randn(1, 256, 128, 128, dtype=dt).contiguous(memory_format=torch.channels_last)
+            w = torch.randn(256, 256, 3, 3, dtype=dt).contiguous(memory_format=torch.channels_last)
+            out[f"conv3x3_256c_128px_{name}_gflops"] = best(
+                lambda: F.conv2d(x, w, padding=1), 2.0 * 256 * 256 * 9 * 128 * 128
+            )
+    return out
+
+
+def run_config(args: argparse.Namespace, size: int, dtype_name: str, device: str) -> dict[str, Any]:
+    """Build, count, warm up and time one configuration; returns its JSON record."""
+    import torch
+
+    from sinsr_cli.config import PRESETS, VQ_PRESETS
+    from sinsr_cli.devices import synchronize
+    from sinsr_cli.pipeline import SRPipeline, build_models
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    dtype = getattr(torch, _DTYPE_NAMES[dtype_name])
+    preset = PRESETS[args.model]
+    pipe = SRPipeline(*build_models(preset, VQ_PRESETS["vq-f4"]), preset).to(dev, dtype)
+    if args.compile:
+        pipe.unet = torch.compile(pipe.unet)
+        pipe.vq.encoder = torch.compile(pipe.vq.encoder)
+        pipe.vq.decoder = torch.compile(pipe.vq.decoder)
+    rss_built = _status_mib("VmRSS")
+    images = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(dev)
+
+    # per-stage timers: wrap the pipeline's own stage methods on this instance
+    stage_t: dict[str, float] = {}
+    stage_flops: dict[str, int] = {}
+    counter: list[Any] = [None]
+
+    def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def inner(*a: Any, **k: Any) -> Any:
+            before = counter[0].get_total_flops() if counter[0] is not None else 0
+            synchronize(dev)
+            t0 = time.perf_counter()
+            r = fn(*a, **k)
+            synchronize(dev)
+            stage_t[name] = stage_t.get(name, 0.0) + time.perf_counter() - t0
+            if counter[0] is not None:
+                stage_flops[name] = stage_flops.get(name, 0) + counter[0].get_total_flops() - before
+            return r
+
+        return inner
+
+    encode, denoiser, decode = pipe.encode, pipe.denoiser, pipe.decode
+    pipe.encode = timed("encode", encode)  # type: ignore[method-assign]
+    pipe.denoiser = lambda lq: timed("unet", denoiser(lq))  # type: ignore[method-assign]
+    pipe.decode = timed("decode", decode)  # type: ignore[method-assign]
+
+    cpu_times: list[float] = []
+
+    def call() -> float:
+        stage_t.clear()
+        synchronize(dev)
+        c0, t0 = time.process_time(), time.perf_counter()
+        pipe(images, steps=args.steps, seed=0)
+        synchronize(dev)
+        cpu_times.append(time.process_time() - c0)
+        return time.perf_counter() - t0
+
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    if not args.compile:  # FlopCounterMode and dynamo do not mix well; count eagerly instead
+        with _flop_counter() as fc:
+            counter[0] = fc
+            call()
+        counter[0] = None
+    for _ in range(args.warmup):
+        call()
+    totals, stages = [], []
+    cpu_times.clear()
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    for _ in range(args.repeats):
+        totals.append(call())
+        stages.append(dict(stage_t))
+
+    def med(xs: list[float]) -> float:
+        return round(statistics.median(xs), 4)
+
+    rec: dict[str, Any] = {
+        "kind": "path",
+        "source": args.tag,
+        "model": args.model,
+        "device": device,
+        "dtype": dtype_name,
+        "lq": size,
+        "sr": size * pipe.scale,
+        "steps": args.steps,
+        "threads": args.threads,
+        "compile": bool(args.compile),
+        "repeats": args.repeats,
+        "median_s": med(totals),
+        "min_s": round(min(totals), 4),
+        "stages_median_s": {k: med([s[k] for s in stages]) for k in ("encode", "unet", "decode")},
+        # process CPU seconds per call: about threads x median_s on an idle machine; much less
+        # means other processes took the cores (the wall times are then inflated)
+        "cpu_s_median": med(cpu_times),
+        "loadavg_1m": [load_before, os.getloadavg()[0] if hasattr(os, "getloadavg") else None],
+    }
+    if stage_flops:
+        rec["gflop"] = {k: round(v / 1e9, 1) for k, v in stage_flops.items()}
+        rec["achieved_gflops"] = {
+            k: round(stage_flops[k] / 1e9 / rec["stages_median_s"][k], 1) for k in stage_flops
+        }
+    if dev.type == "cuda":
+        rec["peak_mem_mib"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
+        rec["peak_mem_kind"] = "cuda_max_allocated"
+    else:
+        rec["peak_mem_mib"] = _status_mib("VmHWM")
+        rec["peak_mem_kind"] = "peak_rss"
+        rec["rss_after_build_mib"] = rss_built
+    rec["torch"] = torch.__version__
+    return rec
+
+
+# ---------------------------------------------------------------------------------------------
+# the driver: one fresh subprocess per configuration
+
+
+def _worker_cmd(args: argparse.Namespace, extra: list[str]) -> list[str]:
+    cmd = [sys.executable, os.path.abspath(__file__), "--threads", str(args.threads), "--repeats", str(args.repeats),
+           "--warmup", str(args.warmup), "--steps", str(args.steps), "--model", args.model, "--tag", args.tag]
+    if args.compile:
+        cmd.append("--compile")
+    return cmd + extra
+
+
+def _spawn(cmd: list[str]) -> dict[str, Any]:
+    env = {**os.environ, "OMP_NUM_THREADS": cmd[cmd.index("--threads") + 1]}
+    root = str(Path(__file__).resolve().parents[1])
+    # an existing PYTHONPATH wins, so another checkout's sinsr_cli can be timed with this script
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), root) if p)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode != 0 or not lines:
+        err = (p.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"kind": "error", "cmd": " ".join(cmd[2:]), "error": err}
+    return json.loads(lines[-1])
+
+
+#: the official code on an idle 2-core AMX host, fp32 (shared/reference/README.md)
+OFFICIAL_README_S = {64: 5.25, 128: 30.46}
+
+
+def plot(paths: list[str], out: str) -> None:
+    """Bar chart of median seconds per configuration from JSON-lines files (needs matplotlib).
+
+    Records of kind ``path`` are ours; kind ``official`` (official modules timed on this host)
+    and the README's idle-host figures are drawn beside them. ``source`` tags set the labels.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = [json.loads(ln) for p in paths for ln in Path(p).read_text().splitlines() if ln.startswith("{")]
+    sizes = sorted({r["lq"] for r in recs if "lq" in r})
+    series: dict[str, dict[int, float]] = {}
+    for r in recs:
+        if r.get("kind") == "official":
+            label = "official code, this host"
+        elif r.get("kind") == "path" and r.get("threads") == 2:
+            label = f"{r.get('source', 'sinsr')} {r['dtype']}"
+        else:
+            continue
+        series.setdefault(label, {})[r["lq"]] = r["median_s"]
+    series["official code, README idle AMX host"] = {s: OFFICIAL_README_S[s] for s in sizes if s in OFFICIAL_README_S}
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    width = 0.8 / max(1, len(series))
+    for i, (label, vals) in enumerate(series.items()):
+        xs = [j + i * width for j, s in enumerate(sizes) if s in vals]
+        ys = [vals[s] for s in sizes if s in vals]
+        bars = ax.bar(xs, ys, width, label=label)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(sizes))])
+    ax.set_xticklabels([f"lq {s} -> {4 * s}" for s in sizes])
+    ax.set_ylabel("seconds (median, 2 threads)")
+    ax.set_title("SinSR one-step x4 on CPU (full-size models, random weights)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
+def _csv(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", default="64,128", help="LR side(s), comma-separated (output is 4x)")
+    ap.add_argument("--steps", type=int, default=1, help="sampling steps (1 = SinSR one-step)")
+    ap.add_argument("--dtype", default="fp32,bf16", help="fp32, bf16, fp16 (comma-separated)")
+    ap.add_argument("--device", default="auto", help="cpu, cuda, or auto (= cpu, and cuda if present)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (median)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed runs after the counting run")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the UNet, VQ encoder and decoder")
+    ap.add_argument("--model", default="sinsr-v1", help="preset name from sinsr_cli.config.PRESETS")
+    ap.add_argument("--tag", default="sinsr", help="label stored as 'source' in each record (for --plot)")
+    ap.add_argument("--no-peak", action="store_true", help="skip the device peak measurement")
+    ap.add_argument("--plot", default=None, metavar="PNG", help="draw results from --from files; run nothing")
+    ap.add_argument("--from", dest="sources", nargs="+", default=[], help="JSON-lines results for --plot")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.plot:
+        plot(args.sources, args.plot)
+        return 0
+
+    if args.worker:  # "peak:DEVICE" or "path:DEVICE:DTYPE:SIZE"
+        kind, *rest = args.worker.split(":")
+        rec = measure_peak(rest[0], args.threads) if kind == "peak" else run_config(args, int(rest[2]), rest[1], rest[0])
+        print(json.dumps(rec), flush=True)
+        return 0
+
+    if args.device == "auto":
+        import torch
+
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    else:
+        devices = _csv(args.device)
+    for dt in _csv(args.dtype):
+        if dt not in _DTYPE_NAMES:
+            ap.error(f"unknown dtype {dt!r} (use fp32, bf16, fp16)")
+    rc = 0
+    for device in devices:
+        peak: dict[str, Any] = {}
+        if not args.no_peak:
+            peak = _spawn(_worker_cmd(args, ["--worker", f"peak:{device}"]))
+            print(json.dumps(peak), flush=True)
+        for size in (int(s) for s in _csv(args.size)):
+            for dt in _csv(args.dtype):
+                if dt == "fp16" and device == "cpu":
+                    continue  # no fast fp16 kernels on CPU: not a configuration anyone should run
+                rec = _spawn(_worker_cmd(args, ["--worker", f"path:{device}:{dt}:{size}"]))
+                ref = peak.get(f"matmul2048_{dt}_gflops")
+                if ref and "achieved_gflops" in rec:
+                    rec["peak_matmul_gflops"] = ref
+                    rec["fraction_of_peak"] = {k: round(v / ref, 3) for k, v in rec["achieved_gflops"].items()}
+                rc |= rec.get("kind") == "error"
+                print(json.dumps(rec), flush=True)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

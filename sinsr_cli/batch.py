@@ -1,0 +1,604 @@
+"""Upscale many image files with one loaded pipeline: plan, read, model, resample, write.
+
+This is the engine behind ``sinsr upscale``; it knows nothing about terminals. Progress and
+warnings go to a :class:`BatchObserver`; every outcome is an :class:`ItemResult` whose
+``message`` is one line naming the file. Nothing here prints.
+
+Policies:
+  * Outputs: ``imageio.output_path`` places them (next to the input, under ``-o DIR`` mirroring
+    the input tree, or exactly ``-o FILE`` for one input). An output that is any input of the
+    run, or that two inputs would share, fails that item. An existing output fails the item
+    unless ``skip_existing`` (skipped) or ``overwrite`` (replaced). Files found inside the
+    output directory while walking an input directory that contains it are skipped, so a rerun
+    never upscales its own results. Writes are atomic (``imageio.write_image``).
+  * Inputs that ``collect_inputs`` rejected: named explicitly, missing, or carrying an image
+    extension (``broken.png``, a zero-byte ``x.jpg``) -> failed, with ``read_image``'s reason;
+    other non-images met while walking a folder (``notes.txt``) -> skipped with a note.
+  * Scale: the model's native x4, then, when ``scale != 4``, a Lanczos resample (Pillow, float32
+    per channel, clipped to [0, 1]) to exactly ``round(scale * w) x round(scale * h)`` (Python's
+    ``round``).
+  * Alpha: ``"resize"`` (default) Lanczos-resamples the source alpha straight to the output
+    size: masks stay clean and it costs nothing; ``"model"`` runs the alpha replicated to three
+    channels through the model (like Real-ESRGAN's default) and keeps the channel mean. An
+    all-opaque alpha is kept as all-opaque without work. JPEG drops alpha (a warning says so).
+  * Grayscale: the model sees the gray replicated to RGB; the result is turned back into
+    Rec. 601 luma before resampling, so gray stays gray (and 16-bit stays 16-bit via ``like``).
+  * fp16/bf16: an output with NaN/Inf is computed again in fp32 (same seed) with a warning; the
+    pipeline returns to its dtype for the next file. Non-finite output in fp32 fails the item.
+    Nothing non-finite is ever written (it would come out black).
+  * Tiles: ``tile`` LR pixels (0 = whole image). On out-of-memory the pipeline halves the tile;
+    the smaller tile is then kept for the rest of the run.
+  * Seeds: one seed for the run (random when not given, reported in :class:`BatchReport`), used
+    for every file, so a file's result does not depend on its position in the batch.
+  * Interruption: when ``stop`` is set the run ends after the current file; a KeyboardInterrupt
+    raised inside a file abandons that file (nothing is written: writes are atomic) and ends
+    the run. Either way the report lists what was done and what was never started.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .imageio import (
+    DEFAULT_MAX_PIXELS,
+    InputItem,
+    LoadedImage,
+    SinsrIOError,
+    image_to_tensor,
+    output_path,
+    read_image,
+    write_image,
+)
+from .tiling import auto_tile_size, is_oom_error
+
+if TYPE_CHECKING:
+    from .pipeline import SRPipeline
+
+__all__ = [
+    "ALPHA_MODES",
+    "IMAGE_EXTENSIONS",
+    "OUTPUT_FORMATS",
+    "BatchObserver",
+    "BatchReport",
+    "ItemResult",
+    "Job",
+    "LIVE_ACTIVATIONS",
+    "NonFiniteOutput",
+    "UpscaleOptions",
+    "auto_tile",
+    "bytes_per_lr_pixel",
+    "default_suffix",
+    "model_to_image",
+    "output_size",
+    "plan_jobs",
+    "resample",
+    "run_batch",
+    "upscale_image",
+    "with_tile",
+]
+
+Status = Literal["pending", "done", "skipped", "failed", "cancelled"]
+ALPHA_MODES = ("resize", "model")
+OUTPUT_FORMATS = ("png", "jpg", "jpeg", "webp", "tif", "tiff")
+#: extensions that make a file "meant to be an image": unreadable ones fail instead of skipping
+IMAGE_EXTENSIONS = frozenset(
+    ".png .jpg .jpeg .jpe .jfif .webp .tif .tiff .bmp .gif .ppm .pgm .pbm .pnm .tga .ico "
+    ".heic .heif .avif .jp2 .j2k .dds .psd".split()
+)
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # Rec. 601, as imageio and Pillow
+
+#: Peak working set of one tile, counted in full-resolution (x4) float32 feature maps of
+#: ``vq.cfg.ch`` channels (the VQ decoder's top level dominates: its input, GroupNorm/SiLU and
+#: conv outputs, the residual, plus oneDNN's reordered copies on CPU). Measured with
+#: ``benchmarks/tiled_memory.py`` (sinsr-v1 + vq-f4, CPU, fp32, VQ attention on contiguous
+#: q/k/v), peak RSS minus the loaded model per LR pixel of the model input: 133 KB at 64x64,
+#: 104 KB at 128x128, 66 KB at 320x320 (``--tile 256``) = 8.0 maps; ``auto`` picks tiles of
+#: 320 px and more, where fixed overheads no longer dominate.
+LIVE_ACTIVATIONS = 8.0
+
+
+# --------------------------------------------------------------------------- options, jobs
+
+
+def default_suffix(scale: float) -> str:
+    """``_x4``, ``_x2``, ``_x1.5``: the file-name suffix used when none is given."""
+    return f"_x{scale:g}"
+
+
+@dataclass(frozen=True)
+class UpscaleOptions:
+    """Everything ``run_batch`` needs besides the pipeline and the inputs.
+
+    ``tile`` is already an integer here (0 = whole image; resolve ``auto`` with
+    :func:`auto_tile`). ``suffix`` None means :func:`default_suffix`. ``max_pixels`` None
+    disables the decompression-bomb check.
+    """
+
+    scale: float = 4.0
+    steps: int | None = None
+    sampler: str | None = None
+    seed: int | None = None
+    tile: int = 0
+    tile_overlap: int = 32
+    tile_pad: int = 8
+    tile_batch: int = 1
+    alpha: str = "resize"
+    output: Path | None = None
+    suffix: str | None = None
+    format: str | None = None
+    quality: int = 95
+    strip_metadata: bool = False
+    skip_existing: bool = False
+    overwrite: bool = False
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    fp32_fallback: bool = True
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.scale, (int, float)) and math.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"--scale must be a number > 0, got {self.scale!r}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {self.steps}")
+        if self.tile < 0 or self.tile_overlap < 0 or self.tile_pad < 0:
+            raise ValueError("--tile and --tile-overlap must be >= 0")
+        if self.tile_batch < 1:
+            raise ValueError(f"--batch must be >= 1, got {self.tile_batch}")
+        if self.alpha not in ALPHA_MODES:
+            raise ValueError(f"--alpha must be one of {', '.join(ALPHA_MODES)}, got {self.alpha!r}")
+        if self.format is not None and self.format.lower().lstrip(".") not in OUTPUT_FORMATS:
+            raise ValueError(f"--format must be png, jpg, webp or tif, got {self.format!r}")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"--quality must be in 1..100, got {self.quality}")
+        if self.skip_existing and self.overwrite:
+            raise ValueError("--skip-existing and --overwrite cannot be used together")
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise ValueError(f"--max-pixels must be >= 1 (or 0 for no limit), got {self.max_pixels}")
+
+    @property
+    def file_suffix(self) -> str:
+        return default_suffix(self.scale) if self.suffix is None else self.suffix
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input and where its result goes. ``status`` is "pending" unless decided in planning."""
+
+    item: InputItem
+    target: Path | None
+    status: Status = "pending"
+    message: str = ""  # one line naming the file, for jobs decided in planning
+    error: BaseException | None = None  # what made a planned failure, for --verbose
+
+
+@dataclass
+class ItemResult:
+    """What happened to one input. ``message`` is one line naming the file (empty when done)."""
+
+    item: InputItem
+    status: Status
+    target: Path | None = None
+    message: str = ""
+    seconds: float = 0.0
+    input_size: tuple[int, int] | None = None  # (width, height)
+    output_size: tuple[int, int] | None = None
+    warnings: list[str] = field(default_factory=list)
+    error: BaseException | None = None  # for --verbose tracebacks
+
+
+@dataclass
+class BatchReport:
+    """All results in job order (see :func:`plan_jobs`), plus how the run ended."""
+
+    results: list[ItemResult]
+    seconds: float
+    seed: int
+    interrupted: bool = False
+    tile: int = 0  # the tile size in force at the end (smaller after out-of-memory retries)
+
+    def count(self, status: Status) -> int:
+        return sum(r.status == status for r in self.results)
+
+    @property
+    def failed(self) -> list[ItemResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+
+class BatchObserver:
+    """Receives progress from :func:`run_batch`. Every method is a no-op; override what you need."""
+
+    def batch_started(self, jobs: Sequence[Job], pending: int) -> None:
+        """Before the first file; ``pending`` files will go through the model."""
+
+    def file_started(self, job: Job, index: int, pending: int) -> None:
+        """Before file ``index`` (1-based) of the ``pending`` ones is read."""
+
+    def tiles(self, done: int, total: int) -> None:
+        """Model progress inside the current file (tiles, or 1/1 untiled); restarts on a retry."""
+
+    def warning(self, job: Job, message: str) -> None:
+        """Something worth telling that did not stop the file (one line, names the file)."""
+
+    def file_finished(self, result: ItemResult) -> None:
+        """After every input, including those decided in planning and those never started."""
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def _resolved(p: Path) -> str:
+    return os.path.normcase(os.path.realpath(p))
+
+
+def _root_of(item: InputItem) -> Path:
+    """The directory (or glob prefix) the item was found under: ``path`` minus ``rel``."""
+    n = len(item.rel.parts)
+    return Path(*item.path.parts[: len(item.path.parts) - n]) if n < len(item.path.parts) else Path(".")
+
+
+def _is_under(path: str, folder: str) -> bool:
+    return path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def plan_jobs(
+    items: Sequence[InputItem],
+    rejected: Sequence[tuple[Path, str]],
+    options: UpscaleOptions,
+    *,
+    explicit: Sequence[str | os.PathLike[str]] = (),
+    single_input_file: bool = False,
+) -> list[Job]:
+    """Decide each input's output path and whether it runs, is skipped or has already failed.
+
+    ``items`` and ``rejected`` come from ``imageio.collect_inputs``; ``explicit`` are the input
+    arguments as the user typed them (a rejected file named there fails rather than skips).
+    Returns one job per input: rejected files first (their errors show at once), then the images
+    in input order.
+    """
+    explicit_paths = {_resolved(Path(os.path.expanduser(os.fspath(p)))) for p in explicit}
+    out_dir = None
+    if options.output is not None and not single_input_file:
+        out_dir = _resolved(options.output)
+
+    def in_output_dir(item: InputItem) -> bool:
+        """Found by walking an input folder that contains the output folder (a previous result)."""
+        root = _resolved(_root_of(item))
+        return (
+            out_dir is not None and out_dir != root and _is_under(out_dir, root)
+            and _is_under(_resolved(item.path), out_dir)
+        )
+
+    jobs: list[Job] = []
+    for path, reason in rejected:
+        item = InputItem(path=path, rel=Path(path.name))
+        named = _resolved(path) in explicit_paths
+        if named or not os.path.lexists(path) or path.suffix.lower() in IMAGE_EXTENSIONS:
+            message, error = _read_failure(path, reason)
+            jobs.append(Job(item, None, "failed", message, error))
+        else:
+            jobs.append(Job(item, None, "skipped", f"{path}: skipped ({reason})"))
+
+    inputs: list[InputItem] = []
+    for item in items:
+        if in_output_dir(item):
+            jobs.append(Job(item, None, "skipped", f"{item.path}: inside the output directory"))
+        else:
+            inputs.append(item)
+    input_paths = {_resolved(i.path): i.path for i in inputs}
+    claimed: dict[str, Path] = {}
+    for item in inputs:
+        try:
+            target = output_path(
+                item, output=options.output, suffix=options.file_suffix, format=options.format,
+                single_input_file=single_input_file,
+            )
+        except SinsrIOError as e:
+            jobs.append(Job(item, None, "failed", _with_path(item.path, e), e))
+            continue
+        key = _resolved(target)
+        if key in input_paths:
+            msg = f"{item.path}: the output {target} is an input of this run; refusing to overwrite it"
+            jobs.append(Job(item, target, "failed", msg))
+        elif key in claimed:
+            msg = f"{item.path}: the output {target} is also the output of {claimed[key]}; use --format or rename"
+            jobs.append(Job(item, target, "failed", msg))
+        elif os.path.lexists(target) and not options.overwrite:
+            if options.skip_existing:
+                jobs.append(Job(item, target, "skipped", f"{item.path}: output exists ({target})"))
+            else:
+                msg = f"{item.path}: the output {target} exists; use --skip-existing or --overwrite"
+                jobs.append(Job(item, target, "failed", msg))
+        else:
+            jobs.append(Job(item, target))
+        claimed.setdefault(key, item.path)
+    return jobs
+
+
+def _read_failure(path: Path, reason: str) -> tuple[str, BaseException | None]:
+    """The precise one-line reason ``read_image`` gives for a file ``collect_inputs`` rejected."""
+    if os.path.lexists(path) and not path.is_dir():
+        try:
+            read_image(path)
+        except SinsrIOError as e:
+            return str(e), e
+        except Exception:  # noqa: BLE001 - fall back to the sniffing reason
+            pass
+    return f"{path}: {reason}", None
+
+
+def _with_path(path: Path, err: BaseException) -> str:
+    """One line naming ``path``: SinsrIOError messages already start with a path."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, SinsrIOError) and err.path is not None:
+        return text
+    return f"{path}: {text}"
+
+
+# --------------------------------------------------------------------------- pixels
+
+
+def output_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    """``(round(scale * width), round(scale * height))``; ValueError when a side would be 0."""
+    w, h = round(scale * width), round(scale * height)
+    if w < 1 or h < 1:
+        raise ValueError(f"--scale {scale:g} would make a {width}x{height} image {w}x{h} pixels")
+    return w, h
+
+
+def resample(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Lanczos resize of float ``[H, W]`` or ``[H, W, C]`` to ``size`` = (width, height), in [0, 1].
+
+    Each channel is resized as a Pillow mode "F" (float32) image, so 16-bit precision survives;
+    the Lanczos overshoot is clipped.
+    """
+    w, h = size
+    if a.shape[1] == w and a.shape[0] == h:
+        return np.asarray(a, dtype=np.float32)
+    planes = a[..., None] if a.ndim == 2 else a
+    out = np.empty((h, w, planes.shape[2]), dtype=np.float32)
+    for c in range(planes.shape[2]):
+        im = Image.fromarray(np.ascontiguousarray(planes[..., c], dtype=np.float32))  # mode "F"
+        out[..., c] = np.asarray(im.resize((w, h), Image.Resampling.LANCZOS))
+    np.clip(out, 0.0, 1.0, out=out)
+    return out[..., 0] if a.ndim == 2 else out
+
+
+def model_to_image(y: torch.Tensor) -> np.ndarray:
+    """Pipeline output ``[1, 3, H, W]`` -> ``[H, W, 3]`` float32 CPU array in [0, 1].
+
+    Works in place on a CPU float32 ``y`` (no copy of a large output); NaN becomes 0.
+    """
+    x = y[0].detach().to(device="cpu", dtype=torch.float32)
+    torch.nan_to_num_(x, nan=0.0, posinf=1.0, neginf=0.0).clamp_(0.0, 1.0)
+    return x.permute(1, 2, 0).numpy()
+
+
+def bytes_per_lr_pixel(pipe: SRPipeline, tile_batch: int = 1) -> float:
+    """Estimated peak float32 bytes per LR pixel of a tile: ``scale^2 * vq.ch * 4 * LIVE_ACTIVATIONS``.
+
+    For sinsr-v1 + vq-f4 that is 16 * 128 * 4 * 8 = 65,536 B, i.e. about 6.7 GB for a tile
+    whose model input is 320 x 320 (``--tile 256`` plus context, padded to 64), half in fp16.
+    """
+    ch = getattr(getattr(pipe.vq, "cfg", None), "ch", 128)
+    return float(pipe.scale**2 * ch * 4 * LIVE_ACTIVATIONS * max(1, tile_batch))
+
+
+def auto_tile(pipe: SRPipeline, *, tile_batch: int = 1, tile_pad: int = 8) -> int:
+    """``--tile auto``: the largest LR tile that fits free CUDA memory (or free RAM).
+
+    The model input of a tile is the tile plus ``tile_pad`` context on each side; the tile is
+    chosen so that this input is exactly a multiple of the pipeline's padding (64), wasting no
+    compute on reflection padding.
+    """
+    multiple = pipe.pad_multiple
+    side = auto_tile_size(
+        pipe.device, pipe.dtype, bytes_per_lr_pixel=bytes_per_lr_pixel(pipe, tile_batch),
+        min_tile=multiple, max_tile=2048, multiple=multiple,
+    )
+    return max(multiple // 2, side - 2 * tile_pad)
+
+
+class NonFiniteOutput(RuntimeError):
+    """The model produced NaN/Inf."""
+
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}.get(dtype, str(dtype))
+
+
+@dataclass
+class _RunState:
+    """Mutable run-wide state: the seed and the tile size (which shrinks after an OOM retry)."""
+
+    seed: int
+    tile: int
+    tile_overlap: int
+
+
+def _run_model(
+    pipe: SRPipeline,
+    x: torch.Tensor,
+    options: UpscaleOptions,
+    state: _RunState,
+    *,
+    warn: Callable[[str], None],
+    on_tile: Callable[[int, int], None],
+    what: str,
+) -> np.ndarray:
+    """``[1, 3, h, w]`` in [0, 1] -> ``[4h, 4w, 3]`` float32 array, with the fp32 fallback."""
+
+    def on_retry(tile: int, overlap: int) -> None:
+        warn(f"{what}: out of memory; retrying with --tile {tile}")
+        state.tile, state.tile_overlap = tile, overlap
+
+    def call() -> torch.Tensor:
+        return pipe(
+            x, steps=options.steps, sampler=options.sampler, seed=state.seed, tile=state.tile,
+            tile_overlap=state.tile_overlap, tile_pad=options.tile_pad, tile_batch=options.tile_batch,
+            on_tile=on_tile, on_retry=on_retry,
+        )
+
+    y = call()
+    if not bool(torch.isfinite(y).all()):
+        dtype = pipe.dtype
+        if dtype not in _HALF or not options.fp32_fallback:
+            raise NonFiniteOutput(f"the model produced NaN/Inf values in {_dtype_name(dtype)}; not written")
+        warn(f"{what}: {_dtype_name(dtype)} produced NaN/Inf values; computing this file again in fp32")
+        del y
+        pipe.to(dtype=torch.float32)
+        try:
+            y = call()
+        finally:
+            pipe.to(dtype=dtype)
+        if not bool(torch.isfinite(y).all()):
+            raise NonFiniteOutput("the model produced NaN/Inf values even in fp32; not written")
+    return model_to_image(y)
+
+
+def upscale_image(
+    pipe: SRPipeline,
+    src: LoadedImage,
+    options: UpscaleOptions,
+    *,
+    state: _RunState | None = None,
+    warn: Callable[[str], None] = lambda _: None,
+    on_tile: Callable[[int, int], None] = lambda d, t: None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A decoded image -> (colour, alpha) at ``options.scale``, ready for ``write_image(like=src)``.
+
+    Colour is ``[H, W, 3]`` float32 in [0, 1], or ``[H, W]`` luma for a grayscale source;
+    alpha is ``[H, W]`` or None. ``H, W`` = :func:`output_size` of the source.
+    """
+    if state is None:
+        seed = options.seed if options.seed is not None else secrets.randbits(63)
+        state = _RunState(seed, options.tile, options.tile_overlap)
+    what = str(src.path) if src.path is not None else "image"
+    width, height = src.size
+    size = output_size(width, height, options.scale)
+
+    rgb = _run_model(pipe, image_to_tensor(src.rgb), options, state, warn=warn, on_tile=on_tile, what=what)
+    color: np.ndarray = rgb @ _LUMA if src.grayscale else rgb
+    color = resample(color, size)
+    del rgb
+
+    alpha = None
+    if src.alpha is not None:
+        if float(src.alpha.min()) >= 1.0:
+            alpha = np.ones((size[1], size[0]), dtype=np.float32)
+        elif options.alpha == "model":
+            a3 = image_to_tensor(np.repeat(src.alpha[..., None], 3, axis=2))
+            up = _run_model(pipe, a3, options, state, warn=warn, on_tile=on_tile, what=what + " (alpha)")
+            alpha = resample(up.mean(axis=2), size)
+        else:
+            alpha = resample(src.alpha, size)
+    return color, alpha
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _is_jpeg_target(target: Path, fmt: str | None) -> bool:
+    name = (fmt or target.suffix).lower().lstrip(".")
+    return name in ("jpg", "jpeg")
+
+
+def _failure_message(path: Path, err: BaseException, device: torch.device) -> str:
+    if isinstance(err, MemoryError) or is_oom_error(err):
+        where = "host memory" if isinstance(err, MemoryError) else f"{device.type} memory"
+        return f"{path}: out of {where}; use a smaller --tile (e.g. --tile 128) or --tile auto"
+    if isinstance(err, (SinsrIOError, ValueError, NonFiniteOutput, OSError)):
+        return _with_path(path, err)
+    return f"{path}: {type(err).__name__}: {' '.join(str(err).split())}"
+
+
+def run_batch(
+    pipe: SRPipeline | None,
+    jobs: Sequence[Job],
+    options: UpscaleOptions,
+    observer: BatchObserver | None = None,
+    *,
+    stop: threading.Event | None = None,
+) -> BatchReport:
+    """Process every pending job one file at a time; never raises for a bad file.
+
+    ``pipe`` may be None only when no job is pending. Returns the report; a KeyboardInterrupt
+    inside a file is caught, recorded (``report.interrupted``) and ends the run.
+    """
+    obs = observer or BatchObserver()
+    seed = options.seed if options.seed is not None else secrets.randbits(63)
+    state = _RunState(seed, options.tile, options.tile_overlap)
+    pending = sum(j.status == "pending" for j in jobs)
+    if pending and pipe is None:
+        raise ValueError("run_batch needs a pipeline when some jobs are pending")
+    t_start = time.perf_counter()
+    obs.batch_started(jobs, pending)
+    results: list[ItemResult] = []
+    interrupted = False
+    index = 0
+    for job in jobs:
+        if job.status != "pending":
+            result = ItemResult(job.item, job.status, job.target, job.message, error=job.error)
+        elif interrupted or (stop is not None and stop.is_set()):
+            interrupted = True
+            result = ItemResult(job.item, "cancelled", job.target, f"{job.item.path}: not started (interrupted)")
+        else:
+            index += 1
+            obs.file_started(job, index, pending)
+            try:
+                result = _process(pipe, job, options, state, obs)  # type: ignore[arg-type]
+            except KeyboardInterrupt as e:
+                interrupted = True
+                result = ItemResult(job.item, "cancelled", job.target, f"{job.item.path}: interrupted; nothing written", error=e)
+        results.append(result)
+        obs.file_finished(result)
+    return BatchReport(results, time.perf_counter() - t_start, seed, interrupted, state.tile)
+
+
+def _process(pipe: SRPipeline, job: Job, options: UpscaleOptions, state: _RunState, obs: BatchObserver) -> ItemResult:
+    """Read, upscale and write one file; every failure becomes a "failed" result."""
+    assert job.target is not None
+    t0 = time.perf_counter()
+    result = ItemResult(job.item, "failed", job.target)
+
+    def warn(message: str) -> None:
+        result.warnings.append(message)
+        obs.warning(job, message)
+
+    try:
+        src = read_image(job.item.path, max_pixels=options.max_pixels)
+        result.input_size = src.size
+        color, alpha = upscale_image(pipe, src, options, state=state, warn=warn, on_tile=obs.tiles)
+        result.output_size = (color.shape[1], color.shape[0])
+        if alpha is not None and _is_jpeg_target(job.target, options.format) and float(alpha.min()) < 1.0:
+            warn(f"{job.item.path}: JPEG has no alpha channel; transparency dropped (use --format png to keep it)")
+        write_image(
+            job.target, color, alpha, like=src, format=options.format, quality=options.quality,
+            strip_metadata=options.strip_metadata,
+        )
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # noqa: BLE001 - one bad file never stops the batch
+        result.message = _failure_message(job.item.path, e, pipe.device)
+        result.error = e
+    else:
+        result.status = "done"
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def with_tile(options: UpscaleOptions, tile: int) -> UpscaleOptions:
+    """A copy of ``options`` with ``tile`` set (after resolving ``--tile auto``)."""
+    return replace(options, tile=tile)

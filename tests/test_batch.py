@@ -1,0 +1,494 @@
+"""The folder engine behind `sinsr upscale` (``sinsr_cli.batch``), mostly with a stand-in model.
+
+``FakePipe`` has the pipeline's calling convention and upsamples by pixel repetition, so these
+tests check planning, pixels, metadata, failures and interruption in milliseconds; one test runs
+the real tiny pipeline.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+import zlib
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from sinsr_cli import imageio
+from sinsr_cli.batch import (
+    BatchObserver,
+    ItemResult,
+    Job,
+    UpscaleOptions,
+    auto_tile,
+    bytes_per_lr_pixel,
+    default_suffix,
+    output_size,
+    plan_jobs,
+    resample,
+    run_batch,
+    upscale_image,
+)
+from sinsr_cli.imageio import InputItem, collect_inputs, read_image
+
+
+class FakePipe:
+    """``SRPipeline``'s interface: ``[B,3,H,W]`` in [0,1] -> ``[B,3,4H,4W]`` by pixel repetition.
+
+    ``nan_dtypes``: dtypes in which the output is NaN (to test the fp32 fallback);
+    ``raise_on``: call number (1-based) -> exception to raise; ``on_call``: hook run per call.
+    """
+
+    scale = 4
+    pad_multiple = 64
+
+    def __init__(self, dtype: torch.dtype = torch.float32, *, nan_dtypes=(), raise_on=None, on_call=None):
+        self.device = torch.device("cpu")
+        self.dtype = dtype
+        self.preset = SimpleNamespace(name="fake")
+        self.vq = SimpleNamespace(cfg=SimpleNamespace(ch=8))
+        self.nan_dtypes = tuple(nan_dtypes)
+        self.raise_on = dict(raise_on or {})
+        self.on_call = on_call
+        self.calls: list[dict] = []
+        self.dtype_history: list[torch.dtype] = []
+
+    def to(self, device=None, dtype=None):
+        self.dtype = dtype or self.dtype
+        self.dtype_history.append(self.dtype)
+        return self
+
+    def resolve_sampler(self, steps, sampler):
+        if steps is not None and steps < 1:
+            raise ValueError("steps must be >= 1")
+        return "onestep" if steps in (None, 1) else (sampler or "ancestral")
+
+    def __call__(self, images, *, steps=None, sampler=None, generator=None, seed=None, tile=0,
+                 tile_overlap=32, tile_pad=8, tile_batch=1, on_tile=None, on_retry=None):
+        self.calls.append(dict(shape=tuple(images.shape), dtype=self.dtype, seed=seed, tile=tile, steps=steps))
+        n = len(self.calls)
+        if self.on_call is not None:
+            self.on_call(n)
+        if n in self.raise_on:
+            raise self.raise_on[n]
+        y = images.float().repeat_interleave(4, dim=-2).repeat_interleave(4, dim=-1).clone()
+        if self.dtype in self.nan_dtypes:
+            y[..., 0, 0] = float("nan")
+        if on_tile is not None:
+            on_tile(1, 1)
+        return y
+
+
+class Recorder(BatchObserver):
+    def __init__(self):
+        self.events: list[tuple] = []
+
+    def batch_started(self, jobs, pending):
+        self.events.append(("start", pending))
+
+    def file_started(self, job, index, pending):
+        self.events.append(("file", job.item.path.name, index, pending))
+
+    def tiles(self, done, total):
+        self.events.append(("tiles", done, total))
+
+    def warning(self, job, message):
+        self.events.append(("warning", message))
+
+    def file_finished(self, result):
+        self.events.append(("finished", result.item.path.name, result.status))
+
+    def warnings(self):
+        return [e[1] for e in self.events if e[0] == "warning"]
+
+
+def _save(path: Path, mode: str = "RGB", size=(12, 10), **params) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(zlib.crc32(path.name.encode()))
+    if mode == "I;16":
+        arr = rng.integers(0, 65536, size=(size[1], size[0]), dtype=np.uint16)
+        Image.fromarray(arr).save(path, **params)
+        return path
+    bands = len(Image.new(mode, (1, 1)).getbands())
+    arr = rng.integers(0, 256, size=(size[1], size[0], bands), dtype=np.uint8)
+    im = Image.fromarray(arr[..., 0] if bands == 1 else arr, mode={1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[bands])
+    if mode not in ("L", "LA", "RGB", "RGBA"):
+        im = im.convert(mode)
+    im.save(path, **params)
+    return path
+
+
+def _run(tmp_path, paths, pipe=None, observer=None, stop=None, **opts):
+    options = UpscaleOptions(seed=0, **opts)
+    items, rejected = collect_inputs([str(p) for p in paths])
+    single = len(paths) == 1 and Path(paths[0]).is_file() and len(items) == 1
+    jobs = plan_jobs(items, rejected, options, explicit=[str(p) for p in paths], single_input_file=single)
+    pipe = pipe or FakePipe()
+    return run_batch(pipe, jobs, options, observer, stop=stop), pipe
+
+
+def _leftovers(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.name.startswith(".") and p.name.endswith(".tmp")]
+
+
+# --------------------------------------------------------------------------- pixels and sizes
+
+
+@settings(max_examples=60, deadline=None)
+@given(w=st.integers(2, 40), h=st.integers(2, 40), s=st.floats(0.05, 9.0, allow_nan=False))
+def test_output_size_is_python_round(w, h, s):
+    if round(s * w) < 1 or round(s * h) < 1:
+        with pytest.raises(ValueError, match="--scale"):
+            output_size(w, h, s)
+    else:
+        assert output_size(w, h, s) == (round(s * w), round(s * h))
+
+
+@settings(max_examples=30, deadline=None)
+@given(w=st.integers(1, 30), h=st.integers(1, 30), ow=st.integers(1, 50), oh=st.integers(1, 50), c=st.sampled_from([0, 1, 3]))
+def test_resample_exact_size_and_range(w, h, ow, oh, c):
+    rng = np.random.default_rng(w * 31 + h)
+    a = rng.random((h, w) if c == 0 else (h, w, c), dtype=np.float32)
+    out = resample(a, (ow, oh))
+    assert out.shape == ((oh, ow) if c == 0 else (oh, ow, c)) and out.dtype == np.float32
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_resample_keeps_constant_and_16bit_precision():
+    a = np.full((8, 8, 3), 12345 / 65535, np.float32)
+    out = resample(a, (13, 5))
+    assert np.allclose(out, 12345 / 65535, atol=1e-6)  # finer than one 16-bit step
+
+
+def test_default_suffix():
+    assert default_suffix(4) == "_x4" and default_suffix(2.0) == "_x2" and default_suffix(1.5) == "_x1.5"
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(scale=0), "--scale"), (dict(scale=float("nan")), "--scale"), (dict(steps=0), "--steps"),
+        (dict(tile=-1), "--tile"), (dict(tile_batch=0), "--batch"), (dict(alpha="blur"), "--alpha"),
+        (dict(format="gif"), "--format"), (dict(quality=0), "--quality"),
+        (dict(skip_existing=True, overwrite=True), "together"), (dict(max_pixels=0), "--max-pixels"),
+    ],
+)
+def test_options_reject_bad_values(kw, match):
+    with pytest.raises(ValueError, match=match):
+        UpscaleOptions(**kw)
+
+
+def test_auto_tile_is_multiple_minus_context():
+    pipe = FakePipe()
+    tile = auto_tile(pipe, tile_pad=8)
+    assert tile >= 48 and (tile + 16) % 64 == 0
+    assert bytes_per_lr_pixel(pipe, 2) == 2 * bytes_per_lr_pixel(pipe, 1) > 0
+
+
+# --------------------------------------------------------------------------- upscale_image
+
+
+def test_rgb_scale_and_seed(tmp_path):
+    src = read_image(_save(tmp_path / "a.png", size=(10, 7)))
+    pipe = FakePipe()
+    color, alpha = upscale_image(pipe, src, UpscaleOptions(scale=2.5, seed=7, tile=48))
+    assert color.shape == (18, 25, 3) and alpha is None  # round(17.5) == 18 (half to even)
+    assert pipe.calls[0]["seed"] == 7 and pipe.calls[0]["tile"] == 48
+
+
+def test_gray_stays_gray_and_16bit(tmp_path):
+    src = read_image(_save(tmp_path / "g.png", mode="I;16"))
+    assert src.grayscale and src.bit_depth == 16
+    color, _ = upscale_image(FakePipe(), src, UpscaleOptions())
+    assert color.ndim == 2 and color.shape == (40, 48)
+    out = imageio.write_image(tmp_path / "g_x4.png", color, like=src)
+    back = read_image(out)
+    assert back.grayscale and back.bit_depth == 16
+    # pixel repetition: each output pixel is its source pixel, exactly, at 16 bits
+    assert np.array_equal(np.rint(back.rgb[::4, ::4, 0] * 65535), np.rint(src.rgb[..., 0] * 65535))
+
+
+@pytest.mark.parametrize("mode", ["resize", "model"])
+def test_alpha_upscaled_separately(tmp_path, mode):
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[..., :3] = 200
+    rgba[4:12, 4:12, 3] = 255  # an opaque square on transparent
+    p = tmp_path / "a.png"
+    Image.fromarray(rgba).save(p)
+    src = read_image(p)
+    pipe = FakePipe()
+    color, alpha = upscale_image(pipe, src, UpscaleOptions(alpha=mode))
+    assert alpha.shape == (64, 64) and color.shape == (64, 64, 3)
+    assert alpha[32, 32] == pytest.approx(1, abs=1e-2) and alpha[2, 2] == pytest.approx(0, abs=1e-2)
+    assert 0 <= alpha.min() and alpha.max() <= 1
+    assert len(pipe.calls) == (2 if mode == "model" else 1)
+
+
+def test_opaque_alpha_costs_nothing(tmp_path):
+    p = tmp_path / "o.png"
+    Image.new("RGBA", (6, 5), (1, 2, 3, 255)).save(p)
+    pipe = FakePipe()
+    _, alpha = upscale_image(pipe, read_image(p), UpscaleOptions(alpha="model"))
+    assert alpha.shape == (20, 24) and alpha.min() == 1 and len(pipe.calls) == 1
+
+
+def test_fp16_nan_retried_in_fp32(tmp_path):
+    src = read_image(_save(tmp_path / "a.png"))
+    pipe = FakePipe(torch.float16, nan_dtypes=(torch.float16,))
+    warnings: list[str] = []
+    color, _ = upscale_image(pipe, src, UpscaleOptions(seed=3), warn=warnings.append)
+    assert np.isfinite(color).all() and color.max() > 0
+    assert [c["dtype"] for c in pipe.calls] == [torch.float16, torch.float32]
+    assert pipe.calls[0]["seed"] == pipe.calls[1]["seed"] == 3  # same noise on the retry
+    assert pipe.dtype == torch.float16  # back to the requested dtype for the next file
+    assert len(warnings) == 1 and "fp16" in warnings[0] and "fp32" in warnings[0]
+
+
+def test_nan_in_fp32_fails_instead_of_writing_black(tmp_path):
+    _save(tmp_path / "a.png")
+    report, _ = _run(tmp_path, [tmp_path / "a.png"], pipe=FakePipe(nan_dtypes=(torch.float32,)))
+    (r,) = report.results
+    assert r.status == "failed" and "NaN/Inf" in r.message and str(tmp_path / "a.png") in r.message
+    assert not (tmp_path / "a_x4.png").exists()
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def test_plan_mirrors_tree_and_suffix(tmp_path):
+    src = tmp_path / "in"
+    _save(src / "a.png")
+    _save(src / "sub" / "deep" / "b.jpg", format="JPEG")
+    out = tmp_path / "out"
+    report, _ = _run(tmp_path, [src], output=out)
+    assert [r.status for r in report.results] == ["done", "done"]
+    assert (out / "a_x4.png").is_file() and (out / "sub" / "deep" / "b_x4.jpg").is_file()
+    assert Image.open(out / "sub" / "deep" / "b_x4.jpg").format == "JPEG"
+
+
+def test_never_overwrites_an_input(tmp_path):
+    _save(tmp_path / "a.png")
+    before = (tmp_path / "a.png").read_bytes()
+    report, _ = _run(tmp_path, [tmp_path], suffix="")
+    (r,) = report.results
+    assert r.status == "failed" and "overwrite the input" in r.message
+    assert (tmp_path / "a.png").read_bytes() == before
+
+
+def test_output_that_is_another_input_is_refused_even_with_overwrite(tmp_path):
+    _save(tmp_path / "a.png")
+    _save(tmp_path / "a_x4.png")  # looks like a previous result, but it is an input now
+    report, pipe = _run(tmp_path, [tmp_path], overwrite=True)
+    by_name = {r.item.path.name: r for r in report.results}
+    assert by_name["a.png"].status == "failed" and "is an input of this run" in by_name["a.png"].message
+    assert by_name["a_x4.png"].status == "done"
+
+
+def test_existing_output_fails_skips_or_is_replaced(tmp_path):
+    _save(tmp_path / "in" / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a_x4.png").write_bytes(b"old")
+    report, pipe = _run(tmp_path, [tmp_path / "in"], output=out)
+    assert report.results[0].status == "failed" and "--skip-existing or --overwrite" in report.results[0].message
+    report, pipe = _run(tmp_path, [tmp_path / "in"], output=out, skip_existing=True)
+    assert report.results[0].status == "skipped" and not pipe.calls
+    assert (out / "a_x4.png").read_bytes() == b"old"
+    report, pipe = _run(tmp_path, [tmp_path / "in"], output=out, overwrite=True)
+    assert report.results[0].status == "done" and Image.open(out / "a_x4.png").size == (48, 40)
+
+
+def test_two_inputs_one_output_is_refused(tmp_path):
+    _save(tmp_path / "in" / "a.png")
+    _save(tmp_path / "in" / "a.webp", format="WEBP")
+    report, _ = _run(tmp_path, [tmp_path / "in"], output=tmp_path / "out", format="png")
+    statuses = sorted(r.status for r in report.results)
+    assert statuses == ["done", "failed"]
+    assert "also the output of" in report.failed[0].message
+
+
+def test_output_dir_inside_input_dir_is_not_reprocessed(tmp_path):
+    _save(tmp_path / "a.png")
+    _save(tmp_path / "results" / "a_x4.png")  # a previous run's output
+    report, pipe = _run(tmp_path, [tmp_path], output=tmp_path / "results", overwrite=True)
+    by_name = {r.item.path.name: r.status for r in report.results}
+    assert by_name == {"a.png": "done", "a_x4.png": "skipped"}
+    assert len(pipe.calls) == 1
+
+
+def test_rejected_files_fail_or_skip(tmp_path):
+    d = tmp_path / "in"
+    _save(d / "good.png")
+    (d / "notes.txt").write_text("hello")
+    (d / "empty.png").write_bytes(b"")
+    (d / "bad.jpg").write_bytes(b"this is not a jpeg at all")
+    report, _ = _run(tmp_path, [d, tmp_path / "missing.png"], output=tmp_path / "out")
+    by_name = {r.item.path.name: r for r in report.results}
+    assert by_name["good.png"].status == "done"
+    assert by_name["notes.txt"].status == "skipped" and "not an image" in by_name["notes.txt"].message
+    for name, reason in [("empty.png", "empty"), ("bad.jpg", "not an image"), ("missing.png", "no such file")]:
+        r = by_name[name]
+        assert r.status == "failed" and reason in r.message and name in r.message, r.message
+
+
+def test_explicit_non_image_fails(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    report, _ = _run(tmp_path, [tmp_path / "notes.txt"])
+    assert report.results[0].status == "failed" and "not an image" in report.results[0].message
+
+
+def test_single_file_to_exact_output_file(tmp_path):
+    _save(tmp_path / "a.png", size=(10, 6))
+    report, _ = _run(tmp_path, [tmp_path / "a.png"], output=tmp_path / "result.webp", scale=1.5)
+    assert report.results[0].status == "done"
+    im = Image.open(tmp_path / "result.webp")
+    assert im.format == "WEBP" and im.size == (15, 9)
+
+
+# --------------------------------------------------------------------------- failures and the run
+
+
+def test_bad_files_fail_and_the_batch_goes_on(tmp_path):
+    d = tmp_path / "in"
+    good = _save(d / "a_good.png")
+    png = good.read_bytes()
+    (d / "b_truncated.png").write_bytes(png[: len(png) // 2])
+    _save(d / "c_tiny.png", size=(1, 1))
+    _save(d / "d_big.png", size=(300, 300))
+    _save(d / "e_good.png")
+    rec = Recorder()
+    report, pipe = _run(tmp_path, [d], output=tmp_path / "out", observer=rec, max_pixels=200 * 200)
+    by_name = {r.item.path.name: r for r in report.results}
+    assert by_name["a_good.png"].status == by_name["e_good.png"].status == "done"
+    assert "truncated" in by_name["b_truncated.png"].message
+    assert "too small" in by_name["c_tiny.png"].message
+    assert "--max-pixels" in by_name["d_big.png"].message
+    for r in report.failed:
+        assert "\n" not in r.message and str(r.item.path) in r.message
+    assert len(pipe.calls) == 2
+    assert ("finished", "e_good.png", "done") in rec.events
+    assert not _leftovers(tmp_path)
+
+
+def test_disk_full_leaves_no_partial_file(tmp_path, monkeypatch):
+    _save(tmp_path / "in" / "a.png")
+    _save(tmp_path / "in" / "b.png")
+    real = imageio._encode_pillow
+    calls = []
+
+    def encode(f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            f.write(b"\x89PNG partial data")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(f, *args, **kwargs)
+
+    monkeypatch.setattr(imageio, "_encode_pillow", encode)
+    out = tmp_path / "out"
+    report, _ = _run(tmp_path, [tmp_path / "in"], output=out)
+    a, b = report.results
+    assert a.status == "failed" and "disk full" in a.message and "a_x4.png" in a.message
+    assert b.status == "done"
+    assert sorted(p.name for p in out.iterdir()) == ["b_x4.png"]  # no partial a_x4.png, no temp file
+
+
+def test_out_of_memory_message_suggests_a_tile(tmp_path):
+    _save(tmp_path / "a.png")
+    pipe = FakePipe(raise_on={1: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")})
+    report, _ = _run(tmp_path, [tmp_path / "a.png"], pipe=pipe)
+    assert report.results[0].status == "failed" and "--tile" in report.results[0].message
+
+
+def test_unexpected_error_is_one_line_with_traceback_kept(tmp_path):
+    _save(tmp_path / "a.png")
+    _save(tmp_path / "b.png")
+    pipe = FakePipe(raise_on={1: RuntimeError("boom\nsecond line")})
+    report, _ = _run(tmp_path, [tmp_path], pipe=pipe)
+    a, b = report.results
+    assert a.status == "failed" and a.message.endswith("RuntimeError: boom second line")
+    assert isinstance(a.error, RuntimeError) and b.status == "done"
+
+
+def test_stop_event_ends_after_current_file(tmp_path):
+    for n in "abcd":
+        _save(tmp_path / f"{n}.png")
+    stop = threading.Event()
+    pipe = FakePipe(on_call=lambda n: stop.set() if n == 2 else None)
+    report, _ = _run(tmp_path, [tmp_path], pipe=pipe, stop=stop)
+    assert [r.status for r in report.results] == ["done", "done", "cancelled", "cancelled"]
+    assert report.interrupted and (tmp_path / "b_x4.png").is_file() and not (tmp_path / "c_x4.png").exists()
+
+
+def test_keyboard_interrupt_abandons_current_file(tmp_path):
+    for n in "abc":
+        _save(tmp_path / f"{n}.png")
+    pipe = FakePipe(raise_on={2: KeyboardInterrupt()})
+    report, _ = _run(tmp_path, [tmp_path], pipe=pipe)
+    assert [r.status for r in report.results] == ["done", "cancelled", "cancelled"]
+    assert report.interrupted and not (tmp_path / "b_x4.png").exists() and not _leftovers(tmp_path)
+
+
+def test_interrupt_during_write_leaves_nothing(tmp_path, monkeypatch):
+    _save(tmp_path / "a.png")
+
+    def encode(f, *args, **kwargs):
+        f.write(b"half an image")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(imageio, "_encode_pillow", encode)
+    report, _ = _run(tmp_path, [tmp_path / "a.png"])
+    assert report.interrupted and report.results[0].status == "cancelled"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_events_and_seed_shared_by_files(tmp_path):
+    _save(tmp_path / "a.png")
+    _save(tmp_path / "b.png")
+    (tmp_path / "c.txt").write_text("x")
+    rec = Recorder()
+    report, pipe = _run(tmp_path, [tmp_path], observer=rec)
+    kinds = [e[0] for e in rec.events]
+    assert kinds[0] == "start" and rec.events[0] == ("start", 2)
+    assert kinds.count("file") == 2 and kinds.count("finished") == 3 and "tiles" in kinds
+    assert {c["seed"] for c in pipe.calls} == {report.seed} == {0}
+
+
+def test_jpeg_output_drops_alpha_with_a_warning(tmp_path):
+    p = tmp_path / "a.png"
+    Image.new("RGBA", (6, 6), (10, 20, 30, 128)).save(p)
+    rec = Recorder()
+    report, _ = _run(tmp_path, [p], observer=rec, format="jpg")
+    assert report.results[0].status == "done" and Image.open(tmp_path / "a_x4.jpg").mode == "RGB"
+    assert any("JPEG has no alpha" in w for w in rec.warnings())
+
+
+def test_run_without_pending_needs_no_pipeline(tmp_path):
+    (tmp_path / "x.txt").write_text("x")
+    options = UpscaleOptions()
+    items, rejected = collect_inputs([tmp_path])
+    report = run_batch(None, plan_jobs(items, rejected, options), options)
+    assert [r.status for r in report.results] == ["skipped"]
+
+
+def test_result_types():
+    r = ItemResult(InputItem(Path("a.png"), Path("a.png")), "done")
+    assert r.warnings == [] and isinstance(Job(r.item, None).status, str)
+
+
+# --------------------------------------------------------------------------- the real tiny model
+
+
+def test_real_tiny_pipeline_with_alpha(tiny_pipeline, tmp_path):
+    rgba = np.random.default_rng(0).integers(0, 256, (20, 18, 4), dtype=np.uint8)
+    Image.fromarray(rgba).save(tmp_path / "a.png")
+    src = read_image(tmp_path / "a.png")
+    color, alpha = upscale_image(tiny_pipeline, src, UpscaleOptions(seed=0, tile=0, scale=3))
+    assert color.shape == (60, 54, 3) and alpha.shape == (60, 54)
+    assert np.isfinite(color).all() and 0 <= color.min() and color.max() <= 1
+    assert float(color.std()) > 0.01  # not a flat (black) image

@@ -1,0 +1,520 @@
+"""`sinsr upscale` end to end: the real Typer app, real files, a tiny checkpoint or a stand-in model.
+
+The tests marked ``real`` load the tiny checkpoints through ``--model PATH --vq PATH`` and run
+crops of ../shared/data through the whole model; the rest replace ``load_pipeline`` by
+``FakePipe`` (pixel repetition) so flag handling, metadata and failures are checked quickly.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageCms
+from typer.testing import CliRunner
+
+from sinsr_cli import imageio
+from sinsr_cli.cli.app import app
+from sinsr_cli.cli.upscale import parse_tile
+from test_batch import FakePipe, _save
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, ["upscale", *map(str, args)])
+
+
+def err_lines(result, prefix="error:"):
+    return [line for line in result.stderr.splitlines() if line.startswith(prefix)]
+
+
+def written(result) -> list[Path]:
+    return [Path(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def fake_model(monkeypatch):
+    """Replace ``load_pipeline`` by a FakePipe that returns NaN in fp16; yields the pipes made."""
+    made: list[FakePipe] = []
+
+    def load(model="sinsr-v1", vq=None, *, device="auto", dtype="auto", config=None, offline=None):
+        from sinsr_cli.devices import resolve_device, resolve_dtype
+
+        dev = resolve_device(device)
+        pipe = FakePipe(resolve_dtype(dtype, dev), nan_dtypes=(torch.float16,))
+        made.append(pipe)
+        return pipe
+
+    monkeypatch.setattr("sinsr_cli.pipeline.load_pipeline", load)
+    return made
+
+
+def _crop(src: Path, box, dst: Path, mode: str | None = None, **save) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    im = Image.open(src).crop(box)
+    if mode:
+        im = im.convert(mode)
+    im.save(dst, **save)
+    return dst
+
+
+def _bomb(path: Path, w: int = 100_000, h: int = 100_000) -> Path:
+    """A small valid PNG whose header declares ``w`` x ``h`` pixels."""
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = struct.pack(">II", w, h) + bytes(data[24:29])
+    data[16:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _no_temp_files(folder: Path) -> bool:
+    return not [p for p in folder.rglob(".*.tmp")]
+
+
+# --------------------------------------------------------------------------- the real tiny model
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory, data_dir, tiny_checkpoints):
+    """One CLI run over data crops plus a generated bad-input corpus, with the tiny checkpoint."""
+    unet, vq = tiny_checkpoints
+    d = tmp_path_factory.mktemp("real")
+    inp, out = d / "in", d / "out"
+    _crop(data_dir / "set5" / "lr" / "bird.png", (20, 20, 44, 40), inp / "nested" / "deeper" / "bird.png")
+    rgba = Image.open(data_dir / "set5" / "lr" / "baby.png").crop((40, 40, 62, 58)).convert("RGBA")
+    a = np.zeros((18, 22), np.uint8)
+    a[:, 11:] = 255
+    rgba.putalpha(Image.fromarray(a))
+    rgba.save(inp / "photo.jpeg", format="PNG")  # a PNG named .jpeg, with transparency
+    good = (inp / "nested" / "deeper" / "bird.png").read_bytes()
+    (inp / "zero.png").write_bytes(b"")
+    (inp / "truncated.png").write_bytes(good[: len(good) // 2])
+    (inp / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(64))
+    _save(inp / "one_pixel.png", size=(1, 1))
+    _bomb(inp / "bomb.png")
+    (inp / "notes.txt").write_text("not an image")
+    result = invoke(inp, "-o", out, "--model", unet, "--vq", vq, "--seed", "0", "--device", "cpu")
+    return result, inp, out
+
+
+@pytest.mark.slow
+def test_real_run_outputs(real_run):
+    result, inp, out = real_run
+    assert result.exit_code == 1, result.output
+    bird = out / "nested" / "deeper" / "bird_x4.png"
+    photo = out / "photo_x4.png"  # named by content: PNG
+    assert sorted(written(result)) == sorted([bird, photo])
+    im = Image.open(bird)
+    assert im.size == (96, 80) and im.mode == "RGB"
+    arr = np.asarray(im, dtype=np.float32)
+    assert arr.std() > 2 and 5 < arr.mean() < 250  # a picture, not black or flat
+    im = Image.open(photo)
+    assert im.format == "PNG" and im.mode == "RGBA" and im.size == (88, 72)
+    alpha = np.asarray(im)[..., 3]
+    assert alpha[:, :40].max() < 10 and alpha[:, 48:].min() > 245  # transparency kept
+    assert _no_temp_files(out)
+
+
+@pytest.mark.slow
+def test_real_run_bad_inputs_one_line_each(real_run):
+    result, inp, out = real_run
+    errors = err_lines(result)
+    expected = {
+        "zero.png": "empty", "truncated.png": "truncated", "corrupt.jpg": "", "one_pixel.png": "too small",
+        "bomb.png": "--max-pixels",
+    }
+    for name, reason in expected.items():
+        mine = [e for e in errors if str(inp / name) in e]
+        assert len(mine) == 1 and reason in mine[0], (name, errors)
+    assert len(errors) == len(expected)
+    assert "notes.txt" in result.stderr and "skipped" in result.stderr
+    assert "5 input(s) failed" in result.stderr  # listed again at the end
+    assert not (out / "zero_x4.png").exists() and not (out / "notes_x4.png").exists()
+
+
+@pytest.mark.slow
+def test_real_single_file_scale_and_format(tmp_path, data_dir, tiny_checkpoints):
+    unet, vq = tiny_checkpoints
+    src = _crop(data_dir / "set5" / "lr" / "head.png", (10, 10, 31, 27), tmp_path / "head.png", mode="L")
+    target = tmp_path / "result.jpg"
+    result = invoke(src, "-o", target, "--scale", "2.5", "--model", unet, "--vq", vq, "--seed", "1",
+                    "--steps", "1", "--tile", "0", "--quality", "90")
+    assert result.exit_code == 0, result.output
+    im = Image.open(target)
+    assert im.format == "JPEG" and im.mode == "L" and im.size == (round(2.5 * 21), round(2.5 * 17))
+    assert written(result) == [target]
+
+
+def test_missing_checkpoint_is_a_usage_error(tmp_path):
+    _save(tmp_path / "a.png")
+    result = invoke(tmp_path / "a.png", "--model", tmp_path / "nope.safetensors")
+    assert result.exit_code == 2
+    assert err_lines(result) and "nope.safetensors" in err_lines(result)[0]
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- usage
+
+
+def test_help_lists_the_flags():
+    result = runner.invoke(app, ["upscale", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for flag in ("--output", "--scale", "--suffix", "--format", "--quality", "--model", "--vq", "--steps",
+                 "--sampler", "--seed", "--device", "--dtype", "--tile", "--tile-overlap", "--batch",
+                 "--skip-existing", "--strip-metadata", "--max-pixels", "--verbose"):
+        assert flag in result.stdout
+
+
+def test_parse_tile():
+    assert parse_tile("auto") is None and parse_tile("0") == 0 and parse_tile("256") == 256
+    for bad in ("abc", "-5", "8"):
+        with pytest.raises(ValueError):
+            parse_tile(bad)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--tile", "big"], "--tile"), (["--scale", "0"], "--scale"), (["--format", "gif"], "--format"),
+        (["--skip-existing", "--overwrite"], "together"), (["--sampler", "euler"], "--sampler"),
+        (["--steps", "0"], "--steps"), (["--quality", "101"], "--quality"), (["--device", "tpu"], "device"),
+        (["--dtype", "fp8"], "dtype"), (["--alpha", "blur"], "--alpha"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(tmp_path, fake_model, args, needle):
+    _save(tmp_path / "a.png")
+    result = invoke(tmp_path / "a.png", *args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0]
+    assert not (tmp_path / "a_x4.png").exists()
+
+
+def test_output_dir_that_is_a_file_is_a_usage_error(tmp_path, fake_model):
+    _save(tmp_path / "in" / "a.png")
+    _save(tmp_path / "in" / "b.png")
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    for out in (blocker, blocker / "sub"):
+        result = invoke(tmp_path / "in", "-o", out)
+        assert result.exit_code == 2 and len(err_lines(result)) == 1 and str(out) in err_lines(result)[0]
+    assert not fake_model  # the model was never loaded
+
+
+def test_output_file_name_for_many_inputs_is_a_usage_error(tmp_path, fake_model):
+    _save(tmp_path / "in" / "a.png")
+    result = invoke(tmp_path / "in", "-o", tmp_path / "out.png")
+    assert result.exit_code == 2 and "looks like a file name" in result.stderr
+
+
+def test_nothing_found(tmp_path, fake_model):
+    (tmp_path / "empty").mkdir()
+    result = invoke(tmp_path / "empty")
+    assert result.exit_code == 1 and "no images found" in result.stderr
+
+
+def test_missing_input_fails_with_exit_1(tmp_path, fake_model):
+    _save(tmp_path / "a.png")
+    result = invoke(tmp_path / "a.png", tmp_path / "missing.png")
+    assert result.exit_code == 1
+    (line,) = err_lines(result)
+    assert "missing.png" in line and "no such file" in line
+    assert (tmp_path / "a_x4.png").is_file()
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def test_folder_tree_mirrored_and_paths_on_stdout(tmp_path, fake_model):
+    _save(tmp_path / "in" / "a.png")
+    _save(tmp_path / "in" / "x" / "y" / "b.jpg", format="JPEG")
+    _save(tmp_path / "in" / "x" / "c.webp", format="WEBP")
+    result = invoke(tmp_path / "in", "-o", tmp_path / "out", "--seed", "5")
+    assert result.exit_code == 0, result.output
+    expect = [tmp_path / "out" / p for p in ("a_x4.png", "x/y/b_x4.jpg", "x/c_x4.webp")]
+    assert sorted(written(result)) == sorted(expect) and all(p.is_file() for p in expect)
+    assert "done" in result.stderr and "skipped" in result.stderr  # the summary table
+    assert {c["seed"] for c in fake_model[0].calls} == {5}
+
+
+def test_no_recursive_and_globs(tmp_path, fake_model):
+    _save(tmp_path / "in" / "a.png")
+    _save(tmp_path / "in" / "b.jpg", format="JPEG")
+    _save(tmp_path / "in" / "sub" / "c.png")
+    result = invoke(tmp_path / "in", "-o", tmp_path / "o1", "--no-recursive")
+    assert sorted(p.name for p in written(result)) == ["a_x4.png", "b_x4.jpg"]
+    result = invoke(str(tmp_path / "in") + "/**/*.png", "-o", tmp_path / "o2")
+    assert result.exit_code == 0, result.output
+    assert sorted(written(result)) == [tmp_path / "o2" / "a_x4.png", tmp_path / "o2" / "sub" / "c_x4.png"]
+
+
+def test_format_quality_suffix_and_scale(tmp_path, fake_model):
+    _save(tmp_path / "a.png", size=(10, 7))
+    result = invoke(tmp_path / "a.png", "-o", tmp_path / "out", "--format", "webp", "--quality", "80",
+                    "--suffix", "-big", "--scale", "2.5")
+    assert result.exit_code == 0, result.output
+    im = Image.open(tmp_path / "out" / "a-big.webp")
+    assert im.format == "WEBP" and im.size == (25, 18)
+
+
+def test_default_suffix_follows_scale_next_to_input(tmp_path, fake_model):
+    _save(tmp_path / "a.png", size=(10, 8))
+    result = invoke(tmp_path / "a.png", "--scale", "2")
+    assert result.exit_code == 0 and Image.open(tmp_path / "a_x2.png").size == (20, 16)
+
+
+def test_never_overwrites_input_and_existing_outputs(tmp_path, fake_model):
+    p = _save(tmp_path / "a.png")
+    before = p.read_bytes()
+    result = invoke(p, "--suffix", "")
+    assert result.exit_code == 1 and "overwrite the input" in err_lines(result)[0]
+    assert p.read_bytes() == before
+
+    assert invoke(p).exit_code == 0
+    first = (tmp_path / "a_x4.png").read_bytes()
+    result = invoke(p)  # exists: refused
+    assert result.exit_code == 1 and "--skip-existing or --overwrite" in err_lines(result)[0]
+    result = invoke(p, "--skip-existing")
+    assert result.exit_code == 0 and "output exists" in result.stderr
+    assert (tmp_path / "a_x4.png").read_bytes() == first
+    assert invoke(p, "--overwrite").exit_code == 0
+
+
+def test_skip_existing_does_not_load_the_model(tmp_path, fake_model):
+    _save(tmp_path / "a.png")
+    assert invoke(tmp_path, "-o", tmp_path / "out").exit_code == 0
+    assert len(fake_model) == 1
+    result = invoke(tmp_path, "-o", tmp_path / "out", "--skip-existing")
+    assert result.exit_code == 0 and len(fake_model) == 1
+
+
+def test_tile_steps_sampler_reach_the_pipeline(tmp_path, fake_model):
+    _save(tmp_path / "a.png")
+    result = invoke(tmp_path / "a.png", "--tile", "64", "--steps", "4", "--sampler", "deterministic", "--batch", "2")
+    assert result.exit_code == 0, result.output
+    call = fake_model[0].calls[0]
+    assert call["tile"] == 64 and call["steps"] == 4
+    result = invoke(tmp_path / "a.png", "--overwrite")  # --tile auto by default
+    tile = fake_model[1].calls[0]["tile"]
+    assert tile > 0 and (tile + 16) % 64 == 0 and f"tile {tile}" in result.stderr
+
+
+# --------------------------------------------------------------------------- pixels and metadata
+
+
+def test_exif_orientation_icc_and_strip(tmp_path, fake_model):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW on display
+    exif[0x010F] = "sinsr-test-camera"
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    src = tmp_path / "cam.jpg"
+    Image.new("RGB", (20, 12), (200, 100, 50)).save(src, exif=exif, icc_profile=icc, quality=95)
+    assert invoke(src, "-o", tmp_path / "keep").exit_code == 0
+    im = Image.open(tmp_path / "keep" / "cam_x4.jpg")
+    assert im.size == (48, 80)  # upright: 12x20 -> 48x80
+    assert im.info.get("icc_profile") == icc
+    ex = im.getexif()
+    assert ex.get(0x010F) == "sinsr-test-camera" and ex.get(0x0112, 1) == 1
+    assert invoke(src, "-o", tmp_path / "strip", "--strip-metadata").exit_code == 0
+    im = Image.open(tmp_path / "strip" / "cam_x4.jpg")
+    assert "icc_profile" not in im.info and not im.getexif().get(0x010F)
+
+
+@pytest.mark.parametrize(
+    "make, out_mode",
+    [
+        (lambda p: Image.fromarray(np.arange(48, dtype=np.uint16).reshape(6, 8) * 1000).save(p), ("I;16", "I")),
+        (lambda p: Image.new("LA", (8, 6), (100, 50)).save(p), ("LA",)),
+        (lambda p: Image.new("L", (8, 6), 77).save(p), ("L",)),
+        (lambda p: _palette_with_transparency(p), ("RGBA",)),
+    ],
+    ids=["gray16", "LA", "L", "palette+trns"],
+)
+def test_modes_are_kept(tmp_path, fake_model, make, out_mode):
+    make(tmp_path / "m.png")
+    result = invoke(tmp_path / "m.png")
+    assert result.exit_code == 0, result.output
+    im = Image.open(tmp_path / "m_x4.png")
+    assert im.mode in out_mode and im.size == (32, 24)
+
+
+def _palette_with_transparency(p: Path) -> None:
+    im = Image.new("P", (8, 6), 1)
+    im.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    im.paste(0, (0, 0, 4, 6))
+    im.save(p, transparency=0)
+
+
+def test_cmyk_jpeg(tmp_path, fake_model):
+    Image.new("CMYK", (8, 6), (0, 128, 255, 0)).save(tmp_path / "c.jpg")
+    result = invoke(tmp_path / "c.jpg")
+    assert result.exit_code == 0, result.output
+    im = Image.open(tmp_path / "c_x4.jpg")
+    assert im.mode == "RGB" and im.size == (32, 24)
+
+
+def test_fp16_nan_retried_in_fp32_with_a_warning(tmp_path, fake_model):
+    _save(tmp_path / "a.png")
+    result = invoke(tmp_path / "a.png", "--dtype", "fp16")
+    assert result.exit_code == 0, result.output
+    (w,) = err_lines(result, "warning:")
+    assert "fp16" in w and "fp32" in w and "a.png" in w
+    arr = np.asarray(Image.open(tmp_path / "a_x4.png"))
+    assert arr.mean() > 20  # the input was random noise: the output is not black
+    assert fake_model[0].dtype == torch.float16
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_bad_inputs_each_one_line_batch_goes_on(tmp_path, fake_model):
+    d = tmp_path / "in"
+    good = _save(d / "a.png").read_bytes()
+    (d / "b.png").write_bytes(good[:40])
+    (d / "c.jpeg").write_bytes(b"")
+    _save(d / "d.png", size=(1, 1))
+    _bomb(d / "e.png", 30_000, 30_000)
+    _save(d / "f.gif", format="GIF")  # a valid GIF: read (first frame), written as PNG
+    result = invoke(d, "-o", tmp_path / "out")
+    assert result.exit_code == 1
+    assert len(err_lines(result)) == 4 and all(str(d) in line for line in err_lines(result))
+    assert sorted(p.name for p in written(result)) == ["a_x4.png", "f_x4.png"]
+    # raising the decompression-bomb limit moves the error past the size check
+    result = invoke(d / "e.png", "-o", tmp_path / "out2", "--max-pixels", str(10**9))
+    assert result.exit_code == 1 and "--max-pixels" not in result.stderr
+
+
+def test_verbose_shows_traceback(tmp_path, fake_model):
+    (tmp_path / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 30)
+    quiet = invoke(tmp_path / "b.png")
+    loud = invoke(tmp_path / "b.png", "--verbose")
+    assert quiet.exit_code == loud.exit_code == 1
+    assert "Traceback" not in quiet.stderr and "Traceback" in loud.stderr
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can read any file")
+def test_unreadable_file(tmp_path, fake_model):
+    p = _save(tmp_path / "a.png")
+    p.chmod(0)
+    try:
+        result = invoke(p)
+    finally:
+        p.chmod(0o644)
+    assert result.exit_code == 1 and "permission denied" in err_lines(result)[0]
+
+
+def test_disk_full_one_line_and_no_partial_file(tmp_path, fake_model, monkeypatch):
+    _save(tmp_path / "in" / "a.png")
+    _save(tmp_path / "in" / "b.png")
+    real = imageio._encode_pillow
+    seen = []
+
+    def encode(f, *args, **kwargs):
+        seen.append(1)
+        if len(seen) == 1:
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(f, *args, **kwargs)
+
+    monkeypatch.setattr(imageio, "_encode_pillow", encode)
+    result = invoke(tmp_path / "in", "-o", tmp_path / "out")
+    assert result.exit_code == 1
+    (line,) = err_lines(result)
+    assert "a_x4.png" in line and "disk full" in line
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b_x4.png"]
+
+
+# --------------------------------------------------------------------------- Ctrl-C (subprocess)
+
+_SLOW_CLI = r"""
+import sys, time
+from types import SimpleNamespace as NS
+import torch
+import sinsr_cli.pipeline as P
+
+DELAY = float(sys.argv[1])
+
+class Slow:
+    scale, pad_multiple = 4, 64
+    def __init__(self):
+        self.device, self.dtype = torch.device("cpu"), torch.float32
+        self.preset, self.vq = NS(name="slow"), NS(cfg=NS(ch=8))
+    def to(self, device=None, dtype=None):
+        return self
+    def resolve_sampler(self, steps, sampler):
+        return "onestep"
+    def __call__(self, x, **kw):
+        time.sleep(DELAY)
+        return x.repeat_interleave(4, -2).repeat_interleave(4, -1)
+
+P.load_pipeline = lambda *a, **k: Slow()
+from sinsr_cli.cli.app import app
+sys.argv = ["sinsr", "upscale", *sys.argv[2:]]
+app()
+"""
+
+
+def _start_slow(tmp_path: Path, n: int, delay: float):
+    for i in range(n):
+        _save(tmp_path / "in" / f"{i}.png")
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_CLI, str(delay), str(tmp_path / "in"), "-o", str(out), "--seed", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    deadline = time.monotonic() + 120
+    while not (out.is_dir() and list(out.glob("*.png"))):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no output appeared"
+        time.sleep(0.05)
+    return proc, out
+
+
+def _valid_outputs(out: Path) -> list[str]:
+    names = sorted(p.name for p in out.iterdir())
+    for name in names:
+        Image.open(out / name).load()  # complete, decodable images only
+    return names
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_after_current_file(tmp_path):
+    proc, out = _start_slow(tmp_path, n=6, delay=1.0)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    names = _valid_outputs(out)
+    assert 1 <= len(names) <= 3 and len(stdout.split()) == len(names)
+    assert "stopping after the current file" in stderr and "not processed" in stderr
+    assert _no_temp_files(out)
+
+
+@pytest.mark.slow
+def test_ctrl_c_twice_abandons_current_file(tmp_path):
+    proc, out = _start_slow(tmp_path, n=6, delay=2.0)
+    done_before = len(list(out.glob("*.png")))
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    names = _valid_outputs(out)
+    assert len(names) <= done_before + 1 and "interrupted; nothing written" in stderr
+    assert _no_temp_files(out)
