@@ -77,7 +77,7 @@ class WindowAttention(nn.Module):
         key holds the table's version counter, so loading new weights in place invalidates it.
         """
         table = self.relative_position_bias_table
-        if table.requires_grad and torch.is_grad_enabled():
+        if table.requires_grad:  # trainable: optimisers may update it in place without a version bump
             bias = self.bias().to(dtype)[None]
             return bias if mask is None else bias + mask.to(dtype)[:, None]
         key = (
