@@ -8,7 +8,7 @@ re-implementing the path. Images are ``[B, 3, H, W]`` in [0, 1]; the models see 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -231,4 +231,4 @@ def load_pipeline(
     return SRPipeline(unet, vq_model, preset).to(dev, dt)
 
 
-__all__ = ["SRPipeline", "load_pipeline", "build_models", "pad_to_multiple", "bicubic_up", "replace"]
+__all__ = ["SRPipeline", "load_pipeline", "build_models", "pad_to_multiple", "bicubic_up"]
