@@ -95,27 +95,28 @@ def measure_peak(device: str, threads: int, n: int = 2048, repeats: int = 5) -> 
     elif dev.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(dev)
 
-    def best(fn: Callable[[], Any], flops: float) -> float:
+    def best(key: str, fn: Callable[[], Any], flops: float) -> None:
         fn()
         synchronize(dev)
-        times = []
+        times, cpus = [], []
         for _ in range(repeats):
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fn()
             synchronize(dev)
             times.append(time.perf_counter() - t0)
-        return round(flops / min(times) / 1e9, 1)
+            cpus.append(time.process_time() - c0)
+        out[f"{key}_gflops"] = round(flops / min(times) / 1e9, 1)
+        if dev.type == "cpu":  # per CPU-second = per busy core: robust to other processes
+            out[f"{key}_gflop_per_cpu_s"] = round(flops / min(cpus) / 1e9, 1)
 
     for name, dt in dtypes.items():
         a = torch.randn(n, n, device=dev, dtype=dt)
         b = torch.randn(n, n, device=dev, dtype=dt)
-        out[f"matmul{n}_{name}_gflops"] = best(lambda: a @ b, 2.0 * n**3)
+        best(f"matmul{n}_{name}", lambda: a @ b, 2.0 * n**3)
         if dev.type == "cpu":
             x = torch.randn(1, 256, 128, 128, dtype=dt).contiguous(memory_format=torch.channels_last)
             w = torch.randn(256, 256, 3, 3, dtype=dt).contiguous(memory_format=torch.channels_last)
-            out[f"conv3x3_256c_128px_{name}_gflops"] = best(
-                lambda: F.conv2d(x, w, padding=1), 2.0 * 256 * 256 * 9 * 128 * 128
-            )
+            best(f"conv3x3_256c_128px_{name}", lambda: F.conv2d(x, w, padding=1), 2.0 * 256 * 256 * 9 * 128 * 128)
     return out
 
 
@@ -142,6 +143,7 @@ def run_config(args: argparse.Namespace, size: int, dtype_name: str, device: str
 
     # per-stage timers: wrap the pipeline's own stage methods on this instance
     stage_t: dict[str, float] = {}
+    stage_cpu: dict[str, float] = {}
     stage_flops: dict[str, int] = {}
     counter: list[Any] = [None]
 
@@ -149,10 +151,11 @@ def run_config(args: argparse.Namespace, size: int, dtype_name: str, device: str
         def inner(*a: Any, **k: Any) -> Any:
             before = counter[0].get_total_flops() if counter[0] is not None else 0
             synchronize(dev)
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             r = fn(*a, **k)
             synchronize(dev)
             stage_t[name] = stage_t.get(name, 0.0) + time.perf_counter() - t0
+            stage_cpu[name] = stage_cpu.get(name, 0.0) + time.process_time() - c0
             if counter[0] is not None:
                 stage_flops[name] = stage_flops.get(name, 0) + counter[0].get_total_flops() - before
             return r
@@ -168,6 +171,7 @@ def run_config(args: argparse.Namespace, size: int, dtype_name: str, device: str
 
     def call() -> float:
         stage_t.clear()
+        stage_cpu.clear()
         synchronize(dev)
         c0, t0 = time.process_time(), time.perf_counter()
         pipe(images, steps=args.steps, seed=0)
@@ -184,12 +188,13 @@ def run_config(args: argparse.Namespace, size: int, dtype_name: str, device: str
         counter[0] = None
     for _ in range(args.warmup):
         call()
-    totals, stages = [], []
+    totals, stages, stage_cpus = [], [], []
     cpu_times.clear()
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     for _ in range(args.repeats):
         totals.append(call())
         stages.append(dict(stage_t))
+        stage_cpus.append(dict(stage_cpu))
 
     def med(xs: list[float]) -> float:
         return round(statistics.median(xs), 4)
@@ -219,12 +224,162 @@ def run_config(args: argparse.Namespace, size: int, dtype_name: str, device: str
         rec["achieved_gflops"] = {
             k: round(stage_flops[k] / 1e9 / rec["stages_median_s"][k], 1) for k in stage_flops
         }
+        if dev.type == "cpu":  # per busy core, robust to other processes sharing the cores
+            rec["gflop_per_cpu_s"] = {
+                k: round(stage_flops[k] / 1e9 / statistics.median([s[k] for s in stage_cpus]), 1)
+                for k in stage_flops
+            }
     if dev.type == "cuda":
         rec["peak_mem_mib"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
         rec["peak_mem_kind"] = "cuda_max_allocated"
     else:
         rec["peak_mem_mib"] = _status_mib("VmHWM")
         rec["peak_mem_kind"] = "peak_rss"
+        rec["rss_after_build_mib"] = rss_built
+    rec["torch"] = torch.__version__
+    return rec
+
+
+def _import_official(root: str) -> tuple[Any, Any, Any]:
+    """``(UNetModelSwin, VQModelTorch, create_gaussian_diffusion)`` from a checkout of the official repo.
+
+    Nothing of the official code is in this repository: ``--official DIR`` points at a local
+    clone of github.com/wyf0912/SinSR. Its modules import ``timm`` (only for ``DropPath``,
+    ``to_2tuple``, ``trunc_normal_``, unused at inference) and ``torchvision.utils.save_image``
+    (unused here); where those packages are missing, minimal stand-ins are registered so the
+    timed code is the official code itself.
+    """
+    import collections.abc
+    import importlib.util
+    import types
+
+    import torch
+
+    if importlib.util.find_spec("timm") is None:
+        layers = types.ModuleType("timm.models.layers")
+
+        class DropPath(torch.nn.Identity):  # drop_path is 0 in the SinSR configs
+            def __init__(self, *a: Any, **k: Any) -> None:
+                super().__init__()
+
+        layers.DropPath = DropPath  # type: ignore[attr-defined]
+        layers.to_2tuple = lambda x: tuple(x) if isinstance(x, collections.abc.Iterable) else (x, x)  # type: ignore[attr-defined]
+        layers.trunc_normal_ = torch.nn.init.trunc_normal_  # type: ignore[attr-defined]
+        for name in ("timm", "timm.models"):
+            sys.modules[name] = types.ModuleType(name)
+        sys.modules["timm.models.layers"] = layers
+    if importlib.util.find_spec("torchvision") is None:
+        utils = types.ModuleType("torchvision.utils")
+        utils.save_image = lambda *a, **k: None  # type: ignore[attr-defined]
+        sys.modules["torchvision"] = types.ModuleType("torchvision")
+        sys.modules["torchvision.utils"] = utils
+    sys.path.insert(0, str(Path(root).resolve()))
+    from ldm.models.autoencoder import VQModelTorch  # type: ignore[import-not-found]
+    from models.script_util import create_gaussian_diffusion  # type: ignore[import-not-found]
+    from models.unet import UNetModelSwin  # type: ignore[import-not-found]
+
+    return UNetModelSwin, VQModelTorch, create_gaussian_diffusion
+
+
+def run_official(args: argparse.Namespace, size: int, dtype_name: str, device: str) -> dict[str, Any]:
+    """Time the official one-step path (``p_sample_loop(one_step=True)``) like :func:`run_config`.
+
+    Configs from the official ``configs/SinSR.yaml`` (via our presets, which mirror it); fp16
+    means what the official sampler does with ``use_fp16``: the VQ in half, the UNet in fp32.
+    """
+    import dataclasses
+
+    import torch
+
+    from sinsr_cli.config import PRESETS, VQ_PRESETS
+    from sinsr_cli.devices import synchronize
+
+    unet_cls, vq_cls, make_diffusion = _import_official(args.official)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    preset, vqc = PRESETS[args.model], VQ_PRESETS["vq-f4"]
+    u = preset.unet
+    unet = unet_cls(
+        image_size=u.image_size, in_channels=u.in_channels + u.lq_channels, model_channels=u.model_channels,
+        out_channels=u.out_channels, cond_lq=u.lq_channels > 0, attention_resolutions=list(u.attention_resolutions),
+        dropout=0, channel_mult=list(u.channel_mult), num_res_blocks=list(u.num_res_blocks), conv_resample=True,
+        dims=2, use_fp16=False, num_head_channels=u.num_head_channels, use_scale_shift_norm=True,
+        resblock_updown=False, swin_depth=u.swin_depth, swin_embed_dim=u.swin_embed_dim,
+        window_size=u.window_size, mlp_ratio=u.mlp_ratio,
+    ).eval().to(dev)
+    vq = vq_cls(
+        ddconfig=dict(double_z=False, z_channels=vqc.z_channels, resolution=256, in_channels=3, out_ch=3,
+                      ch=vqc.ch, ch_mult=list(vqc.ch_mult), num_res_blocks=vqc.num_res_blocks,
+                      attn_resolutions=[], dropout=0.0, padding_mode="zeros"),
+        n_embed=vqc.n_embed, embed_dim=vqc.embed_dim,
+    ).eval().to(dev)
+    if dtype_name == "fp16":
+        vq = vq.half()
+    elif dtype_name != "fp32":
+        raise ValueError("the official code runs fp32, or fp16 for the VQ (use_fp16)")
+    sc = dataclasses.asdict(preset.schedule)
+    diffusion = make_diffusion(
+        normalize_input=True, schedule_name="exponential", sf=sc["sf"], min_noise_level=sc["min_noise_level"],
+        steps=sc["steps"], kappa=sc["kappa"], etas_end=sc["etas_end"], schedule_kwargs={"power": sc["power"]},
+        weighted_mse=False, predict_type="xstart", timestep_respacing=None, scale_factor=1.0, latent_flag=True,
+    )
+    rss_built = _status_mib("VmRSS")
+    y = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(dev) * 2 - 1
+
+    stage_t: dict[str, float] = {}
+
+    def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def inner(*a: Any, **k: Any) -> Any:
+            synchronize(dev)
+            t0 = time.perf_counter()
+            r = fn(*a, **k)
+            synchronize(dev)
+            stage_t[name] = stage_t.get(name, 0.0) + time.perf_counter() - t0
+            return r
+
+        return inner
+
+    diffusion.encode_first_stage = timed("encode", diffusion.encode_first_stage)
+    diffusion.decode_first_stage = timed("decode", diffusion.decode_first_stage)
+    unet.forward = timed("unet", unet.forward)
+    cpu_times: list[float] = []
+
+    def call() -> float:
+        stage_t.clear()
+        synchronize(dev)
+        c0, t0 = time.process_time(), time.perf_counter()
+        with torch.no_grad():  # as the official Sampler.sample_func: reflect-pad to 64, clip only without a VQ
+            ph, pw = (-size) % 64, (-size) % 64
+            yp = torch.nn.functional.pad(y, (0, pw, 0, ph), mode="reflect") if ph or pw else y
+            out = diffusion.p_sample_loop(y=yp, model=unet, first_stage_model=vq, noise=None, clip_denoised=False,
+                                          model_kwargs={"lq": yp}, progress=False, one_step=args.steps == 1)
+            out[:, :, : size * 4, : size * 4].clamp_(-1.0, 1.0)
+        synchronize(dev)
+        cpu_times.append(time.process_time() - c0)
+        return time.perf_counter() - t0
+
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    for _ in range(1 + args.warmup):
+        call()
+    totals, stages = [], []
+    cpu_times.clear()
+    for _ in range(args.repeats):
+        totals.append(call())
+        stages.append(dict(stage_t))
+    rec: dict[str, Any] = {
+        "kind": "official", "source": "official", "model": args.model, "device": device, "dtype": dtype_name,
+        "lq": size, "sr": size * preset.schedule.sf, "steps": args.steps, "threads": args.threads,
+        "repeats": args.repeats, "median_s": round(statistics.median(totals), 4), "min_s": round(min(totals), 4),
+        "stages_median_s": {k: round(statistics.median([s[k] for s in stages]), 4) for k in ("encode", "unet", "decode")},
+        "cpu_s_median": round(statistics.median(cpu_times), 4),
+        "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    if dev.type == "cuda":
+        rec["peak_mem_mib"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
+    else:
+        rec["peak_mem_mib"] = _status_mib("VmHWM")
         rec["rss_after_build_mib"] = rss_built
     rec["torch"] = torch.__version__
     return rec
@@ -239,6 +394,8 @@ def _worker_cmd(args: argparse.Namespace, extra: list[str]) -> list[str]:
            "--warmup", str(args.warmup), "--steps", str(args.steps), "--model", args.model, "--tag", args.tag]
     if args.compile:
         cmd.append("--compile")
+    if args.official:
+        cmd += ["--official", args.official]
     return cmd + extra
 
 
@@ -317,6 +474,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-peak", action="store_true", help="skip the device peak measurement")
     ap.add_argument("--plot", default=None, metavar="PNG", help="draw results from --from files; run nothing")
     ap.add_argument("--from", dest="sources", nargs="+", default=[], help="JSON-lines results for --plot")
+    ap.add_argument("--official", default=None, metavar="DIR",
+                    help="also time the official code from this checkout of github.com/wyf0912/SinSR, "
+                         "interleaved with ours (adds 'speedup' = official / ours median)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -324,9 +484,13 @@ def main(argv: list[str] | None = None) -> int:
         plot(args.sources, args.plot)
         return 0
 
-    if args.worker:  # "peak:DEVICE" or "path:DEVICE:DTYPE:SIZE"
+    if args.worker:  # "peak:DEVICE", "path:DEVICE:DTYPE:SIZE" or "official:DEVICE:DTYPE:SIZE"
         kind, *rest = args.worker.split(":")
-        rec = measure_peak(rest[0], args.threads) if kind == "peak" else run_config(args, int(rest[2]), rest[1], rest[0])
+        if kind == "peak":
+            rec = measure_peak(rest[0], args.threads)
+        else:
+            run = run_official if kind == "official" else run_config
+            rec = run(args, int(rest[2]), rest[1], rest[0])
         print(json.dumps(rec), flush=True)
         return 0
 
@@ -349,11 +513,25 @@ def main(argv: list[str] | None = None) -> int:
             for dt in _csv(args.dtype):
                 if dt == "fp16" and device == "cpu":
                     continue  # no fast fp16 kernels on CPU: not a configuration anyone should run
+                official = None
+                if args.official and (dt == "fp32" or (dt == "fp16" and device != "cpu")):
+                    official = _spawn(_worker_cmd(args, ["--worker", f"official:{device}:{dt}:{size}"]))
+                    print(json.dumps(official), flush=True)
                 rec = _spawn(_worker_cmd(args, ["--worker", f"path:{device}:{dt}:{size}"]))
+                if official and "median_s" in official and "median_s" in rec:
+                    rec["speedup_vs_official"] = round(official["median_s"] / rec["median_s"], 2)
+                    rec["stage_speedup_vs_official"] = {
+                        k: round(official["stages_median_s"][k] / v, 2) for k, v in rec["stages_median_s"].items()
+                    }
                 ref = peak.get(f"matmul2048_{dt}_gflops")
                 if ref and "achieved_gflops" in rec:
                     rec["peak_matmul_gflops"] = ref
                     rec["fraction_of_peak"] = {k: round(v / ref, 3) for k, v in rec["achieved_gflops"].items()}
+                ref_cpu = peak.get(f"matmul2048_{dt}_gflop_per_cpu_s")
+                if ref_cpu and "gflop_per_cpu_s" in rec:
+                    rec["fraction_of_peak_per_cpu_s"] = {
+                        k: round(v / ref_cpu, 3) for k, v in rec["gflop_per_cpu_s"].items()
+                    }
                 rc |= rec.get("kind") == "error"
                 print(json.dumps(rec), flush=True)
     return rc

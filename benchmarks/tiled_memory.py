@@ -8,11 +8,12 @@ not depend on their values. Prints one JSON document on stdout; progress goes to
     python benchmarks/tiled_memory.py                      # 512 and 2048, tile 256, CPU
     python benchmarks/tiled_memory.py --sizes 64 128 --tile 0   # untiled, to calibrate
     python benchmarks/tiled_memory.py --sizes 512 --device cuda --dtype fp16
-    python benchmarks/tiled_memory.py --max-tiles 1   # peak memory without waiting for every tile
+    python benchmarks/tiled_memory.py --max-tiles 2   # peak memory without waiting for every tile
 
-With ``--max-tiles K`` the run stops after K tiles (the peak of the tile phase is reached on the
-first tile: the full-size output accumulators are allocated before it), then runs the output
-tail on buffers of the full output size; ``projected_seconds`` = seconds per tile x tiles.
+With ``--max-tiles K`` the run stops after K tiles, then runs the output tail on buffers of the
+full output size; ``projected_seconds`` = seconds per tile x tiles. Use K >= 2: ``run_tiled``
+allocates the weight sum before the first tile but the output accumulator only after it, so
+from the second tile on both full-size buffers are live next to a tile's working set.
 """
 
 from __future__ import annotations

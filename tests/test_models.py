@@ -95,6 +95,21 @@ def test_groupnorm32_computes_in_float32():
     torch.testing.assert_close(out16.float(), gn(x), atol=2e-3, rtol=2e-3)
 
 
+@pytest.mark.parametrize("offset", [0.0, 20.0, 1000.0])
+def test_groupnorm32_channels_last_matches_float64(offset):
+    """torch's CPU channels_last kernel computes E[x^2]-E[x]^2; the layer centres groups first."""
+    torch.manual_seed(0)
+    gn = GroupNorm32(64)
+    with torch.no_grad():
+        gn.weight.uniform_(0.5, 1.5)
+        gn.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 64, 24, 20) + offset + torch.randn(1, 64, 1, 1)
+    ref = torch.nn.functional.group_norm(x.double(), 32, gn.weight.double(), gn.bias.double(), gn.eps)
+    out = gn(x.contiguous(memory_format=torch.channels_last))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=0)  # raw kernel: 1e-3 at 20, 1e3 at 1000
+
+
 @pytest.mark.parametrize("h,w", [(64, 64), (64, 128), (128, 64)])
 def test_tiny_unet_forward_shapes_and_batch_independence(h, w):
     torch.manual_seed(0)

@@ -157,7 +157,7 @@ def _summary(report: BatchReport, err: Console) -> None:
 
 
 def _check_output(output: Path | None, single_input_file: bool, n_inputs: int) -> None:
-    """Usage errors about ``-o`` found before any model is loaded (raise ValueError)."""
+    """Usage errors about ``-o``, found before any model is loaded (ValueError, SinsrIOError: exit 2)."""
     if output is None or single_input_file:
         return
     if output.exists() and not output.is_dir():
