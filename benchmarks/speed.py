@@ -417,42 +417,52 @@ OFFICIAL_README_S = {64: 5.25, 128: 30.46}
 
 
 def plot(paths: list[str], out: str) -> None:
-    """Bar chart of median seconds per configuration from JSON-lines files (needs matplotlib).
+    """Grouped bar chart (SVG, no plotting package needed) of median seconds per configuration.
 
-    Records of kind ``path`` are ours; kind ``official`` (official modules timed on this host)
-    and the README's idle-host figures are drawn beside them. ``source`` tags set the labels.
+    Records of kind ``path`` are ours (labelled by ``source`` and dtype), kind ``official`` the
+    official code timed on the same host; the README's idle-host official figures are drawn
+    beside them. Later records of the same label and size replace earlier ones.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     recs = [json.loads(ln) for p in paths for ln in Path(p).read_text().splitlines() if ln.startswith("{")]
-    sizes = sorted({r["lq"] for r in recs if "lq" in r})
     series: dict[str, dict[int, float]] = {}
     for r in recs:
         if r.get("kind") == "official":
-            label = "official code, this host"
-        elif r.get("kind") == "path" and r.get("threads") == 2:
-            label = f"{r.get('source', 'sinsr')} {r['dtype']}"
+            label = f"official {r['dtype']}, this host"
+        elif r.get("kind") == "path":
+            label = f"{r.get('source', 'sinsr')} {r['dtype']}, this host"
         else:
             continue
         series.setdefault(label, {})[r["lq"]] = r["median_s"]
-    series["official code, README idle AMX host"] = {s: OFFICIAL_README_S[s] for s in sizes if s in OFFICIAL_README_S}
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    width = 0.8 / max(1, len(series))
-    for i, (label, vals) in enumerate(series.items()):
-        xs = [j + i * width for j, s in enumerate(sizes) if s in vals]
-        ys = [vals[s] for s in sizes if s in vals]
-        bars = ax.bar(xs, ys, width, label=label)
-        ax.bar_label(bars, fmt="%.1f", fontsize=7)
-    ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(sizes))])
-    ax.set_xticklabels([f"lq {s} -> {4 * s}" for s in sizes])
-    ax.set_ylabel("seconds (median, 2 threads)")
-    ax.set_title("SinSR one-step x4 on CPU (full-size models, random weights)", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    sizes = sorted({s for vals in series.values() for s in vals})
+    series["official fp32, README AMX host"] = {s: OFFICIAL_README_S[s] for s in sizes if s in OFFICIAL_README_S}
+    colours = ["#888888", "#1f77b4", "#ff7f0e", "#2ca02c", "#bbbbbb", "#9467bd"]
+    w, h, left, top, bottom = 640, 340, 50, 30, 60
+    plot_h = h - top - bottom
+    ymax = max(v for vals in series.values() for v in vals.values()) * 1.15
+    group_w = (w - left - 10) / max(1, len(sizes))
+    bar_w = group_w * 0.8 / max(1, len(series))
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="10">',
+             f'<text x="{w / 2}" y="16" text-anchor="middle" font-size="12">SinSR one-step x4, CPU 2 threads, '
+             "full-size models, random weights (seconds, median)</text>",
+             f'<line x1="{left}" y1="{top + plot_h}" x2="{w - 10}" y2="{top + plot_h}" stroke="black"/>']
+    for gi, size in enumerate(sizes):
+        gx = left + gi * group_w + group_w * 0.1
+        parts.append(f'<text x="{gx + group_w * 0.4}" y="{top + plot_h + 14}" text-anchor="middle">'
+                     f"lq {size} -> {4 * size}</text>")
+        for si, (label, vals) in enumerate(series.items()):
+            if size not in vals:
+                continue
+            bh = vals[size] / ymax * plot_h
+            x, y = gx + si * bar_w, top + plot_h - bh
+            parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w * 0.9:.1f}" height="{bh:.1f}" '
+                         f'fill="{colours[si % len(colours)]}"/>')
+            parts.append(f'<text x="{x + bar_w * 0.45:.1f}" y="{y - 3:.1f}" text-anchor="middle">{vals[size]:.1f}</text>')
+    for si, label in enumerate(series):
+        x, y = left + (si % 3) * 200, h - 26 + (si // 3) * 13
+        parts.append(f'<rect x="{x}" y="{y - 8}" width="9" height="9" fill="{colours[si % len(colours)]}"/>')
+        parts.append(f'<text x="{x + 13}" y="{y}">{label}</text>')
+    parts.append("</svg>")
+    Path(out).write_text("\n".join(parts) + "\n", encoding="utf-8")
 
 
 def _csv(s: str) -> list[str]:
@@ -472,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="sinsr-v1", help="preset name from sinsr_cli.config.PRESETS")
     ap.add_argument("--tag", default="sinsr", help="label stored as 'source' in each record (for --plot)")
     ap.add_argument("--no-peak", action="store_true", help="skip the device peak measurement")
-    ap.add_argument("--plot", default=None, metavar="PNG", help="draw results from --from files; run nothing")
+    ap.add_argument("--plot", default=None, metavar="PNG", help="draw an SVG bar chart from --from files; run nothing")
     ap.add_argument("--from", dest="sources", nargs="+", default=[], help="JSON-lines results for --plot")
     ap.add_argument("--official", default=None, metavar="DIR",
                     help="also time the official code from this checkout of github.com/wyf0912/SinSR, "

@@ -8,12 +8,12 @@ not depend on their values. Prints one JSON document on stdout; progress goes to
     python benchmarks/tiled_memory.py                      # 512 and 2048, tile 256, CPU
     python benchmarks/tiled_memory.py --sizes 64 128 --tile 0   # untiled, to calibrate
     python benchmarks/tiled_memory.py --sizes 512 --device cuda --dtype fp16
-    python benchmarks/tiled_memory.py --max-tiles 2   # peak memory without waiting for every tile
+    python benchmarks/tiled_memory.py --max-tiles 1   # peak memory without waiting for every tile
 
 With ``--max-tiles K`` the run stops after K tiles, then runs the output tail on buffers of the
-full output size; ``projected_seconds`` = seconds per tile x tiles. Use K >= 2: ``run_tiled``
-allocates the weight sum before the first tile but the output accumulator only after it, so
-from the second tile on both full-size buffers are live next to a tile's working set.
+full output size; ``projected_seconds`` = seconds per tile x tiles. K = 1 suffices: the
+pipeline has ``run_tiled`` allocate both full-size buffers (weight sum and output accumulator)
+before the first tile, so the first tile already runs next to everything the image needs.
 """
 
 from __future__ import annotations
@@ -33,34 +33,6 @@ def _status_kb(field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _contiguous_attention() -> bool:
-    """Make the VQ mid-block attention's q/k/v contiguous, if the model code does not already.
-
-    ``AttnBlock`` hands ``scaled_dot_product_attention`` transposed (non-contiguous) q/k/v; on
-    CPU that selects the math kernel, which materialises the (h*w)^2 score matrix: 42 GB for one
-    320 x 320 tile. Contiguous inputs select the flash kernel (memory linear in h*w). Returns
-    True when the patch was applied (reported in the JSON) -- the proposed fix for vq_f4.py.
-    """
-    import inspect
-
-    import torch.nn.functional as F
-
-    from sinsr_cli.models import vq_f4
-
-    if ".transpose(-1, -2) for m in (self.q, self.k, self.v)" not in inspect.getsource(vq_f4.AttnBlock.forward):
-        return False  # not the code this patch was written for (already fixed upstream)
-
-    def forward(self, x):  # type: ignore[no-untyped-def]
-        b, c, h, w = x.shape
-        y = self.norm(x)
-        q, k, v = (m(y).reshape(b, 1, c, h * w).transpose(-1, -2).contiguous() for m in (self.q, self.k, self.v))
-        out = F.scaled_dot_product_attention(q, k, v)
-        return x + self.proj_out(out.transpose(-1, -2).reshape(b, c, h, w))
-
-    vq_f4.AttnBlock.forward = forward
-    return True
 
 
 class _Stop(Exception):
@@ -86,7 +58,7 @@ def _tail(shape: tuple[int, ...]) -> None:
 
 def run_one(
     size: int, tile: int, overlap: int, batch: int, device: str, dtype: str, threads: int,
-    fix_attention: bool, max_tiles: int,
+    max_tiles: int,
 ) -> dict:
     """Build the model, upscale one random ``size`` x ``size`` image, report memory and time."""
     import torch
@@ -98,7 +70,6 @@ def run_one(
     from sinsr_cli.pipeline import SRPipeline, build_models
 
     torch.set_num_threads(threads)
-    patched = _contiguous_attention() if fix_attention else False
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     preset = PRESETS["sinsr-v1"]
@@ -139,7 +110,6 @@ def run_one(
         "device": str(dev),
         "dtype": str(dt).removeprefix("torch."),
         "threads": threads,
-        "attention_patch": patched,
         "output": shape,
         "tiles_total": n_total[0],
         "tiles_run": len(times),
@@ -166,10 +136,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--max-tiles", type=int, default=0,
                     help="stop after this many tiles (0 = all); the output tail still runs at full size")
-    ap.add_argument("--no-fix-attention", action="store_true", help="measure the VQ attention as written")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # child mode
     args = ap.parse_args()
-    common = [args.tile, args.tile_overlap, args.batch, args.device, args.dtype, args.threads, not args.no_fix_attention, args.max_tiles]
+    common = [args.tile, args.tile_overlap, args.batch, args.device, args.dtype, args.threads, args.max_tiles]
     if args.one:
         print(json.dumps(run_one(args.sizes[0], *common)), flush=True)
         return
@@ -178,7 +147,6 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--one", "--sizes", str(size), "--tile", str(args.tile),
                "--tile-overlap", str(args.tile_overlap), "--batch", str(args.batch),
                "--device", args.device, "--dtype", args.dtype, "--threads", str(args.threads), "--max-tiles", str(args.max_tiles)]
-        cmd += ["--no-fix-attention"] if args.no_fix_attention else []
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         if proc.returncode != 0:
             results.append({"size": size, "error": f"exit code {proc.returncode}"})

@@ -139,6 +139,7 @@ def run_tiled(
     on_tile: Callable[[int, int], None] | None = None,
     out_device: torch.device | str | None = None,
     pad: int = 0,
+    out_channels: int | None = None,
 ) -> torch.Tensor:
     """Apply an upsampling ``fn`` to ``x`` tile by tile and blend the outputs seamlessly.
 
@@ -155,6 +156,8 @@ def run_tiled(
         pad: LR context added around each tile (shifted inside the image so every input has
             the same size) and cropped from ``fn``'s output: operators with a receptive field
             (bicubic, convs) then see real neighbours instead of the tile's edge.
+        out_channels: ``C'`` when known: the output is then allocated before the first tile,
+            so a too-large image fails at once and the peak memory is reached on tile one.
 
     Returns:
         ``[B, C', H*scale, W*scale]`` float32 on ``out_device``: at each pixel the weighted mean
@@ -195,6 +198,8 @@ def run_tiled(
         return min(max(t.y0 - pad, 0), h - ch), min(max(t.x0 - pad, 0), w - cw)
 
     out: torch.Tensor | None = None
+    if out_channels is not None:
+        out = torch.zeros(b, out_channels, h * scale, w * scale, device=out_device)
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
         boxes = [context(t) for _, t in chunk]
@@ -205,6 +210,8 @@ def run_tiled(
                 f"fn returned shape {tuple(y.shape)} for input {tuple(inp.shape)}; expected "
                 f"[{len(chunk)}, C', {ch * scale}, {cw * scale}] (scale={scale}): check the scale argument"
             )
+        if out_channels is not None and y.shape[1] != out_channels:
+            raise ValueError(f"fn returned {y.shape[1]} channels, expected out_channels={out_channels}")
         y = y.to(device=out_device, dtype=torch.float32)
         if out is None:
             out = torch.zeros(b, y.shape[1], h * scale, w * scale, device=out_device)
@@ -250,6 +257,7 @@ def run_tiled_with_oom_retry(
     min_tile: int = 32,
     on_retry: Callable[[int, int], None] | None = None,
     pad: int = 0,
+    out_channels: int | None = None,
 ) -> torch.Tensor:
     """``run_tiled`` that halves the tile and starts the image again on out-of-memory.
 
@@ -274,6 +282,7 @@ def run_tiled_with_oom_retry(
                 on_tile=on_tile,
                 out_device=out_device,
                 pad=pad,
+                out_channels=out_channels,
             )
         except Exception as err:
             if not is_oom_error(err):

@@ -7,7 +7,6 @@ import dataclasses
 import io
 import math
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import DATA
 from sinsr_cli.distill.degradations import (
     BlurKernelConfig,
     DegradationConfig,
@@ -42,7 +42,6 @@ from sinsr_cli.distill.degradations import (
 )
 
 DEVICE = torch.device(os.environ.get("SINSR_TEST_DEVICE", "cpu"))
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FAST = settings(max_examples=25, deadline=None)
 
 

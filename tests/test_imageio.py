@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image, ImageCms, ImageFile, ImageOps
 
+from conftest import DATA as SHARED_DATA
 from sinsr_cli import imageio
 from sinsr_cli.imageio import (
     DEFAULT_MAX_PIXELS,
@@ -40,15 +41,7 @@ SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 RNG = np.random.default_rng(0)
 
 
-def _data_dir() -> Path | None:
-    here = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    for d in (here, Path(os.environ.get("SINSR_DATA", "/nonexistent"))):
-        if d.is_dir():
-            return d
-    return None
-
-
-DATA = _data_dir()
+DATA = SHARED_DATA if SHARED_DATA.is_dir() else None
 needs_data = pytest.mark.skipif(DATA is None, reason="shared test images not present")
 
 

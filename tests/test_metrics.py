@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import sys
 import types
 from pathlib import Path
@@ -15,12 +14,11 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import DATA
 from sinsr_cli.bench import metrics as M
 
 skimage_metrics = pytest.importorskip("skimage.metrics")
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-DATA = Path(os.environ.get("SINSR_DATA", DEFAULT_DATA))
 SET5 = DATA / "set5"
 
 

@@ -72,3 +72,12 @@ def test_tiled_matches_untiled_when_denoiser_returns_its_conditioning(tiny_pipel
     diff = (full - tiled).abs()[..., border:-border, border:-border]
     assert diff.max() < 1e-3, diff.max()
     assert smp  # imported for monkeypatch target clarity
+
+
+@pytest.mark.parametrize("tile", [16, 100, 250, 255, 256, 320])
+@pytest.mark.parametrize("tile_pad", [0, 8, 40])
+def test_context_pad_fills_the_models_padding_with_real_context(tiny_pipeline, tile, tile_pad):
+    m = tiny_pipeline.pad_multiple
+    pad = tiny_pipeline.context_pad(tile, tile_pad)
+    assert tile_pad <= pad < tile_pad + m // 2
+    assert (tile + 2 * pad) % m in (0, m - 1)  # an odd remainder leaves one reflected row

@@ -338,3 +338,12 @@ def test_auto_tile_size_extremes_and_errors():
         auto_tile_size(cpu, torch.float32, bytes_per_lr_pixel=0)
     with pytest.raises(ValueError, match="multiple"):
         auto_tile_size(cpu, torch.float32, bytes_per_lr_pixel=1.0, min_tile=65, max_tile=100)
+
+
+def test_out_channels_allocates_up_front_and_checks_fn():
+    x = torch.rand(2, 3, 40, 36)
+    plain = run_tiled(nearest_up(2), x, tile=16, overlap=4, scale=2, pad=3)
+    early = run_tiled(nearest_up(2), x, tile=16, overlap=4, scale=2, pad=3, out_channels=3)
+    torch.testing.assert_close(early, plain, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="out_channels"):
+        run_tiled(nearest_up(2), x, tile=16, overlap=4, scale=2, out_channels=4)
