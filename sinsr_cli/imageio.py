@@ -569,7 +569,7 @@ def write_image(
 
     planes = color if a is None else np.concatenate([color, a[..., None]], axis=2)
     scale, dtype = (65535, np.uint16) if depth == 16 else (255, np.uint8)
-    pixels = np.rint(planes * np.float32(scale)).astype(dtype)  # float32 is exact for 16 bits
+    pixels = _quantize(planes, scale, dtype)
 
     icc = exif = None
     if like is not None and not strip_metadata:
@@ -656,12 +656,42 @@ def _output_format(p: Path, format: str | None) -> str:  # noqa: A002
     return _FORMAT_ALIASES[key]
 
 
+#: float elements per row block when sanitising / quantising (16 MiB of float32)
+_BLOCK_ELEMS = 1 << 22
+
+
+def _row_blocks(arr: np.ndarray) -> Iterator[slice]:
+    """Slices of whole rows of about ``_BLOCK_ELEMS`` elements: full-size temporaries of an
+    8192^2 output would be 0.8 GB each, blocks keep them in cache-sized pieces."""
+    rows = max(1, _BLOCK_ELEMS // max(1, arr[:1].size))
+    for r in range(0, arr.shape[0], rows):
+        yield slice(r, r + rows)
+
+
 def _as_unit_float(x: np.ndarray, name: str) -> np.ndarray:
+    """float32 in [0, 1] with NaN -> 0, +inf -> 1; the input itself when already so (no copy)."""
     arr = np.asarray(x)
     if not np.issubdtype(arr.dtype, np.floating):
         raise ValueError(f"{name} must be a float array in [0, 1], got dtype {arr.dtype}")
-    arr = np.nan_to_num(arr.astype(np.float32, copy=False), nan=0.0, posinf=1.0, neginf=0.0)
-    return np.clip(arr, 0.0, 1.0)
+    if arr.size == 0:
+        return arr.astype(np.float32)
+    if arr.dtype == np.float32 and all(arr[b].min() >= 0.0 and arr[b].max() <= 1.0 for b in _row_blocks(arr)):
+        return arr  # NaN fails both comparisons; the caller's array is never modified
+    out = np.empty(arr.shape, np.float32)
+    for b in _row_blocks(arr):
+        blk = np.nan_to_num(arr[b].astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+        np.clip(blk, 0.0, 1.0, out=out[b])
+    return out
+
+
+def _quantize(x: np.ndarray, scale: int, dtype: type) -> np.ndarray:
+    """``rint(x * scale)`` as ``dtype``, in row blocks (float32 is exact for 16 bits)."""
+    out = np.empty(x.shape, dtype)
+    for b in _row_blocks(x):
+        blk = x[b] * np.float32(scale)
+        np.rint(blk, out=blk)
+        out[b] = blk
+    return out
 
 
 def _icc_space(icc: bytes) -> bytes | None:

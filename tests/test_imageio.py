@@ -726,3 +726,17 @@ def test_real_images_smoke() -> None:
     item = next(i for i in items if i.rel.name == "flower2.jpeg")
     target = output_path(item, output=None, suffix="_sinsr", format=None, single_input_file=False)
     assert target.name == "flower2_sinsr.png"
+
+
+@pytest.mark.parametrize("dirty", [False, True])
+def test_write_in_row_blocks_matches_whole_array_formula(tmp_path, monkeypatch, dirty):
+    """Sanitising and quantising run in row blocks; the result and the caller's array are unchanged."""
+    monkeypatch.setattr(imageio, "_BLOCK_ELEMS", 7 * 5 * 3)  # blocks of 7 rows: not a divisor of 40
+    rgb = RNG.random((40, 5, 3), dtype=np.float32)
+    if dirty:
+        rgb[3, 1, 0], rgb[11, 2, 1], rgb[25, 4, 2], rgb[39, 0, 0] = np.nan, np.inf, -0.5, 1.7
+    before = rgb.copy()
+    imageio.write_image(tmp_path / "o.png", rgb)
+    expected = np.rint(np.clip(np.nan_to_num(before, nan=0.0, posinf=1.0, neginf=0.0), 0, 1) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "o.png")), expected)
+    np.testing.assert_array_equal(rgb, before)
