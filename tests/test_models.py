@@ -166,3 +166,16 @@ def test_low_precision_forward_is_finite_and_close(dtype):
         low = unet.to(dtype)(x.to(dtype), t, lq.to(dtype)).float()
     assert torch.isfinite(low).all()
     assert (low - ref).abs().max() < 0.05 * ref.abs().max() + 0.02
+
+
+def test_groupnorm32_channels_last_gradients_match_float64():
+    torch.manual_seed(0)
+    gn = GroupNorm32(64).double()
+    x = torch.randn(2, 64, 12, 10, dtype=torch.float64) + 5.0
+    g = torch.randn_like(x)
+    xr = x.clone().requires_grad_(True)
+    (gn(xr) * g).sum().backward()
+    gn32 = GroupNorm32(64)
+    xc = x.float().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    (gn32(xc) * g.float()).sum().backward()
+    torch.testing.assert_close(xc.grad.double(), xr.grad, atol=1e-5, rtol=1e-4)

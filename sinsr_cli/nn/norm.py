@@ -45,5 +45,5 @@ class GroupNorm32(nn.GroupNorm):
             w = w.float() if w is not None else None
             b = b.float() if b is not None else None
         if is_channels_last(y) and y.device.type == "cpu":
-            y = y - _group_shift(y, self.num_groups)
+            y = y - _group_shift(y.detach(), self.num_groups)  # exact for GroupNorm: no gradient path
         return F.group_norm(y, self.num_groups, w, b, self.eps).to(x.dtype)
