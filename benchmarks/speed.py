@@ -120,12 +120,90 @@ def measure_peak(device: str, threads: int, n: int = 2048, repeats: int = 5) -> 
     return out
 
 
+def _memory_fields(dev: Any, rss_built: float | None) -> dict[str, Any]:
+    """Peak memory of this worker process: CUDA max allocated, or the peak RSS on CPU."""
+    import torch
+
+    if dev.type == "cuda":
+        out = {"peak_mem_mib": round(torch.cuda.max_memory_allocated(dev) / 2**20, 1), "peak_mem_kind": "cuda_max_allocated"}
+    else:
+        out = {"peak_mem_mib": _status_mib("VmHWM"), "peak_mem_kind": "peak_rss", "rss_after_build_mib": rss_built}
+    return {**out, "torch": torch.__version__}
+
+
+class _StageClock:
+    """Wall and CPU seconds per named stage of wrapped callables, and FLOPs while ``counter`` is set.
+
+    ``repeat`` times whole calls (synchronised on CUDA) and keeps each call's stage split, so
+    ours and the official code are timed by the same code.
+    """
+
+    def __init__(self, dev: Any) -> None:
+        self.dev = dev
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self.flops: dict[str, int] = {}
+        self.counter: Any = None
+
+    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        from sinsr_cli.devices import synchronize
+
+        def inner(*a: Any, **k: Any) -> Any:
+            before = self.counter.get_total_flops() if self.counter is not None else 0
+            synchronize(self.dev)
+            c0, t0 = time.process_time(), time.perf_counter()
+            r = fn(*a, **k)
+            synchronize(self.dev)
+            self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - t0
+            self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - c0
+            if self.counter is not None:
+                self.flops[name] = self.flops.get(name, 0) + self.counter.get_total_flops() - before
+            return r
+
+        return inner
+
+    def call(self, fn: Callable[[], Any]) -> tuple[float, float]:
+        """``(wall, cpu)`` seconds of one whole call; the stage split restarts."""
+        from sinsr_cli.devices import synchronize
+
+        self.wall.clear()
+        self.cpu.clear()
+        synchronize(self.dev)
+        c0, t0 = time.process_time(), time.perf_counter()
+        fn()
+        synchronize(self.dev)
+        return time.perf_counter() - t0, time.process_time() - c0
+
+    def repeat(self, fn: Callable[[], Any], repeats: int) -> dict[str, Any]:
+        """Median/min of ``repeats`` calls, per-stage medians (wall, CPU) and CPU time per call."""
+        totals, cpus, stages, stage_cpus = [], [], [], []
+        for _ in range(repeats):
+            wall, cpu = self.call(fn)
+            totals.append(wall)
+            cpus.append(cpu)
+            stages.append(dict(self.wall))
+            stage_cpus.append(dict(self.cpu))
+
+        def med(xs: list[float]) -> float:
+            return round(statistics.median(xs), 4)
+
+        names = list(stages[0])
+        return {
+            "median_s": med(totals),
+            "min_s": round(min(totals), 4),
+            "stages_median_s": {k: med([s[k] for s in stages]) for k in names},
+            "stages_cpu_median_s": {k: med([s[k] for s in stage_cpus]) for k in names},
+            # process CPU seconds per call: about threads x median_s on an idle machine; much
+            # less means other processes took the cores (the wall times are then inflated)
+            "cpu_s_median": med(cpus),
+        }
+
+
 def run_config(args: argparse.Namespace, size: int, dtype_name: str, device: str) -> dict[str, Any]:
     """Build, count, warm up and time one configuration; returns its JSON record."""
     import torch
 
     from sinsr_cli.config import PRESETS, VQ_PRESETS
-    from sinsr_cli.devices import synchronize
     from sinsr_cli.pipeline import SRPipeline, build_models
 
     torch.set_num_threads(args.threads)
@@ -142,62 +220,26 @@ def run_config(args: argparse.Namespace, size: int, dtype_name: str, device: str
     images = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(dev)
 
     # per-stage timers: wrap the pipeline's own stage methods on this instance
-    stage_t: dict[str, float] = {}
-    stage_cpu: dict[str, float] = {}
-    stage_flops: dict[str, int] = {}
-    counter: list[Any] = [None]
-
-    def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def inner(*a: Any, **k: Any) -> Any:
-            before = counter[0].get_total_flops() if counter[0] is not None else 0
-            synchronize(dev)
-            c0, t0 = time.process_time(), time.perf_counter()
-            r = fn(*a, **k)
-            synchronize(dev)
-            stage_t[name] = stage_t.get(name, 0.0) + time.perf_counter() - t0
-            stage_cpu[name] = stage_cpu.get(name, 0.0) + time.process_time() - c0
-            if counter[0] is not None:
-                stage_flops[name] = stage_flops.get(name, 0) + counter[0].get_total_flops() - before
-            return r
-
-        return inner
-
+    clock = _StageClock(dev)
     encode, denoiser, decode = pipe.encode, pipe.denoiser, pipe.decode
-    pipe.encode = timed("encode", encode)  # type: ignore[method-assign]
-    pipe.denoiser = lambda lq: timed("unet", denoiser(lq))  # type: ignore[method-assign]
-    pipe.decode = timed("decode", decode)  # type: ignore[method-assign]
+    pipe.encode = clock.wrap("encode", encode)  # type: ignore[method-assign]
+    pipe.denoiser = lambda lq: clock.wrap("unet", denoiser(lq))  # type: ignore[method-assign]
+    pipe.decode = clock.wrap("decode", decode)  # type: ignore[method-assign]
 
-    cpu_times: list[float] = []
-
-    def call() -> float:
-        stage_t.clear()
-        stage_cpu.clear()
-        synchronize(dev)
-        c0, t0 = time.process_time(), time.perf_counter()
+    def run() -> None:
         pipe(images, steps=args.steps, seed=0)
-        synchronize(dev)
-        cpu_times.append(time.process_time() - c0)
-        return time.perf_counter() - t0
 
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     if not args.compile:  # FlopCounterMode and dynamo do not mix well; count eagerly instead
         with _flop_counter() as fc:
-            counter[0] = fc
-            call()
-        counter[0] = None
+            clock.counter = fc
+            clock.call(run)
+        clock.counter = None
     for _ in range(args.warmup):
-        call()
-    totals, stages, stage_cpus = [], [], []
-    cpu_times.clear()
+        clock.call(run)
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    for _ in range(args.repeats):
-        totals.append(call())
-        stages.append(dict(stage_t))
-        stage_cpus.append(dict(stage_cpu))
-
-    def med(xs: list[float]) -> float:
-        return round(statistics.median(xs), 4)
+    timing = clock.repeat(run, args.repeats)
 
     rec: dict[str, Any] = {
         "kind": "path",
@@ -211,14 +253,10 @@ def run_config(args: argparse.Namespace, size: int, dtype_name: str, device: str
         "threads": args.threads,
         "compile": bool(args.compile),
         "repeats": args.repeats,
-        "median_s": med(totals),
-        "min_s": round(min(totals), 4),
-        "stages_median_s": {k: med([s[k] for s in stages]) for k in ("encode", "unet", "decode")},
-        # process CPU seconds per call: about threads x median_s on an idle machine; much less
-        # means other processes took the cores (the wall times are then inflated)
-        "cpu_s_median": med(cpu_times),
+        **timing,
         "loadavg_1m": [load_before, os.getloadavg()[0] if hasattr(os, "getloadavg") else None],
     }
+    stage_flops = clock.flops
     if stage_flops:
         rec["gflop"] = {k: round(v / 1e9, 1) for k, v in stage_flops.items()}
         rec["achieved_gflops"] = {
@@ -226,18 +264,9 @@ def run_config(args: argparse.Namespace, size: int, dtype_name: str, device: str
         }
         if dev.type == "cpu":  # per busy core, robust to other processes sharing the cores
             rec["gflop_per_cpu_s"] = {
-                k: round(stage_flops[k] / 1e9 / statistics.median([s[k] for s in stage_cpus]), 1)
-                for k in stage_flops
+                k: round(stage_flops[k] / 1e9 / rec["stages_cpu_median_s"][k], 1) for k in stage_flops
             }
-    if dev.type == "cuda":
-        rec["peak_mem_mib"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
-        rec["peak_mem_kind"] = "cuda_max_allocated"
-    else:
-        rec["peak_mem_mib"] = _status_mib("VmHWM")
-        rec["peak_mem_kind"] = "peak_rss"
-        rec["rss_after_build_mib"] = rss_built
-    rec["torch"] = torch.__version__
-    return rec
+    return {**rec, **_memory_fields(dev, rss_built)}
 
 
 def _import_official(root: str) -> tuple[Any, Any, Any]:
@@ -292,7 +321,6 @@ def run_official(args: argparse.Namespace, size: int, dtype_name: str, device: s
     import torch
 
     from sinsr_cli.config import PRESETS, VQ_PRESETS
-    from sinsr_cli.devices import synchronize
 
     unet_cls, vq_cls, make_diffusion = _import_official(args.official)
     torch.set_num_threads(args.threads)
@@ -327,62 +355,30 @@ def run_official(args: argparse.Namespace, size: int, dtype_name: str, device: s
     rss_built = _status_mib("VmRSS")
     y = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(dev) * 2 - 1
 
-    stage_t: dict[str, float] = {}
+    clock = _StageClock(dev)
+    diffusion.encode_first_stage = clock.wrap("encode", diffusion.encode_first_stage)
+    diffusion.decode_first_stage = clock.wrap("decode", diffusion.decode_first_stage)
+    unet.forward = clock.wrap("unet", unet.forward)
 
-    def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def inner(*a: Any, **k: Any) -> Any:
-            synchronize(dev)
-            t0 = time.perf_counter()
-            r = fn(*a, **k)
-            synchronize(dev)
-            stage_t[name] = stage_t.get(name, 0.0) + time.perf_counter() - t0
-            return r
-
-        return inner
-
-    diffusion.encode_first_stage = timed("encode", diffusion.encode_first_stage)
-    diffusion.decode_first_stage = timed("decode", diffusion.decode_first_stage)
-    unet.forward = timed("unet", unet.forward)
-    cpu_times: list[float] = []
-
-    def call() -> float:
-        stage_t.clear()
-        synchronize(dev)
-        c0, t0 = time.process_time(), time.perf_counter()
+    def run() -> None:
         with torch.no_grad():  # as the official Sampler.sample_func: reflect-pad to 64, clip only without a VQ
             ph, pw = (-size) % 64, (-size) % 64
             yp = torch.nn.functional.pad(y, (0, pw, 0, ph), mode="reflect") if ph or pw else y
             out = diffusion.p_sample_loop(y=yp, model=unet, first_stage_model=vq, noise=None, clip_denoised=False,
                                           model_kwargs={"lq": yp}, progress=False, one_step=args.steps == 1)
             out[:, :, : size * 4, : size * 4].clamp_(-1.0, 1.0)
-        synchronize(dev)
-        cpu_times.append(time.process_time() - c0)
-        return time.perf_counter() - t0
 
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     for _ in range(1 + args.warmup):
-        call()
-    totals, stages = [], []
-    cpu_times.clear()
-    for _ in range(args.repeats):
-        totals.append(call())
-        stages.append(dict(stage_t))
+        clock.call(run)
     rec: dict[str, Any] = {
         "kind": "official", "source": "official", "model": args.model, "device": device, "dtype": dtype_name,
         "lq": size, "sr": size * preset.schedule.sf, "steps": args.steps, "threads": args.threads,
-        "repeats": args.repeats, "median_s": round(statistics.median(totals), 4), "min_s": round(min(totals), 4),
-        "stages_median_s": {k: round(statistics.median([s[k] for s in stages]), 4) for k in ("encode", "unet", "decode")},
-        "cpu_s_median": round(statistics.median(cpu_times), 4),
+        "repeats": args.repeats, **clock.repeat(run, args.repeats),
         "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
-    if dev.type == "cuda":
-        rec["peak_mem_mib"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
-    else:
-        rec["peak_mem_mib"] = _status_mib("VmHWM")
-        rec["rss_after_build_mib"] = rss_built
-    rec["torch"] = torch.__version__
-    return rec
+    return {**rec, **_memory_fields(dev, rss_built)}
 
 
 # ---------------------------------------------------------------------------------------------
