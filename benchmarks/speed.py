@@ -62,21 +62,12 @@ def _flop_counter():
     return FlopCounterMode(display=False, custom_mapping=mapping)
 
 
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
 def measure_peak(device: str, threads: int, n: int = 2048, repeats: int = 5) -> dict[str, Any]:
     """Device peak in GFLOP/s: an ``n x n`` matmul (and on CPU a 256-ch 3x3 conv, channels_last)."""
     import torch
     import torch.nn.functional as F
 
+    from sinsr_cli.bench.resources import device_name
     from sinsr_cli.devices import synchronize
 
     torch.set_num_threads(threads)
@@ -86,14 +77,14 @@ def measure_peak(device: str, threads: int, n: int = 2048, repeats: int = 5) -> 
         dtypes["fp16"] = torch.float16
     out: dict[str, Any] = {"kind": "peak", "device": device, "threads": threads}
     if dev.type == "cpu":
-        out["cpu"] = _cpu_model()
+        out["cpu"] = device_name(dev)
         # without avx512_bf16 / AMX, oneDNN emulates bf16 with fp32 FMAs plus conversions
         out["cpu_isa"] = {
             name: bool(getattr(torch.cpu, f"_is_{name}_supported", lambda: False)())
             for name in ("avx512", "avx512_bf16", "amx_tile")
         }
     elif dev.type == "cuda":
-        out["gpu"] = torch.cuda.get_device_name(dev)
+        out["gpu"] = device_name(dev)
 
     def best(key: str, fn: Callable[[], Any], flops: float) -> None:
         fn()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -63,3 +64,33 @@ def tiny_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
     u = write_safetensors(unet.state_dict(), d / "tiny_unet.safetensors", unet_metadata(tiny_preset()))
     v = write_safetensors(vq.state_dict(), d / "tiny_vq.safetensors", vq_metadata(tiny_vq()))
     return u, v
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models are per-op-overhead bound: one thread is faster and immune to a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def disk_full_once(monkeypatch) -> list[int]:
+    """The first image encode writes partial bytes then fails with ENOSPC; later ones succeed.
+
+    Returns the list of encode calls (one entry per call)."""
+    from sinsr_cli import imageio
+
+    real = imageio._encode_pillow
+    calls: list[int] = []
+
+    def encode(f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            f.write(b"\x89PNG partial data")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(f, *args, **kwargs)
+
+    monkeypatch.setattr(imageio, "_encode_pillow", encode)
+    return calls

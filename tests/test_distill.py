@@ -536,12 +536,8 @@ def test_bf16_autocast_and_fp16_scaler_steps_are_finite(tmp_path, hr_dir):
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models are per-op-overhead bound: one thread is faster and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Tiny models are per-op-overhead bound: every test here runs on one thread."""
 
 
 def test_tad_run_checkpoints_and_resumes_the_discriminator(tmp_path, hr_dir):
