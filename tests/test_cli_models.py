@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 from typer.testing import CliRunner
 
@@ -21,6 +26,43 @@ def test_version_and_help():
     assert r.exit_code == 0
     for cmd in ("upscale", "bench", "distill", "models", "download", "convert"):
         assert cmd in r.output
+    assert "--install-completion" in r.output  # Typer's shell completion is on
+
+
+def test_start_up_commands_do_not_import_torch(tmp_path):
+    """`--help`, `--version` and `sinsr models` stay fast because torch (seconds to import) is
+    only imported by the commands that run a model: checked in a fresh interpreter."""
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from sinsr_cli.cli.app import app\n"
+        "for args in (['--help'], ['--version'], ['models'], ['models', '--json'], ['upscale', '--help'],\n"
+        "             ['bench', '--help'], ['distill', '--help'], ['download', '--help'], ['convert', '--help']):\n"
+        "    r = CliRunner().invoke(app, args)\n"
+        "    assert r.exit_code == 0, (args, r.output)\n"
+        "import sinsr_cli\n"
+        "assert sinsr_cli.__version__\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
+    )
+    env = {"SINSR_CACHE": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
+
+
+def test_lazy_public_api():
+    import sinsr_cli
+    from sinsr_cli.pipeline import SRPipeline, load_pipeline
+
+    assert sinsr_cli.load_pipeline is load_pipeline and sinsr_cli.SRPipeline is SRPipeline
+    assert callable(sinsr_cli.upscale)
+    try:
+        sinsr_cli.nope  # noqa: B018
+    except AttributeError as e:
+        assert "nope" in str(e)
+    else:
+        raise AssertionError("expected AttributeError")
 
 
 def test_convert_official_style_pth(tmp_path):
@@ -70,6 +112,24 @@ def test_models_lists_zoo(tmp_path, monkeypatch):
     for name in ("sinsr-v1", "resshift-v3", "vq-f4"):
         assert name in r.output
     assert "non-commercial" in r.output
+    assert "size" in r.output and "preset" not in r.output  # preset == name: no column for it
+    assert str(tmp_path / "models") in r.output.replace("\n", "")
+
+
+def test_models_json_shows_size_and_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("SINSR_CACHE", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    f = tmp_path / "models" / "vq-f4.safetensors"
+    f.write_bytes(b"x" * 1000)
+    (tmp_path / "models" / "vq-f4.json").write_text(json.dumps({"sha256": "0" * 64, "size": 1000}))
+    r = runner.invoke(app, ["models", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["cache"] == str(tmp_path / "models")
+    rows = {m["name"]: m for m in doc["models"]}
+    assert rows["vq-f4"]["cached"] is True and rows["vq-f4"]["size"] == 1000 and rows["vq-f4"]["path"] == str(f)
+    assert rows["sinsr-v1"]["cached"] is False and rows["sinsr-v1"]["size"] is None
+    assert all("preset" not in m for m in doc["models"])
 
 
 def test_download_offline_without_cache_is_one_line(tmp_path, monkeypatch):

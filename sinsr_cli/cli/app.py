@@ -14,7 +14,7 @@ app = typer.Typer(
     name="sinsr",
     help="One-step diffusion image super-resolution (SinSR / ResShift).",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 

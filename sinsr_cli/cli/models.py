@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -12,19 +13,35 @@ from rich.table import Table
 from .common import console, handle_errors
 
 
-@handle_errors
-def models_cmd(verbose: bool = typer.Option(False, "--verbose", help="Show tracebacks on errors.")) -> None:
-    """List the model zoo and which models are cached locally."""
-    from ..hub import cached_status
+def _size(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:,.0f} MiB" if n >= 2**20 else f"{n / 1024:,.1f} KiB"
 
-    table = Table(title="sinsr model zoo")
-    for col in ("name", "kind", "preset", "cached", "licence", "description"):
-        table.add_column(col)
-    for row in cached_status():
+
+@handle_errors
+def models_cmd(
+    json_out: bool = typer.Option(False, "--json", help="Print the zoo and cache state as JSON on stdout."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show tracebacks on errors."),
+) -> None:
+    """List the model zoo: which models are cached, their size and where they live."""
+    from ..hub import cache_root, cached_status
+
+    rows = cached_status()
+    folder = cache_root() / "models"
+    if json_out:
+        keep = ("name", "kind", "cached", "size", "path", "licence", "description", "url", "hub")
+        doc = {"cache": str(folder), "models": [{k: r[k] for k in keep} for r in rows]}
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    table = Table(title="sinsr model zoo", title_justify="left")
+    for col in ("name", "kind", "cached", "size", "licence", "description"):
+        table.add_column(col, justify="right" if col == "size" else "left")
+    for row in rows:
         table.add_row(
-            row["name"], row["kind"], row["preset"], "yes" if row["cached"] else "no", row["licence"], row["description"]
+            row["name"], row["kind"], "yes" if row["cached"] else "no", _size(row["size"]), row["licence"],
+            row["description"],
         )
     Console().print(table)
+    console.print(f"cache: {folder} (set SINSR_CACHE to move it)", soft_wrap=True, highlight=False)
     console.print("Weights are the authors' and are licensed for non-commercial use only.")
 
 
