@@ -3,11 +3,17 @@
 The zoo is data (``ZOO``). ``resolve_weights("sinsr-v1")`` returns the path of a verified,
 self-describing safetensors file, fetching and converting it once if needed:
 
-1. our mirror on the Hugging Face Hub (``hf_hub_download``: its cache, ``HF_ENDPOINT``,
-   ``HF_TOKEN``, revision pinning), repo ``SINSR_HUB_REPO`` (default ``sinsr-cli/weights``;
-   set it to an empty string to skip the Hub);
+1. a mirror on the Hugging Face Hub, if one is named: ``SINSR_HUB_REPO`` (a repo written by
+   ``export_mirror`` / ``sinsr export`` and uploaded; no public mirror exists, so there is no
+   default), at ``SINSR_HUB_REVISION`` (default ``main``), through ``hf_hub_download`` (its
+   cache, ``HF_ENDPOINT``, ``HF_TOKEN``);
 2. otherwise the authors' GitHub release (streamed with ``urllib`` into a temp file that is
    only ever used after its length checked out).
+
+Timeouts: a connection or read that stalls for ``SINSR_HTTP_TIMEOUT`` seconds (default 30)
+fails that source. Before huggingface_hub is called, one plain request checks that the Hub
+endpoint answers at all, so an unreachable network costs one failed connection instead of
+huggingface_hub's five retries with back-off (~25 s).
 
 Cache layout (root: ``SINSR_CACHE``, else ``$XDG_CACHE_HOME/sinsr``, else ``~/.cache/sinsr``)::
 
@@ -16,13 +22,15 @@ Cache layout (root: ``SINSR_CACHE``, else ``$XDG_CACHE_HOME/sinsr``, else ``~/.c
     incoming/<release file>     a manually downloaded original (e.g. SinSR_v1.pth) goes here;
                                 it is converted on next use, even offline, then removed
     incoming/.<file>.*.part     an in-flight download (unique per process, never read as complete)
-    hub/                        huggingface_hub's cache (models--sinsr-cli--weights/...)
+    hub/                        huggingface_hub's cache of a SINSR_HUB_REPO mirror (models--org--repo/...)
 
 No checksums are published upstream, so trust is on first use: the sha256 of the first original
-downloaded from a source is recorded and a later download from the same source must match it,
-and every ``resolve_weights`` re-hashes the cached file against its sidecar (a corrupt file is
-deleted and fetched again, or, offline, reported). ``SINSR_OFFLINE`` / ``HF_HUB_OFFLINE`` (or
-``offline=True``) mean no network at all.
+downloaded from a source is recorded and a later download from the same source must match it.
+The sidecar also records the cached file's size, mtime and inode: ``resolve_weights``
+re-hashes the file (0.7 GB for a UNet) only when one of them changed, and ``verify_cache``
+(``sinsr models --verify``) re-hashes everything. A file that fails is deleted and fetched
+again (or, offline, reported). ``SINSR_OFFLINE`` / ``HF_HUB_OFFLINE`` (or ``offline=True``)
+mean no network at all.
 
 Nothing here prints: progress goes through ``progress(done_bytes, total_bytes_or_None)``.
 """
@@ -42,7 +50,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,9 +59,8 @@ from . import __version__
 
 Progress = Callable[[int, int | None], None]
 
-DEFAULT_HUB_REPO = "sinsr-cli/weights"
-#: seconds a connect or a read may stall before a release download is abandoned
-HTTP_TIMEOUT = 60.0
+#: seconds a connect or a read may stall before a source is abandoned (``SINSR_HTTP_TIMEOUT``)
+HTTP_TIMEOUT = 30.0
 _CHUNK = 1 << 20
 _SIDECAR_FORMAT = 1
 _STALE_PART_S = 24 * 3600
@@ -63,6 +70,13 @@ _SINSR = "CC BY-NC-SA 4.0"
 _SLAB = "S-Lab License 1.0"
 _SINSR_REL = "https://github.com/wyf0912/SinSR/releases/download/v1.0/"
 _RESSHIFT_REL = "https://github.com/zsyOAOA/ResShift/releases/download/v2.0/"
+#: where each licence's text is (the authors' repositories carry their LICENSE files)
+LICENCE_URLS = {
+    _SINSR: "https://creativecommons.org/licenses/by-nc-sa/4.0/legalcode",
+    _SLAB: "https://github.com/zsyOAOA/ResShift/blob/master/LICENSE",
+}
+#: the Hugging Face model-card ``license`` field for each licence
+_HF_LICENCE = {_SINSR: "cc-by-nc-sa-4.0", _SLAB: "other"}
 
 
 class WeightsUnavailable(Exception):
@@ -72,12 +86,19 @@ class WeightsUnavailable(Exception):
         super().__init__(_one_line(message, limit=2000))
 
 
+class WeightsMissing(WeightsUnavailable):
+    """A zoo model is not in the cache and could not be fetched (offline, no network, the source
+    failed). Unlike a wrong name this is not a usage error: the command itself was fine."""
+
+
 @dataclass(frozen=True)
 class ZooEntry:
     """One downloadable model.
 
     ``sha256`` is the expected hash of the release file at ``url`` and ``hub_sha256`` of the Hub
-    file; ``None`` (nothing published) means trust on first use.
+    file; ``None`` (nothing published) means trust on first use. ``repo_id`` is a Hub repo that
+    really holds this model ("" for none: today no public one does); ``SINSR_HUB_REPO``
+    overrides it for every model.
     """
 
     name: str
@@ -103,7 +124,7 @@ def _entry(name: str, kind: str, url: str, licence: str, description: str) -> Zo
         name=name,
         kind=kind,
         preset=name,
-        repo_id=DEFAULT_HUB_REPO,
+        repo_id="",
         hub_filename=name.replace("-", "_") + ".safetensors",
         revision="main",
         url=url,
@@ -243,7 +264,7 @@ def download(
 def cached_status(cache_dir: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
     """One dict per zoo model for ``sinsr models``: cheap (no hashing; ``cached`` = file and
     sidecar present, sizes agree). Keys: name, kind, preset, cached, path, size, licence,
-    description, url, hub."""
+    description, url, hub (``repo/file@revision``, or None without a mirror)."""
     root = cache_root(cache_dir)
     rows = []
     for e in ZOO:
@@ -262,10 +283,88 @@ def cached_status(cache_dir: str | os.PathLike[str] | None = None) -> list[dict[
                 "licence": e.licence,
                 "description": e.description,
                 "url": e.url,
-                "hub": f"{_hub_repo(e) or '-'}/{e.hub_filename}@{e.revision}",
+                "hub": f"{_hub_repo(e)}/{e.hub_filename}@{_hub_revision(e)}" if _hub_repo(e) else None,
             }
         )
     return rows
+
+
+# -- mirrors ---------------------------------------------------------------------------------
+
+
+def export_mirror(
+    folder: str | os.PathLike[str],
+    names: Sequence[str] | None = None,
+    *,
+    force: bool = False,
+    offline: bool | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: Progress | None = None,
+) -> list[Path]:
+    """Write a folder that, uploaded as a Hugging Face model repo, is a mirror for ``SINSR_HUB_REPO``.
+
+    For each model (default: the whole zoo; missing ones are fetched first): the converted
+    safetensors under the file name the zoo asks the Hub for (hard-linked from the cache where
+    possible), plus ``README.md`` (a model card: licences, sources, hashes, how to use it) and
+    ``SHA256SUMS`` (``sha256sum -c`` format). Files already in ``folder`` are an error unless
+    ``force``. Returns the files written.
+    """
+    entries = [zoo_entry(n) for n in dict.fromkeys(names)] if names else list(ZOO)
+    out = Path(folder).expanduser()
+    targets = [out / e.hub_filename for e in entries] + [out / "README.md", out / "SHA256SUMS"]
+    existing = [t for t in targets if os.path.lexists(t)]
+    if existing and not force:
+        raise ValueError(f"{existing[0]}: already exists (use --force to replace the mirror's files)")
+    sources = [resolve_weights(e.name, offline=offline, cache_dir=cache_dir, progress=progress) for e in entries]
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for e, src in zip(entries, sources):
+        rec = _read_sidecar(_Paths(cache_root(cache_dir), e).sidecar) or {}
+        dst = out / e.hub_filename
+        _link_or_copy(src, dst)
+        sha = rec.get("sha256") or _sha256(dst)
+        rows.append((e, sha, dst.stat().st_size, rec.get("source", e.url)))
+    (out / "SHA256SUMS").write_text("".join(f"{sha}  {e.hub_filename}\n" for e, sha, _, _ in rows))
+    (out / "README.md").write_text(_model_card(rows))
+    return [out / e.hub_filename for e in entries] + [out / "SHA256SUMS", out / "README.md"]
+
+
+def _model_card(rows: Sequence[tuple[ZooEntry, str, int, str]]) -> str:
+    """A Hub model card for a mirror: YAML front matter, then what each file is and whose it is."""
+    licences = list(dict.fromkeys(e.licence for e, *_ in rows))
+    hf_id = _HF_LICENCE[licences[0]] if len(licences) == 1 else "other"
+    front = ["---", f"license: {hf_id}"]
+    if hf_id == "other":
+        front += [f"license_name: {'-'.join(licences).lower().replace(' ', '-').replace('.', '-')}",
+                  f"license_link: {LICENCE_URLS[licences[0]] if len(licences) == 1 else 'README.md'}"]
+    front += ["library_name: sinsr-cli", "pipeline_tag: image-to-image",
+              "tags: [super-resolution, diffusion, sinsr, resshift]", "---", ""]
+    lines = [
+        "# sinsr weights mirror", "",
+        "A mirror of the authors' SinSR / ResShift weights, converted to self-describing safetensors by "
+        f"`sinsr export` (sinsr-cli {__version__}). The weights are **the authors'**, under their "
+        "licences below (**non-commercial use only**); this mirror changes the file format, not the "
+        "licence.", "",
+        "Use it with [sinsr](https://pypi.org/project/sinsr-cli/):", "",
+        "```bash", "export SINSR_HUB_REPO=<user>/<this-repo>   # optional: SINSR_HUB_REVISION=<commit>",
+        "sinsr upscale photo.png", "```", "",
+        "| file | model | licence | original | sha256 | bytes |", "|---|---|---|---|---|---|",
+    ]
+    for e, sha, size, source in rows:
+        lines.append(f"| `{e.hub_filename}` | {e.name}: {e.description} | [{e.licence}]({LICENCE_URLS[e.licence]}) "
+                     f"| {e.url} | `{sha}` | {size} |")
+    lines += ["", "## Licences", ""]
+    for lic in licences:
+        names = ", ".join(e.name for e, *_ in rows if e.licence == lic)
+        lines.append(f"- {names}: {lic}, {LICENCE_URLS[lic]}")
+    lines += [
+        "", "SinSR: Yufei Wang et al., *SinSR: Diffusion-Based Image Super-Resolution in a Single Step*, "
+        "CVPR 2024, https://github.com/wyf0912/SinSR.",
+        "ResShift: Zongsheng Yue et al., *ResShift: Efficient Diffusion Model for Image Super-resolution "
+        "by Residual Shifting*, NeurIPS 2023, https://github.com/zsyOAOA/ResShift.", "",
+        "Check the files with `sha256sum -c SHA256SUMS`.", "",
+    ]
+    return "\n".join(front + lines)
 
 
 # -- resolution ------------------------------------------------------------------------------
@@ -292,13 +391,39 @@ def _entry_lock(p: _Paths) -> Iterator[None]:
             lock.release()
 
 
+def verify_cache(
+    names: Sequence[str] | None = None, cache_dir: str | os.PathLike[str] | None = None
+) -> list[dict[str, Any]]:
+    """Re-hash every cached model (or those named) against its sidecar: ``sinsr models --verify``.
+
+    A file that fails is deleted (the next use fetches it again), as a failed check on load
+    does. Returns one dict per model: name, path, status ("ok" | "corrupt" | "not cached"),
+    sha256 (of a good file).
+    """
+    root = cache_root(cache_dir)
+    out = []
+    for e in [zoo_entry(n) for n in names] if names else ZOO:
+        p = _Paths(root, e)
+        row: dict[str, Any] = {"name": e.name, "path": str(p.weights), "status": "not cached", "sha256": None}
+        with _entry_lock(p):
+            rec = _read_sidecar(p.sidecar)
+            if p.weights.is_file() and rec is not None and "sha256" in rec:
+                if _verify(p, rec, full=True):
+                    row.update(status="ok", sha256=rec["sha256"])
+                else:
+                    p.weights.unlink(missing_ok=True)
+                    row["status"] = "corrupt"
+        out.append(row)
+    return out
+
+
 def _resolve(p: _Paths, *, offline: bool, progress: Progress | None, force: bool) -> Path:
     e = p.entry
     problem = ""
     if p.weights.exists() and not force:
         rec = _read_sidecar(p.sidecar)
         if rec is not None and "sha256" in rec:
-            if _verify(p.weights, rec):
+            if _verify(p, rec):
                 return p.weights
             problem = f"the cached {p.weights} failed sha256 verification and was deleted"
             p.weights.unlink(missing_ok=True)
@@ -318,38 +443,48 @@ def _resolve(p: _Paths, *, offline: bool, progress: Progress | None, force: bool
         return out
 
     if offline:
-        why = f"{problem}; " if problem else ""
+        why = [problem] if problem else []
         if _hub_repo(e):
             try:  # a copy in huggingface_hub's cache works offline too
                 blob, source = _fetch_hub(p, offline=True, force=False, progress=progress)
                 return _install(p, blob, source=source, source_sha256=_sha256(blob), linkable=True)
             except WeightsUnavailable as err:
-                why += f"{err}; "
+                why.append(str(err))
             except Exception:  # not in huggingface_hub's cache either
                 pass
-        raise WeightsUnavailable(
-            f"{e.name}: {why}not in the cache and offline (SINSR_OFFLINE / HF_HUB_OFFLINE); "
-            f"expected {p.weights}: run `sinsr download {e.name}` with network access, "
-            f"or download {e.url} to {p.incoming} (it is converted on next use)"
-        )
+        raise _missing(p, "offline (SINSR_OFFLINE / HF_HUB_OFFLINE / --offline)", why)
 
-    errors: list[str] = []
+    errors: list[str] = [problem] if problem else []
     if _hub_repo(e):
-        try:
-            blob, source = _fetch_hub(p, offline=False, force=force or bool(problem), progress=progress)
-            return _install(p, blob, source=source, source_sha256=_sha256(blob), linkable=True)
-        except Exception as err:  # anything wrong with the mirror: fall back to the release
-            errors.append(f"Hub {_hub_repo(e)}/{e.hub_filename}@{e.revision}: {_describe(err)}")
+        where = f"Hub {_hub_repo(e)}/{e.hub_filename}@{_hub_revision(e)}"
+        down = _unreachable(_hub_endpoint())
+        if down:
+            errors.append(f"{where}: {down}")
+        else:
+            try:
+                blob, source = _fetch_hub(p, offline=False, force=force or bool(problem), progress=progress)
+                return _install(p, blob, source=source, source_sha256=_sha256(blob), linkable=True)
+            except Exception as err:  # anything wrong with the mirror: fall back to the release
+                errors.append(f"{where}: {_describe(err)}")
     try:
         tmp, sha = _fetch_url(e.url, p.incoming.parent, e.filename, progress)
         try:
             return _install(p, tmp, source=e.url, source_sha256=sha)
         finally:
             tmp.unlink(missing_ok=True)
-    except Exception as err:
-        errors.append(f"{e.url}: {_describe(err)}")
-    why = f" ({problem})" if problem else ""
-    raise WeightsUnavailable(f"{e.name}: download failed{why}: " + "; ".join(errors))
+    except Exception as err:  # the URL itself is in the message's last part
+        errors.append(f"release on {urllib.parse.urlsplit(e.url).netloc}: {_describe(err)}")
+    raise _missing(p, "could not be downloaded", errors)
+
+
+def _missing(p: _Paths, state: str, details: Sequence[str]) -> WeightsMissing:
+    """The one line of a first run without the weights: what is missing, why, the two ways out."""
+    e = p.entry
+    why = f" ({'; '.join(details)})" if details else ""
+    return WeightsMissing(
+        f"{e.name} is not in the cache and {state}{why}. Get it with `sinsr download {e.name}` where "
+        f"there is network, or download {e.url} and save it as {p.incoming}"
+    )
 
 
 def _install(p: _Paths, src: Path, *, source: str, source_sha256: str, linkable: bool = False) -> Path:
@@ -387,6 +522,7 @@ def _install(p: _Paths, src: Path, *, source: str, source_sha256: str, linkable:
             "file": p.weights.name,
             "sha256": _sha256(tmp),
             "size": tmp.stat().st_size,
+            "stat": _stat_key(tmp),  # a rename keeps all of it
             "source": source,
             "source_sha256": source_sha256,
             "licence": e.licence,
@@ -416,19 +552,79 @@ def _check_pin(p: _Paths, source: str, sha: str) -> None:
             )
 
 
-def _verify(path: Path, rec: dict[str, Any]) -> bool:
+def _stat_key(path: Path) -> dict[str, int]:
+    """What changes when a file is rewritten, truncated, replaced or touched. (Not ctime: a
+    rename or a new hard link, as in ``export_mirror``, changes it without touching the bytes.)"""
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
+
+
+def _verify(p: _Paths, rec: dict[str, Any], *, full: bool = False) -> bool:
+    """The cached file matches its sidecar. Unless ``full``, an unchanged stat record stands
+    for the hash; a changed one means re-hashing, and a good hash is recorded with the new stat
+    (a copied or touched cache is hashed once, not on every load)."""
     try:
-        return path.stat().st_size == rec.get("size") and _sha256(path) == rec.get("sha256")
+        key = _stat_key(p.weights)
+        if key["size"] != rec.get("size"):
+            return False
+        if not full and rec.get("stat") == key:
+            return True
+        if _sha256(p.weights) != rec.get("sha256"):
+            return False
     except OSError:
         return False
+    if rec.get("stat") != key:
+        with contextlib.suppress(OSError):
+            _write_json(p.sidecar, {**rec, "stat": key})
+    return True
 
 
 # -- sources ---------------------------------------------------------------------------------
 
 
+def http_timeout() -> float:
+    """``SINSR_HTTP_TIMEOUT`` seconds, else ``HTTP_TIMEOUT``: how long a connection or a read may
+    stall before that source is given up."""
+    text = os.environ.get("SINSR_HTTP_TIMEOUT", "").strip()
+    try:
+        value = float(text) if text else HTTP_TIMEOUT
+    except ValueError:
+        raise ValueError(f"SINSR_HTTP_TIMEOUT must be a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise ValueError(f"SINSR_HTTP_TIMEOUT must be > 0, got {text!r}")
+    return value
+
+
 def _hub_repo(e: ZooEntry) -> str:
+    """``SINSR_HUB_REPO`` if set (an empty value: no Hub at all), else the entry's own repo."""
     env = os.environ.get("SINSR_HUB_REPO")
     return e.repo_id if env is None else env.strip()
+
+
+def _hub_revision(e: ZooEntry) -> str:
+    return os.environ.get("SINSR_HUB_REVISION", "").strip() or e.revision
+
+
+def _hub_endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def _unreachable(base_url: str) -> str:
+    """"" if ``base_url``'s server answers an HTTP request (any status), else why not.
+
+    One plain request with our timeout, through the same proxies as everything else; it saves
+    an unreachable network from huggingface_hub's retry loop.
+    """
+    req = urllib.request.Request(base_url + "/", method="HEAD", headers={"User-Agent": f"sinsr-cli/{__version__}"})
+    try:
+        with urllib.request.urlopen(req, timeout=http_timeout()):
+            return ""
+    except urllib.error.HTTPError:
+        return ""  # it answered
+    except urllib.error.URLError as err:
+        return f"cannot connect ({err.reason})"
+    except Exception as err:  # noqa: BLE001 - timeout, reset, ...
+        return f"cannot connect ({_describe(err)})"
 
 
 def _fetch_hub(p: _Paths, *, offline: bool, force: bool, progress: Progress | None) -> tuple[Path, str]:
@@ -441,12 +637,16 @@ def _fetch_hub(p: _Paths, *, offline: bool, force: bool, progress: Progress | No
 
     e = p.entry
     repo = _hub_repo(e)
-    kw: dict[str, Any] = dict(repo_id=repo, filename=e.hub_filename, revision=e.revision, cache_dir=p.hub_cache)
+    kw: dict[str, Any] = dict(
+        repo_id=repo, filename=e.hub_filename, revision=_hub_revision(e), cache_dir=p.hub_cache
+    )
     endpoint = os.environ.get("HF_ENDPOINT")
     if endpoint:  # huggingface_hub reads it once at import; honour a later change too
         kw["endpoint"] = endpoint.rstrip("/")
     if offline:
         kw["local_files_only"] = True
+    else:
+        kw["etag_timeout"] = http_timeout()
     if "tqdm_class" in inspect.signature(hf_hub_download).parameters:
         kw["tqdm_class"] = _callback_bar(progress)
     path = Path(hf_hub_download(**kw, force_download=force))
@@ -525,7 +725,7 @@ def _fetch_url(url: str, folder: Path, filename: str, progress: Progress | None)
     try:
         with os.fdopen(fd, "wb") as f:
             try:
-                with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT) as resp:
+                with urllib.request.urlopen(req, timeout=http_timeout()) as resp:
                     length = resp.headers.get("Content-Length")
                     identity = resp.headers.get("Content-Encoding", "identity").lower() == "identity"
                     total = int(length) if length and length.isdigit() and identity else None
@@ -648,7 +848,11 @@ def _describe(err: BaseException) -> str:
 __all__ = [
     "ZOO",
     "ZooEntry",
+    "WeightsMissing",
     "WeightsUnavailable",
+    "export_mirror",
+    "http_timeout",
+    "verify_cache",
     "zoo_entry",
     "resolve_weights",
     "download",

@@ -136,5 +136,86 @@ def test_download_offline_without_cache_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("SINSR_CACHE", str(tmp_path))
     monkeypatch.setenv("SINSR_OFFLINE", "1")
     r = runner.invoke(app, ["download", "sinsr-v1"])
-    assert r.exit_code == 2
+    assert r.exit_code == 1  # a failed run, not a usage error
     assert "Traceback" not in r.output and "sinsr-v1" in r.output
+    r = runner.invoke(app, ["download", "sinsr-v9"])
+    assert r.exit_code == 2 and "unknown model" in r.output
+
+
+def test_upscale_first_run_offline_is_one_line_exit_1(tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setenv("SINSR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SINSR_OFFLINE", "1")
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.png")
+    r = runner.invoke(app, ["upscale", str(tmp_path / "photo.png")])
+    assert r.exit_code == 1, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: sinsr-v1 is not in the cache and offline")
+    assert "`sinsr download sinsr-v1`" in lines[0]
+    assert str(tmp_path / "cache" / "incoming" / "SinSR_v1.pth") in lines[0]
+    assert not (tmp_path / "photo_x4.png").exists()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_first_run_without_network_fails_fast_in_one_line(tmp_path):
+    """A fresh machine, no network (every connection refused), a Hub mirror configured: one
+    line, exit 1, no library retry chatter. The bound is generous (the retry loop it guards
+    against takes ~25 s); this is not a benchmark."""
+    import os
+    import time
+
+    proxy = f"http://127.0.0.1:{_closed_port()}"
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy") and not k.startswith(("SINSR_", "HF_"))}
+    env.update(SINSR_CACHE=str(tmp_path / "cache"), SINSR_HUB_REPO="someone/sinsr-mirror", HTTPS_PROXY=proxy,
+               HTTP_PROXY=proxy, https_proxy=proxy, http_proxy=proxy)
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "sinsr_cli", "download", "sinsr-v1"], cwd=Path(__file__).resolve().parents[1],
+                          env=env, capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: sinsr-v1 is not in the cache and could not be downloaded (Hub someone/sinsr-mirror")
+    assert "cannot connect" in lines[0] and "`sinsr download sinsr-v1`" in lines[0]
+    assert lines[0].endswith(f"save it as {tmp_path / 'cache' / 'incoming' / 'SinSR_v1.pth'}")
+    assert "Retry" not in proc.stderr + proc.stdout
+    assert elapsed < 20, f"{elapsed:.1f} s: a retry loop? (huggingface_hub's back-off alone sleeps 23 s)"
+
+
+def test_models_verify_and_export(tmp_path, monkeypatch, tiny_checkpoints):
+    """A model put in the cache by hand is adopted; --verify checks it; export writes a mirror."""
+    import shutil
+
+    monkeypatch.setenv("SINSR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SINSR_OFFLINE", "1")
+    (tmp_path / "cache" / "models").mkdir(parents=True)
+    cached = tmp_path / "cache" / "models" / "vq-f4.safetensors"
+    shutil.copyfile(tiny_checkpoints[1], cached)
+    r = runner.invoke(app, ["export", str(tmp_path / "mirror"), "vq-f4"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "mirror" / "vq_f4.safetensors").is_file() and "SINSR_HUB_REPO" in r.output
+    sums = (tmp_path / "mirror" / "SHA256SUMS").read_text().split()
+    r = runner.invoke(app, ["models", "--verify", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = {m["name"]: m for m in json.loads(r.stdout)["models"]}
+    assert rows["vq-f4"]["verified"] is True and rows["sinsr-v1"]["verified"] is None
+    assert sums == [json.loads((tmp_path / "cache" / "models" / "vq-f4.json").read_text())["sha256"], "vq_f4.safetensors"]
+    r = runner.invoke(app, ["export", str(tmp_path / "mirror"), "vq-f4"])
+    assert r.exit_code == 2 and "already exists" in r.output
+    r = runner.invoke(app, ["export", str(tmp_path / "m2"), "sinsr-v1"])
+    assert r.exit_code == 1 and "sinsr-v1 is not in the cache" in r.output
+
+    data = bytearray(cached.read_bytes())  # a rewrite that keeps the size: caught by --verify
+    data[-3] ^= 0xFF
+    cached.write_bytes(bytes(data))
+    r = runner.invoke(app, ["models", "--verify"])
+    assert r.exit_code == 1 and "vq-f4: the cached file failed sha256 verification" in r.output
+    assert not cached.exists()

@@ -11,6 +11,8 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
+import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,7 +25,16 @@ from safetensors.torch import save as st_save
 
 from sinsr_cli import hub
 from sinsr_cli.config import PRESETS, VQ_PRESETS, tiny_unet, tiny_vq
-from sinsr_cli.hub import WeightsUnavailable, cached_status, download, resolve_weights, zoo_entry
+from sinsr_cli.hub import (
+    WeightsMissing,
+    WeightsUnavailable,
+    cached_status,
+    download,
+    export_mirror,
+    resolve_weights,
+    verify_cache,
+    zoo_entry,
+)
 from sinsr_cli.models.swin_unet import SwinUNet
 from sinsr_cli.models.vq_f4 import VQModel
 
@@ -94,10 +105,10 @@ class Server:
     def release(self, filename: str, body: bytes, mode: str = "ok") -> None:
         self.routes[f"/releases/{filename}"] = Route(body, mode)
 
-    def hub_file(self, filename: str, body: bytes, revision: str = "main") -> None:
+    def hub_file(self, filename: str, body: bytes, revision: str = "main", repo: str = REPO) -> None:
         sha = hashlib.sha256(body).hexdigest()
         headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{sha}"'}
-        self.routes[f"/{REPO}/resolve/{revision}/{filename}"] = Route(body, "ok", headers)
+        self.routes[f"/{repo}/resolve/{revision}/{filename}"] = Route(body, "ok", headers)
 
     def count(self, needle: str = "", method: str | None = None) -> int:
         with self._lock:
@@ -137,7 +148,7 @@ def env(server, tmp_path, monkeypatch):
     """Point the zoo at the loopback server, the cache at tmp_path, and clear offline flags."""
     server.routes.clear()
     server.log.clear()
-    for var in ("SINSR_OFFLINE", "HF_HUB_OFFLINE", "HF_TOKEN"):
+    for var in ("SINSR_OFFLINE", "HF_HUB_OFFLINE", "HF_TOKEN", "SINSR_HUB_REVISION", "SINSR_HTTP_TIMEOUT"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("SINSR_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -159,6 +170,23 @@ def metadata(path: Path) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
+def corrupt(path: Path, offset: int) -> None:
+    """Flip one byte in place. Like any later write it moves the mtime: made explicit here, since
+    a write in the same clock tick as the download could leave it unchanged."""
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+
+
+def closed_port() -> int:
+    """A local port nothing listens on: connecting is refused at once, like a network that is down."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def cache_files(root: Path) -> list[str]:
     """Every file under the cache outside huggingface_hub's own folder, lock files aside."""
     return sorted(
@@ -178,6 +206,7 @@ def test_zoo_table_is_complete_and_consistent():
         assert e.preset in (PRESETS if e.kind == "unet" else VQ_PRESETS)
         assert e.url.startswith("https://github.com/") and e.url.endswith(".pth")
         assert e.hub_filename.endswith(".safetensors") and e.revision == "main" and e.sha256 is None
+        assert e.repo_id == ""  # no public Hub mirror exists: the zoo names none (SINSR_HUB_REPO sets one)
         assert e.licence == ("CC BY-NC-SA 4.0" if e.name.startswith("sinsr") else "S-Lab License 1.0")
     assert zoo_entry("resshift-v3").url.endswith("/ResShift/releases/download/v2.0/resshift_realsrx4_s4_v3.pth")
     assert zoo_entry("sinsr-v1").filename == "SinSR_v1.pth"
@@ -242,13 +271,13 @@ def test_offline_env_with_cache(env, server, vq_pth, monkeypatch):
 
 def test_offline_without_cache_says_where_to_put_the_file(env, server, vq_pth, monkeypatch):
     monkeypatch.setenv("SINSR_OFFLINE", "1")
-    with pytest.raises(WeightsUnavailable) as info:
+    with pytest.raises(WeightsMissing) as info:
         resolve_weights("vq-f4")
     msg = str(info.value)
     incoming = env / "incoming" / "autoencoder_vq_f4.pth"
-    assert "\n" not in msg
-    assert str(incoming) in msg and str(env / "models" / "vq-f4.safetensors") in msg
-    assert "sinsr download vq-f4" in msg and zoo_entry("vq-f4").url in msg
+    assert "\n" not in msg and msg.startswith("vq-f4 is not in the cache and offline")
+    assert msg.endswith(f"save it as {incoming}")
+    assert "`sinsr download vq-f4`" in msg and zoo_entry("vq-f4").url in msg
     assert server.log == []
 
     # doing what the message says works, still offline
@@ -262,15 +291,15 @@ def test_offline_without_cache_says_where_to_put_the_file(env, server, vq_pth, m
 def test_corrupt_cache_is_detected_and_fetched_again(env, server, vq_pth):
     server.release("autoencoder_vq_f4.pth", vq_pth)
     path = resolve_weights("vq-f4")
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # one flipped byte inside the tensor data
-    path.write_bytes(bytes(data))
+    good = path.read_bytes()
+    corrupt(path, len(good) // 2)  # one flipped byte inside the tensor data
 
-    with pytest.raises(WeightsUnavailable, match="failed sha256 verification") as info:
+    with pytest.raises(WeightsMissing, match="failed sha256 verification") as info:
         resolve_weights("vq-f4", offline=True)
     assert "\n" not in str(info.value) and not path.exists()
 
-    path.write_bytes(bytes(data))
+    path.write_bytes(good)
+    corrupt(path, len(good) // 2)
     assert resolve_weights("vq-f4") == path
     assert server.count("/releases/", "GET") == 2
     assert sha(path) == json.loads((env / "models" / "vq-f4.json").read_text())["sha256"]
@@ -312,13 +341,14 @@ def test_stalled_server_times_out(env, server, vq_pth, monkeypatch):
 
 
 def test_404_everywhere_is_one_line(env, server):
-    with pytest.raises(WeightsUnavailable) as info:
+    with pytest.raises(WeightsMissing) as info:
         resolve_weights("sinsr-v2")
     msg = str(info.value)
     assert "\n" not in msg
-    assert msg.startswith("sinsr-v2: download failed")
+    assert msg.startswith("sinsr-v2 is not in the cache and could not be downloaded (")
+    assert f"save it as {env / 'incoming' / 'SinSR_v2.pth'}" in msg
     assert f"Hub {REPO}/sinsr_v2.safetensors@main: no such file in the repository" in msg
-    assert f"{zoo_entry('sinsr-v2').url}: HTTP 404" in msg
+    assert f"release on {server.base.split('//')[1]}: HTTP 404" in msg and zoo_entry("sinsr-v2").url in msg
     assert cache_files(env) == []
 
 
@@ -378,9 +408,8 @@ def test_hub_file_is_preferred_and_verified(env, server, vq_pth, tmp_path):
     assert blobs[0].stat().st_ino == path.stat().st_ino  # hard-linked, not a second copy
 
     # corrupt (the blob shares the bytes): detected, downloaded again from the Hub
-    data = bytearray(path.read_bytes())
-    data[-10] ^= 0xFF
-    path.write_bytes(bytes(data))
+    corrupt(path, -10)
+    data = path.read_bytes()
     assert sha(resolve_weights("vq-f4")) == sha(body)
     assert server.count("/resolve/", "GET") == 2 and server.count("/releases/") == 0
 
@@ -444,3 +473,124 @@ def test_cached_status(env, server, vq_pth):
     assert after["vq-f4"]["cached"] and after["vq-f4"]["path"] == str(path)
     assert after["vq-f4"]["size"] == path.stat().st_size and after["vq-f4"]["preset"] == "vq-f4"
     assert not after["sinsr-v1"]["cached"] and after["sinsr-v1"]["size"] is None
+
+
+# -- no re-hash on every load ---------------------------------------------------------------
+
+
+def test_cached_file_is_hashed_only_when_it_changed(env, server, vq_pth, monkeypatch):
+    server.release("autoencoder_vq_f4.pth", vq_pth)
+    path = resolve_weights("vq-f4")
+    calls: list[Path] = []
+    real = hub._sha256
+    monkeypatch.setattr(hub, "_sha256", lambda p: calls.append(p) or real(p))
+
+    for _ in range(3):
+        assert resolve_weights("vq-f4") == path
+    assert calls == []  # size, mtime and inode as recorded: no 0.7 GB hash per run
+
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000))  # touched, content intact
+    assert resolve_weights("vq-f4") == path and calls == [path]
+    assert resolve_weights("vq-f4") == path and calls == [path]  # the new stat was recorded
+    assert server.count("/releases/", "GET") == 1
+
+
+def test_truncated_cache_is_caught_and_fetched_again(env, server, vq_pth):
+    server.release("autoencoder_vq_f4.pth", vq_pth)
+    path = resolve_weights("vq-f4")
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 3)
+    assert resolve_weights("vq-f4") == path
+    assert server.count("/releases/", "GET") == 2
+    assert sha(path) == json.loads((env / "models" / "vq-f4.json").read_text())["sha256"]
+
+
+def test_verify_cache_rehashes_everything(env, server, vq_pth, unet_pth):
+    server.release("autoencoder_vq_f4.pth", vq_pth)
+    server.release("SinSR_v1.pth", unet_pth)
+    vq, unet = resolve_weights("vq-f4"), resolve_weights("sinsr-v1")
+    rows = {r["name"]: r for r in verify_cache()}
+    assert rows["vq-f4"]["status"] == rows["sinsr-v1"]["status"] == "ok"
+    assert rows["vq-f4"]["sha256"] == sha(vq) and rows["resshift-v1"]["status"] == "not cached"
+
+    # corruption that leaves size, mtime and inode as recorded (bit rot) is invisible to a
+    # plain load, by design; --verify finds it, deletes the file, and the next load refetches
+    corrupt(vq, len(vq.read_bytes()) // 2)
+    sidecar = env / "models" / "vq-f4.json"
+    rec = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**rec, "stat": hub._stat_key(vq)}))
+    assert resolve_weights("vq-f4") == vq and sha(vq) != rec["sha256"]
+    rows = {r["name"]: r for r in verify_cache(["vq-f4", "sinsr-v1"])}
+    assert rows["vq-f4"]["status"] == "corrupt" and not vq.exists() and rows["sinsr-v1"]["status"] == "ok"
+    assert metadata(resolve_weights("vq-f4"))["sinsr.source_sha256"] == sha(vq_pth)
+    assert server.count("/releases/autoencoder_vq_f4.pth", "GET") == 2
+
+
+# -- no network ------------------------------------------------------------------------------
+
+
+def test_unreachable_hub_is_one_failed_connection_not_a_retry_loop(env, server, monkeypatch):
+    """No network: the Hub check fails at once and huggingface_hub (5 retries, ~25 s) is never called."""
+    port = closed_port()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    zoo = tuple(dataclasses.replace(e, url=f"http://127.0.0.1:{port}/releases/{e.filename}") for e in hub.ZOO)
+    monkeypatch.setattr(hub, "ZOO", zoo)
+
+    def never(*args, **kwargs):
+        raise AssertionError("huggingface_hub called although the Hub cannot be reached")
+
+    monkeypatch.setattr(hub, "_fetch_hub", never)
+    with pytest.raises(WeightsMissing) as info:
+        resolve_weights("sinsr-v1")
+    msg = str(info.value)
+    assert "\n" not in msg and msg.count("cannot connect") == 2
+    assert f"Hub {REPO}/sinsr_v1.safetensors@main: cannot connect" in msg
+    assert "`sinsr download sinsr-v1`" in msg and str(env / "incoming" / "SinSR_v1.pth") in msg
+
+
+def test_http_timeout_from_the_environment(monkeypatch):
+    monkeypatch.delenv("SINSR_HTTP_TIMEOUT", raising=False)
+    assert hub.http_timeout() == hub.HTTP_TIMEOUT == 30.0
+    monkeypatch.setenv("SINSR_HTTP_TIMEOUT", "2.5")
+    assert hub.http_timeout() == 2.5
+    for bad in ("soon", "0", "-1"):
+        monkeypatch.setenv("SINSR_HTTP_TIMEOUT", bad)
+        with pytest.raises(ValueError, match="SINSR_HTTP_TIMEOUT"):
+            hub.http_timeout()
+
+
+# -- mirrors -------------------------------------------------------------------------------
+
+
+def test_export_mirror_is_what_sinsr_hub_repo_reads(env, server, vq_pth, unet_pth, tmp_path, monkeypatch):
+    server.release("autoencoder_vq_f4.pth", vq_pth)
+    server.release("SinSR_v1.pth", unet_pth)
+    mirror = tmp_path / "mirror"
+    written = export_mirror(mirror, ["sinsr-v1", "vq-f4"])
+    assert sorted(p.name for p in written) == ["README.md", "SHA256SUMS", "sinsr_v1.safetensors", "vq_f4.safetensors"]
+    sums = dict(reversed(line.split("  ")) for line in (mirror / "SHA256SUMS").read_text().splitlines())
+    assert sums == {f: sha(mirror / f) for f in ("sinsr_v1.safetensors", "vq_f4.safetensors")}
+    card = (mirror / "README.md").read_text()
+    assert card.startswith("---\nlicense: other\n")  # two licences: CC BY-NC-SA (SinSR) and S-Lab (ResShift)
+    for text in ("CC BY-NC-SA 4.0", "S-Lab License 1.0", "non-commercial", "SINSR_HUB_REPO",
+                 zoo_entry("sinsr-v1").url, sums["vq_f4.safetensors"]):
+        assert text in card
+    only_sinsr = export_mirror(tmp_path / "m2", ["sinsr-v1"])
+    assert (only_sinsr[-1]).read_text().startswith("---\nlicense: cc-by-nc-sa-4.0\n")
+    with pytest.raises(ValueError, match="already exists"):
+        export_mirror(mirror, ["vq-f4"])
+    export_mirror(mirror, ["vq-f4"], force=True)
+
+    # uploaded as a repo, it serves a fresh machine: no release request, the same bytes
+    for f in sums:
+        server.hub_file(f, (mirror / f).read_bytes(), repo="someone/sinsr-mirror")
+    monkeypatch.setenv("SINSR_HUB_REPO", "someone/sinsr-mirror")
+    monkeypatch.setenv("SINSR_CACHE", str(tmp_path / "fresh"))
+    n = server.count("/releases/")
+    for name, f in (("sinsr-v1", "sinsr_v1.safetensors"), ("vq-f4", "vq_f4.safetensors")):
+        assert sha(resolve_weights(name)) == sums[f]
+    assert server.count("/releases/") == n
+    assert {r["name"]: r["hub"] for r in cached_status()}["vq-f4"] == "someone/sinsr-mirror/vq_f4.safetensors@main"
+    monkeypatch.delenv("SINSR_HUB_REPO")
+    assert {r["name"]: r["hub"] for r in cached_status()}["vq-f4"] is None

@@ -7,7 +7,7 @@ import typer
 from .. import __version__
 from .bench import bench_cmd
 from .distill import distill_cmd
-from .models import convert_cmd, download_cmd, models_cmd
+from .models import convert_cmd, download_cmd, export_cmd, models_cmd
 from .upscale import upscale_cmd
 
 app = typer.Typer(
@@ -37,6 +37,7 @@ app.command("bench")(bench_cmd)
 app.command("distill")(distill_cmd)
 app.command("models")(models_cmd)
 app.command("download")(download_cmd)
+app.command("export")(export_cmd)
 app.command("convert")(convert_cmd)
 
 

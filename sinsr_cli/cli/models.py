@@ -1,4 +1,4 @@
-"""`sinsr models`, `sinsr download`, `sinsr convert`: the model zoo and checkpoint files."""
+"""`sinsr models`, `sinsr download`, `sinsr export`, `sinsr convert`: the model zoo and checkpoint files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .common import console, handle_errors
+from .common import EXIT_PARTIAL, console, handle_errors
 
 
 def _size(n: int | None) -> str:
@@ -19,19 +19,35 @@ def _size(n: int | None) -> str:
 
 @handle_errors
 def models_cmd(
+    verify: bool = typer.Option(False, "--verify", help="Re-hash every cached model against its recorded sha256 (a bad one is deleted, to be fetched again)."),
     json_out: bool = typer.Option(False, "--json", help="Print the zoo and cache state as JSON on stdout."),
     verbose: bool = typer.Option(False, "--verbose", help="Show tracebacks on errors."),
 ) -> None:
-    """List the model zoo: which models are cached, their size and where they live."""
-    from ..hub import cache_root, cached_status
+    """List the model zoo: which models are cached, their size and where they live.
 
+    A cached model is re-hashed when its size, mtime or inode change; --verify re-hashes them all now.
+    """
+    from ..hub import cache_root, cached_status, verify_cache
+
+    checked = {r["name"]: r for r in verify_cache()} if verify else {}
     rows = cached_status()
     folder = cache_root() / "models"
+    corrupt = [n for n, r in checked.items() if r["status"] == "corrupt"]
     if json_out:
         keep = ("name", "kind", "cached", "size", "path", "licence", "description", "url", "hub")
-        doc = {"cache": str(folder), "models": [{k: r[k] for k in keep} for r in rows]}
-        typer.echo(json.dumps(doc, indent=2))
+        models = [{k: r[k] for k in keep} for r in rows]
+        if verify:
+            for m in models:
+                m["verified"] = {"ok": True, "corrupt": False}.get(checked[m["name"]]["status"])
+        typer.echo(json.dumps({"cache": str(folder), "models": models}, indent=2))
+        if corrupt:
+            raise typer.Exit(EXIT_PARTIAL)
         return
+    for name in corrupt:
+        console.print(
+            f"[red]error:[/red] {name}: the cached file failed sha256 verification and was deleted; "
+            f"`sinsr download {name}` fetches it again", soft_wrap=True, highlight=False,
+        )
     table = Table(title="sinsr model zoo", title_justify="left")
     for col in ("name", "kind", "cached", "size", "licence", "description"):
         table.add_column(col, justify="right" if col == "size" else "left")
@@ -42,7 +58,12 @@ def models_cmd(
         )
     Console().print(table)
     console.print(f"cache: {folder} (set SINSR_CACHE to move it)", soft_wrap=True, highlight=False)
+    if verify:
+        ok = sum(r["status"] == "ok" for r in checked.values())
+        console.print(f"verified {ok + len(corrupt)} cached model(s): {ok} ok, {len(corrupt)} corrupt")
     console.print("Weights are the authors' and are licensed for non-commercial use only.")
+    if corrupt:
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 @handle_errors
@@ -57,6 +78,25 @@ def download_cmd(
     for name in names:
         path = download(name, force=force)
         typer.echo(f"{name}: {path}")
+
+
+@handle_errors
+def export_cmd(
+    folder: Path = typer.Argument(..., help="Folder to write the mirror into (created if needed)."),
+    names: Optional[list[str]] = typer.Argument(None, help="Zoo names to include. Default: every model."),
+    force: bool = typer.Option(False, "--force", help="Replace files of an earlier export in FOLDER."),
+    offline: bool = typer.Option(False, "--offline", help="Never download: every model exported must be cached already."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show tracebacks on errors."),
+) -> None:
+    """Write an upload-ready Hub mirror: the converted weights, a model card and SHA256SUMS.
+
+    Upload the folder as a Hugging Face model repo (e.g. `hf upload USER/REPO FOLDER .`) and set SINSR_HUB_REPO=USER/REPO: sinsr then fetches from the mirror before the GitHub releases.
+    """
+    from ..hub import export_mirror
+
+    for path in export_mirror(folder, names or None, force=force, offline=offline or None):
+        typer.echo(str(path))
+    console.print(f"mirror ready: upload {folder} as a model repo and set SINSR_HUB_REPO to it", soft_wrap=True, highlight=False)
 
 
 @handle_errors
