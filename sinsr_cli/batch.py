@@ -42,6 +42,7 @@ import os
 import secrets
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -61,7 +62,8 @@ from .imageio import (
     read_image,
     write_image,
 )
-from .tiling import auto_tile_size, is_oom_error
+from .devices import is_oom_error, release_cached_memory
+from .tiling import OutputTooLarge, auto_tile_size
 
 if TYPE_CHECKING:
     from .pipeline import SRPipeline
@@ -193,7 +195,8 @@ class ItemResult:
     input_size: tuple[int, int] | None = None  # (width, height)
     output_size: tuple[int, int] | None = None
     warnings: list[str] = field(default_factory=list)
-    error: BaseException | None = None  # for --verbose tracebacks
+    error: BaseException | None = None  # the exception, without its frames (see _keep_error)
+    traceback: str = ""  # the formatted traceback, for --verbose
 
 
 @dataclass
@@ -519,7 +522,7 @@ def _failure_message(path: Path, err: BaseException, device: torch.device) -> st
     if isinstance(err, MemoryError) or is_oom_error(err):
         where = "host memory" if isinstance(err, MemoryError) else f"{device.type} memory"
         return f"{path}: out of {where}; use a smaller --tile (e.g. --tile 128) or --tile auto"
-    if isinstance(err, (SinsrIOError, ValueError, NonFiniteOutput, OSError)):
+    if isinstance(err, (SinsrIOError, ValueError, NonFiniteOutput, OSError, OutputTooLarge)):
         return _with_path(path, err)
     return f"{path}: {type(err).__name__}: {' '.join(str(err).split())}"
 
@@ -561,7 +564,8 @@ def run_batch(
                 result = _process(pipe, job, options, state, obs)  # type: ignore[arg-type]
             except KeyboardInterrupt as e:
                 interrupted = True
-                result = ItemResult(job.item, "cancelled", job.target, f"{job.item.path}: interrupted; nothing written", error=e)
+                result = ItemResult(job.item, "cancelled", job.target, f"{job.item.path}: interrupted; nothing written")
+                _keep_error(result, e)
         results.append(result)
         obs.file_finished(result)
     return BatchReport(results, time.perf_counter() - t_start, seed, interrupted, state.tile)
@@ -592,11 +596,36 @@ def _process(pipe: SRPipeline, job: Job, options: UpscaleOptions, state: _RunSta
         raise
     except Exception as e:  # noqa: BLE001 - one bad file never stops the batch
         result.message = _failure_message(job.item.path, e, pipe.device)
-        result.error = e
+        _keep_error(result, e)
     else:
         result.status = "done"
+    if result.status == "failed":  # the failed file's tensors are free now: give them back
+        release_cached_memory(pipe.device)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _keep_error(result: ItemResult, err: BaseException) -> None:
+    """Keep the error's text and traceback on ``result``, not its frames.
+
+    A traceback pins every local of every frame it passes through: after a CUDA out-of-memory
+    or NaN file that is gigabytes of device tensors, held for the rest of the batch so later
+    files fail too. The traceback is formatted now, then the frames of the whole chain
+    (``__cause__``/``__context__``) are cleared and dropped.
+    """
+    result.traceback = "".join(traceback.format_exception(err))
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [err]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if e.__traceback__ is not None:
+            traceback.clear_frames(e.__traceback__)
+            e.__traceback__ = None
+        stack += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
+    result.error = err
 
 
 def with_tile(options: UpscaleOptions, tile: int) -> UpscaleOptions:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 _DTYPES = {
@@ -69,3 +72,152 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+# --------------------------------------------------------------------------- memory
+
+
+#: Messages of allocation failures that do not arrive as ``torch.OutOfMemoryError``: cuBLAS
+#: (``cublasCreate`` needs memory for its workspace), cuDNN (plans and workspaces; torch says
+#: "Unable to find a valid cuDNN algorithm" when every algorithm's workspace failed), cuFFT,
+#: cuSOLVER/cuSPARSE, a raw ``cudaMalloc`` outside the caching allocator ("CUDA error: out of
+#: memory"), MPS, and torch's CPU allocator (host RAM: tiles help there too). Status codes that are only *sometimes* memory
+#: (CUBLAS_STATUS_NOT_INITIALIZED, CUDNN_STATUS_INTERNAL_ERROR) are left out: retrying those with
+#: smaller tiles would hide a broken install behind minutes of futile retries.
+_OOM_MARKERS = (
+    "out of memory",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_ALLOC_FAILED",
+    "CUFFT_ALLOC_FAILED",
+    "CUSOLVER_STATUS_ALLOC_FAILED",
+    "CUSPARSE_STATUS_ALLOC_FAILED",
+    "Unable to find a valid cuDNN algorithm",
+    "cudaErrorMemoryAllocation",
+    "DefaultCPUAllocator",
+)
+
+
+def is_oom_error(err: BaseException) -> bool:
+    """True for an out-of-memory error: torch's typed one, or a library allocation failure.
+
+    Library failures come as ``RuntimeError`` (``torch.AcceleratorError`` is one) whose message
+    names the status (see ``_OOM_MARKERS``). ``MemoryError`` (Python/numpy) is not included.
+    """
+    oom_type = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    if isinstance(err, oom_type):
+        return True
+    if not isinstance(err, RuntimeError):
+        return False
+    text = str(err)
+    return any(m in text for m in _OOM_MARKERS)
+
+
+def free_memory(device: torch.device | str) -> int | None:
+    """Free bytes on an accelerator (CUDA's ``mem_get_info``); None where torch cannot tell."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    return None
+
+
+def release_cached_memory(device: torch.device | str) -> None:
+    """Collect garbage and hand the allocator's cached blocks back (before a retry, after a failure)."""
+    import gc
+
+    device = torch.device(device)
+    gc.collect()
+    if device.type == "cuda" and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()
+
+
+# --------------------------------------------------------------------------- fp32 precision
+
+#: ``(backend module path, attribute)`` of every float32 precision switch of torch >= 2.9; each
+#: takes "ieee" (true fp32) or a reduced mode ("tf32" on CUDA, "bf16"/"tf32" for oneDNN on CPU)
+_FP32_SWITCHES = (
+    ("cuda.matmul", "fp32_precision"),
+    ("cudnn.conv", "fp32_precision"),
+    ("mkldnn.matmul", "fp32_precision"),
+    ("mkldnn.conv", "fp32_precision"),
+)
+
+
+def _backend(path: str):
+    obj = torch.backends
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _new_precision_api() -> bool:
+    return isinstance(getattr(_backend("cuda.matmul"), "fp32_precision", None), str)
+
+
+@contextmanager
+def exact_fp32() -> Iterator[None]:
+    """Run float32 matmuls and convolutions in true IEEE fp32 inside the block (no TF32/bf16).
+
+    On Ampere and later GPUs cuDNN convolutions run in TF32 by default (10-bit mantissa: ~1e-3
+    relative), and a user may enable TF32 matmuls globally: fine for the fast path, wrong for
+    parity checks and for the codebook's nearest-code search (a rounded distance flips codes).
+    The previous settings are restored on exit. Uses torch's ``fp32_precision`` switches where
+    they exist (torch >= 2.9; mixing them with the legacy ``allow_tf32`` flags makes torch raise),
+    else the legacy flags.
+    """
+    if _new_precision_api():
+        saved = []
+        for path, attr in _FP32_SWITCHES:
+            mod = _backend(path)
+            if mod is not None and isinstance(getattr(mod, attr, None), str):
+                saved.append((mod, attr, getattr(mod, attr)))
+                setattr(mod, attr, "ieee")
+        try:
+            yield
+        finally:
+            for mod, attr, value in reversed(saved):
+                setattr(mod, attr, value)
+        return
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+def precision_flags() -> dict[str, object]:
+    """The settings a CUDA timing depends on: TF32 for matmul/conv and ``cudnn.benchmark``."""
+    out: dict[str, object] = {"cudnn_benchmark": bool(torch.backends.cudnn.benchmark)}
+    if _new_precision_api():
+        for path, attr in _FP32_SWITCHES[:2]:
+            mod = _backend(path)
+            out[f"{path.replace('.', '_')}_fp32_precision"] = getattr(mod, attr, None)
+        return out
+    try:
+        out["cuda_matmul_allow_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
+        out["cudnn_allow_tf32"] = bool(torch.backends.cudnn.allow_tf32)
+    except RuntimeError as e:  # torch refuses to read flags set through both APIs
+        out["tf32"] = f"unreadable: {str(e).splitlines()[0][:80]}"
+    return out
+
+
+@contextmanager
+def cudnn_autotune(enabled: bool = True) -> Iterator[None]:
+    """``cudnn.benchmark`` inside the block: autotune each conv shape once, then reuse.
+
+    Worth it when many calls share one shape (equal tiles); costly when every call has a new
+    shape (a folder of untiled images of different sizes), so it is scoped, not global.
+    """
+    if not enabled:
+        yield
+        return
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before

@@ -1,12 +1,15 @@
 """Parity runner: reproduce an official-code fixture and report max-abs errors per tensor.
 
-    python -m sinsr_cli.parity FIXTURE.safetensors [--dtype fp32|fp16|bf16] [--threads N]
+    python -m sinsr_cli.parity FIXTURE.safetensors [--dtype fp32|fp16|bf16] [--threads N] [--device cuda]
 
 Reads ``FIXTURE.json`` beside the tensors (constructor params in official names, which call
 produced each tensor), builds our models from those params, loads ``unet.*`` / ``vq.*`` strictly,
 recomputes every output it recognises, prints ONE JSON object and exits 1 when any fp32 error
 exceeds its tolerance. It relies only on the fixture's naming scheme, not on one fixture's
 sizes: other configs, batch sizes and non-square shapes work.
+
+fp32 runs in true IEEE fp32 (``devices.exact_fp32``): on Ampere and later GPUs cuDNN would
+otherwise run convolutions in TF32, about 1e-3 relative, ten times the latent tolerance.
 
 Tolerances (fp32): 1e-4 on latents and direct UNet outputs (multi-step latents are checked per
 step from the fixture's own previous state; the end-to-end chain gets 10x the reference's own
@@ -28,6 +31,7 @@ from typing import Any
 import torch
 
 from .config import ModelPreset, ScheduleConfig, UNetConfig, VQConfig
+from .devices import exact_fp32, resolve_device
 from .diffusion.sampler import predict_x0, prior_sample, sample_ancestral, sample_deterministic, sample_onestep
 from .diffusion.schedule import make_schedule
 from .models.checkpoints import load_strict, split_prefixed
@@ -91,9 +95,19 @@ class Report:
         return all(r.get("ok", True) for r in self.rows.values())
 
 
-def run_fixture(path: str | Path, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
-    """Recompute every recognised tensor of a fixture; returns the report dict."""
+def run_fixture(
+    path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    """Recompute every recognised tensor of a fixture on ``device``; returns the report dict."""
     path = Path(path)
+    dev = resolve_device(device)
+    if dtype == torch.float32:
+        with exact_fp32():
+            return _run_fixture(path, dtype, dev)
+    return _run_fixture(path, dtype, dev)
+
+
+def _run_fixture(path: Path, dtype: torch.dtype, dev: torch.device) -> dict[str, Any]:
     T, meta = load_fixture(path)
     enforce = dtype == torch.float32
     rep = Report(enforce)
@@ -115,7 +129,8 @@ def run_fixture(path: str | Path, dtype: torch.dtype = torch.float32) -> dict[st
     vq = VQModel(vq_cfg)
     load_strict(vq, split_prefixed(T, "vq."), "fixture vq.*")
     preset = ModelPreset("fixture", unet_cfg, sched_cfg, 1, "onestep")
-    pipe = SRPipeline(unet, vq, preset).to("cpu", dtype)
+    pipe = SRPipeline(unet, vq, preset).to(dev, dtype)
+    T = {k: v.to(dev) for k, v in T.items()}
     tol_lat = TOL_LATENT if enforce else None
     tol_img = TOL_IMAGE if enforce else None
 
@@ -123,7 +138,10 @@ def run_fixture(path: str | Path, dtype: torch.dtype = torch.float32) -> dict[st
         _main_paths(T, meta, pipe, schedule, rep, path, tol_lat, tol_img)
         _padding(T, pipe, rep, tol_img)
         _chopping(T, meta, pipe, rep, tol_img)
-    return {"fixture": str(path), "dtype": str(dtype).replace("torch.", ""), "ok": rep.ok, "errors": rep.rows}
+    return {
+        "fixture": str(path), "dtype": str(dtype).replace("torch.", ""), "device": str(dev), "ok": rep.ok,
+        "errors": rep.rows,
+    }
 
 
 def _flips(vq: VQModel, z: torch.Tensor, ref_idx: torch.Tensor | None) -> int | None:
@@ -172,7 +190,7 @@ def _main_paths(T, meta, pipe: SRPipeline, schedule, rep: Report, path: Path, to
     for key in T:
         m = re.fullmatch(r"unet_out_t(\d+)", key)
         if m and "unet_in_x" in T:
-            t = torch.full((T["unet_in_x"].shape[0],), int(m.group(1)), dtype=torch.long)
+            t = torch.full((T["unet_in_x"].shape[0],), int(m.group(1)), dtype=torch.long, device=T["unet_in_x"].device)
             rep.add(key, den(T["unet_in_x"], t), T[key], tol_lat)
 
     if noise is None:
@@ -260,8 +278,8 @@ def _chopping(T, meta, pipe: SRPipeline, rep: Report, tol_img) -> None:
         img = T[key] * 2 - 1  # the chop works on [0,1] images
         b, _, h, w = img.shape
         s = pipe.scale
-        acc = torch.zeros(b, 3, h * s, w * s)
-        cnt = torch.zeros(b, 1, h * s, w * s)
+        acc = torch.zeros(b, 3, h * s, w * s, device=img.device)
+        cnt = torch.zeros(b, 1, h * s, w * s, device=img.device)
         for p, patch in enumerate(patches):
             y0, y1, x0, x1 = patch["lq_box"]
             noise = T.get(f"chop_noise_{2 * p}")
@@ -278,11 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("fixture", type=Path)
     ap.add_argument("--dtype", choices=sorted(_DTYPES), default="fp32")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (the fixtures used 2)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        result = run_fixture(args.fixture, _DTYPES[args.dtype])
+        result = run_fixture(args.fixture, _DTYPES[args.dtype], args.device)
     except (OSError, ValueError, KeyError) as e:
         print(json.dumps({"fixture": str(args.fixture), "ok": False, "error": str(e).splitlines()[0]}))
         return 2

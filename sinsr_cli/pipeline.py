@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from .config import ModelPreset, VQConfig
-from .devices import make_generator, resolve_device, resolve_dtype
+from .devices import cudnn_autotune, make_generator, resolve_device, resolve_dtype
 from .diffusion.sampler import Callback, Denoiser, SAMPLERS, randn_like, sample
 from .diffusion.schedule import Schedule, make_schedule, respace
 from .models.swin_unet import SwinUNet
-from .models.vq_f4 import VQModel
+from .models.vq_f4 import VQModel, max_image_pixels
 from .tiling import run_tiled_with_oom_retry
 
 #: the official sampler pads the LR image to a multiple of this (``desired_min_size``)
@@ -163,29 +163,50 @@ class SRPipeline:
         ``steps=1`` (or a one-step preset by default) is SinSR's single step; more steps use
         ``sampler`` (default: the preset's, ``ancestral`` for ResShift). ``tile`` > 0 processes
         overlapping LR tiles of that size (each seeing at least ``tile_pad`` px of context), blended
-        smoothly, so memory follows the tile; on CUDA out-of-memory the tile is halved.
+        smoothly, so memory follows the tile. On out-of-memory the tile is halved (a whole image
+        is retried in tiles); ``tile`` is capped at :meth:`max_tile`, and an image too large to
+        run whole under that cap is tiled. An output whose buffers do not fit on the device is
+        blended on the host and returned on the CPU. On CUDA, tiled runs autotune cuDNN per
+        tile shape (``cudnn.benchmark``).
         """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images [B,3,H,W], got {tuple(images.shape)}")
         sampler_name = self.resolve_sampler(steps, sampler)
         if generator is None:
             generator = make_generator(seed, "cpu")
-        lq = images.to(self.device, torch.float32) * 2 - 1
+        lq = images.to(self.device, torch.float32, non_blocking=True) * 2 - 1
+        b, _, h, w = lq.shape
 
         def run(x: torch.Tensor) -> torch.Tensor:
             return self.upscale_pm1(x, steps=steps, sampler=sampler_name, generator=generator)
 
-        if tile and tile < max(lq.shape[-2:]):
+        whole = not tile or tile >= max(h, w)
+        m = self.pad_multiple
+        if whole and (-(-h // m) * m) * (-(-w // m) * m) > self.max_input_pixels(b):
+            whole, tile = False, self.max_tile(tile_pad, tile_batch)  # past the 32-bit limit in one piece
+        elif not whole:
+            tile = min(tile, self.max_tile(tile_pad, tile_batch))
+        with cudnn_autotune(self.device.type == "cuda" and not whole):
             out = run_tiled_with_oom_retry(
-                run, lq, tile=tile, overlap=min(tile_overlap, tile // 2 - 1), scale=self.scale,
-                batch_size=tile_batch, on_tile=on_tile, on_retry=on_retry,
-                pad=self.context_pad(tile, tile_pad), out_channels=lq.shape[1],
+                run, lq, tile=0 if whole else tile, overlap=tile_overlap if whole else min(tile_overlap, tile // 2 - 1),
+                scale=self.scale, batch_size=b if whole else tile_batch, on_tile=on_tile, on_retry=on_retry,
+                pad=lambda t: self.context_pad(t, tile_pad), out_channels=lq.shape[1],
             )
-        else:
-            out = run(lq)
-            if on_tile is not None:
-                on_tile(1, 1)
         return out.mul_(0.5).add_(0.5).clamp_(0, 1)  # in place: no output-sized temporaries
+
+    def max_input_pixels(self, batch: int = 1) -> int:
+        """The most LR pixels (padded H * W) one model call may take: every feature map stays
+        under 2^31 elements. The autoencoder's largest map, at ``scale`` times the input, bounds
+        it (``vq_f4.max_image_pixels``); the UNet's maps, at LR size, are far smaller."""
+        return max_image_pixels(self.vq.cfg, batch) // self.scale**2
+
+    def max_tile(self, tile_pad: int = 8, batch: int = 1) -> int:
+        """The largest LR tile whose model input (tile + context, a multiple of
+        :attr:`pad_multiple`) fits :meth:`max_input_pixels`: 688 px for sinsr-v1 + vq-f4 with
+        8 px of context (a 704 px input; 725 px would pass the limit)."""
+        m = self.pad_multiple
+        side = math.isqrt(self.max_input_pixels(batch)) // m * m
+        return max(m // 2, side - 2 * max(tile_pad, 0))
 
     def context_pad(self, tile: int, tile_pad: int) -> int:
         """At least ``tile_pad``, grown so that tile + 2 * pad is a multiple of the padding.

@@ -12,13 +12,14 @@ Pure geometry and blending: no model code, no file I/O, no prints.
 
 from __future__ import annotations
 
-import gc
 import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from .devices import is_oom_error, release_cached_memory
 
 __all__ = [
     "Tile",
@@ -27,7 +28,7 @@ __all__ = [
     "blend_window",
     "run_tiled",
     "run_tiled_with_oom_retry",
-    "is_oom_error",
+    "OutputTooLarge",
     "auto_tile_size",
 ]
 
@@ -128,6 +129,23 @@ def blend_window(
     return (wy[:, None] * wx[None, :])[None, None].to(device)
 
 
+class OutputTooLarge(RuntimeError):
+    """The full-size output buffers do not fit on their device; smaller tiles cannot help."""
+
+
+def _output_buffer(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Zeros ``shape`` float32 on ``device``, or OutputTooLarge saying how much was needed."""
+    try:
+        return torch.zeros(shape, dtype=torch.float32, device=device)
+    except Exception as err:
+        if not is_oom_error(err):
+            raise
+        gib = math.prod(shape) * 4 / 2**30
+        raise OutputTooLarge(
+            f"the {shape[-1]}x{shape[-2]} output's float32 buffers ({gib:.1f} GiB) do not fit in {device} memory"
+        ) from None
+
+
 def run_tiled(
     fn: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
@@ -174,6 +192,18 @@ def run_tiled(
     if tile >= max(h, w):
         tile = 0  # one whole-image tile: no blending, no overlap constraint
     tiles = plan_tiles(h, w, tile, overlap)
+    if len(tiles) == 1 and batch_size >= b:  # whole images in one call: nothing to blend
+        y = fn(x)
+        if y.ndim != 4 or y.shape[0] != b or tuple(y.shape[-2:]) != (h * scale, w * scale):
+            raise ValueError(
+                f"fn returned shape {tuple(y.shape)} for input {tuple(x.shape)}; expected "
+                f"[{b}, C', {h * scale}, {w * scale}] (scale={scale}): check the scale argument"
+            )
+        if out_channels is not None and y.shape[1] != out_channels:
+            raise ValueError(f"fn returned {y.shape[1]} channels, expected out_channels={out_channels}")
+        if on_tile is not None:
+            on_tile(1, 1)
+        return y.to(device=out_device, dtype=torch.float32)
 
     # Weights depend only on which sides have neighbours: a grid has at most 9 distinct windows.
     windows: dict[tuple[int, int, bool, bool, bool, bool], torch.Tensor] = {}
@@ -184,7 +214,7 @@ def run_tiled(
             windows[key] = blend_window(t, h, w, overlap, scale, device=out_device)
         return windows[key]
 
-    weight_sum = torch.zeros(1, 1, h * scale, w * scale, dtype=torch.float32, device=out_device)
+    weight_sum = _output_buffer((1, 1, h * scale, w * scale), out_device)
     for t in tiles:
         weight_sum[..., t.y0 * scale : t.y1 * scale, t.x0 * scale : t.x1 * scale] += window(t)
 
@@ -199,7 +229,7 @@ def run_tiled(
 
     out: torch.Tensor | None = None
     if out_channels is not None:
-        out = torch.zeros(b, out_channels, h * scale, w * scale, device=out_device)
+        out = _output_buffer((b, out_channels, h * scale, w * scale), out_device)
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
         boxes = [context(t) for _, t in chunk]
@@ -214,7 +244,7 @@ def run_tiled(
             raise ValueError(f"fn returned {y.shape[1]} channels, expected out_channels={out_channels}")
         y = y.to(device=out_device, dtype=torch.float32)
         if out is None:
-            out = torch.zeros(b, y.shape[1], h * scale, w * scale, device=out_device)
+            out = _output_buffer((b, y.shape[1], h * scale, w * scale), out_device)
         for k, ((i, t), (cy, cx)) in enumerate(zip(chunk, boxes)):
             ys, xs = slice(t.y0 * scale, t.y1 * scale), slice(t.x0 * scale, t.x1 * scale)
             oy, ox = (t.y0 - cy) * scale, (t.x0 - cx) * scale
@@ -225,23 +255,6 @@ def run_tiled(
             on_tile(start + len(chunk), len(jobs))
     assert out is not None  # jobs is never empty: B >= 1 and plan_tiles returns >= 1 tile
     return out.div_(weight_sum)
-
-
-def is_oom_error(err: BaseException) -> bool:
-    """True for an accelerator out-of-memory error (the typed one, or a RuntimeError saying so)."""
-    oom_type = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
-    return isinstance(err, oom_type) or (
-        isinstance(err, RuntimeError) and "out of memory" in str(err)
-    )
-
-
-def _release_cached_memory(device: torch.device) -> None:
-    """Return cached allocator blocks so a retry with a smaller tile can use them."""
-    gc.collect()
-    if device.type == "cuda" and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
-    elif device.type == "mps" and hasattr(torch, "mps"):
-        torch.mps.empty_cache()
 
 
 def run_tiled_with_oom_retry(
@@ -256,21 +269,29 @@ def run_tiled_with_oom_retry(
     out_device: torch.device | str | None = None,
     min_tile: int = 32,
     on_retry: Callable[[int, int], None] | None = None,
-    pad: int = 0,
+    pad: int | Callable[[int], int] = 0,
     out_channels: int | None = None,
 ) -> torch.Tensor:
     """``run_tiled`` that halves the tile and starts the image again on out-of-memory.
 
-    Each retry halves the tile (``tile == 0`` counts as ``max(H, W)``) and lowers the overlap to
-    stay below half the tile, then calls ``on_retry(new_tile, new_overlap)`` so a caller working
-    through a folder can keep the size that fits. Progress restarts from zero. Once the tile
-    would drop below ``min_tile`` the out-of-memory error is re-raised with a hint attached.
+    Each retry halves the tile (``tile == 0`` or a tile covering the image counts as
+    ``max(H, W)``: a whole-image run that does not fit is retried in tiles too) and lowers the
+    overlap to stay below half the tile, then calls ``on_retry(new_tile, new_overlap)`` so a
+    caller working through a folder can keep the size that fits. Progress restarts from zero.
+    ``pad`` may be a function of the tile (the context a tile gets), so each retried tile gets
+    its own. When the full-size output buffers do not fit on the device (smaller tiles cannot
+    help), or even ``min_tile`` fails next to them, they move to the host and the result is a
+    CPU tensor. Once the tile would drop below ``min_tile`` with host buffers, the
+    out-of-memory error is re-raised with a hint.
     Returns what ``run_tiled`` returns.
     """
     h, w = x.shape[-2:]
     cur_tile = max(h, w) if tile == 0 else min(tile, max(h, w))
     cur_overlap = overlap
+    cur_out = torch.device(out_device) if out_device is not None else x.device
+    pad_for = pad if callable(pad) else (lambda _t: pad)
     while True:
+        host_output = False
         try:
             return run_tiled(
                 fn,
@@ -280,23 +301,31 @@ def run_tiled_with_oom_retry(
                 scale=scale,
                 batch_size=batch_size,
                 on_tile=on_tile,
-                out_device=out_device,
-                pad=pad,
+                out_device=cur_out,
+                pad=pad_for(cur_tile),
                 out_channels=out_channels,
             )
         except Exception as err:
-            if not is_oom_error(err):
+            if isinstance(err, OutputTooLarge) and cur_out.type != "cpu":
+                host_output = True
+            elif not is_oom_error(err):
                 raise
-            next_tile = cur_tile // 2
-            if next_tile < min_tile:
-                if hasattr(err, "add_note"):
-                    err.add_note(
-                        f"sinsr: still out of memory with tile={cur_tile} (minimum {min_tile}); "
-                        "try a smaller batch size, fp16, or a device with more memory"
-                    )
-                raise
+            else:
+                next_tile = cur_tile // 2
+                if next_tile < min_tile and cur_out.type != "cpu":
+                    host_output = True  # the device-side output may be what leaves no room
+                elif next_tile < min_tile:
+                    if hasattr(err, "add_note"):
+                        err.add_note(
+                            f"sinsr: still out of memory with tile={cur_tile} (minimum {min_tile}); "
+                            "try a smaller batch size, fp16, or a device with more memory"
+                        )
+                    raise
         # Outside the except block the traceback (and the partial buffers it pins) is gone.
-        _release_cached_memory(x.device)
+        release_cached_memory(x.device)
+        if host_output:
+            cur_out = torch.device("cpu")
+            continue
         cur_tile = next_tile
         cur_overlap = min(cur_overlap, (cur_tile - 1) // 2)
         if on_retry is not None:

@@ -8,6 +8,7 @@ the real tiny pipeline.
 from __future__ import annotations
 
 import threading
+import weakref
 import zlib
 from pathlib import Path
 from types import SimpleNamespace
@@ -401,6 +402,29 @@ def test_unexpected_error_is_one_line_with_traceback_kept(tmp_path):
     a, b = report.results
     assert a.status == "failed" and a.message.endswith("RuntimeError: boom second line")
     assert isinstance(a.error, RuntimeError) and b.status == "done"
+
+
+def test_failed_file_frees_its_tensors_before_the_next_file(tmp_path):
+    """The error is kept as text and a frame-less exception: the failing call's tensors (on a
+    GPU, the gigabytes an out-of-memory file held) are freed before the next file starts."""
+    _save(tmp_path / "a.png")
+    _save(tmp_path / "b.png")
+    refs: list = []
+    alive_at_next_file: list[bool] = []
+
+    def on_call(n: int) -> None:
+        if n == 1:
+            held = torch.zeros(1 << 16)  # stands for the activations of the failed file
+            refs.append(weakref.ref(held))
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        alive_at_next_file.append(refs[0]() is not None)
+
+    report, _ = _run(tmp_path, [tmp_path], pipe=FakePipe(on_call=on_call))
+    a, b = report.results
+    assert a.status == "failed" and b.status == "done"
+    assert alive_at_next_file == [False] and refs[0]() is None
+    assert a.error is not None and a.error.__traceback__ is None
+    assert a.traceback.startswith("Traceback") and "on_call" in a.traceback and "OutOfMemoryError" in a.traceback
 
 
 def test_stop_event_ends_after_current_file(tmp_path):

@@ -108,3 +108,16 @@ def test_sample_dispatch_rejects_unknown():
     s = make_schedule(PRESETS["sinsr-v1"].schedule)
     with pytest.raises(ValueError, match="unknown sampler"):
         sample("euler", Recorder(), torch.zeros(1, 3, 4, 4), s, torch.zeros(1, 3, 4, 4))
+
+
+def test_step_table_holds_the_scalar_coefficients_bitwise():
+    """Samplers read per-device tables (no host->device copy per step); values are the
+    schedule's own float32 scalars, bit for bit."""
+    for s in (make_schedule(PRESETS["sinsr-v1"].schedule), respace(make_schedule(PRESETS["sinsr-v1"].schedule), 4)):
+        tab = s.on("cpu")
+        assert s.on(torch.device("cpu")) is tab  # made once per device
+        assert torch.equal(tab.prior_std, s.prior_std()) and torch.equal(tab.timesteps, s.timestep_map)
+        for i in range(s.num_steps):
+            assert torch.equal(tab.input_divisor[i], s.input_divisor(i))
+            assert torch.equal(tab.posterior[i], torch.stack(s.posterior(i)))
+            assert torch.equal(tab.ddim[i], torch.stack(s.ddim(i)))

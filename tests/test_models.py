@@ -179,3 +179,66 @@ def test_groupnorm32_channels_last_gradients_match_float64():
     xc = x.float().contiguous(memory_format=torch.channels_last).requires_grad_(True)
     (gn32(xc) * g.float()).sum().backward()
     torch.testing.assert_close(xc.grad.double(), xr.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_codebook_chunk_is_sized_by_device_memory():
+    from sinsr_cli.models.vq_f4 import MAX_ELEMENTS, quant_chunk_rows
+
+    assert quant_chunk_rows(8192, "cpu", None) == 256  # cache-sized on CPU, whatever the RAM
+    assert quant_chunk_rows(8192, "cuda", None) == 8192  # 2^26 distances per launch
+    assert quant_chunk_rows(8192, "cuda", 80 * 2**30) == 8192
+    assert quant_chunk_rows(8192, "cuda", 2**30) == 2048  # two float32 blocks in 1/8 of free
+    assert quant_chunk_rows(8192, "cuda", 2**20) == 256  # never below the CPU chunk
+    assert quant_chunk_rows(2**24, "cuda", None) * 2**24 <= MAX_ELEMENTS  # the index limit wins
+
+
+def test_codebook_search_runs_in_true_fp32(monkeypatch):
+    """A global TF32 setting (set_float32_matmul_precision("high")) never reaches the search."""
+    import sinsr_cli.models.vq_f4 as vqmod
+
+    mm = torch.backends.cuda.matmul
+    if not hasattr(mm, "fp32_precision"):
+        pytest.skip("torch < 2.9: legacy TF32 flags")
+    seen: list[str] = []
+    real = vqmod.Codebook._indices
+
+    def spy(self, flat):
+        seen.append(mm.fp32_precision)
+        return real(self, flat)
+
+    monkeypatch.setattr(vqmod.Codebook, "_indices", spy)
+    before = mm.fp32_precision
+    mm.fp32_precision = "tf32"
+    try:
+        VQModel(tiny_vq()).quantize.indices(torch.randn(1, 3, 4, 4))
+        assert seen == ["ieee"] and mm.fp32_precision == "tf32"
+    finally:
+        mm.fp32_precision = before
+
+
+def test_largest_feature_map_and_the_32_bit_index_limit():
+    """vq-f4's largest map is the decoder's 256-channel map upsampled to full size, so one model
+    input may have at most 2^31 / (256 * 16) LR pixels: 724^2 (the issue's figure)."""
+    import math
+
+    from sinsr_cli.config import VQ_PRESETS
+    from sinsr_cli.models.vq_f4 import MAX_ELEMENTS, largest_map_per_pixel, max_image_pixels
+
+    cfg = VQ_PRESETS["vq-f4"]
+    assert largest_map_per_pixel(cfg) == 256
+    assert math.isqrt(max_image_pixels(cfg) // 16) == 724
+    assert max_image_pixels(cfg, batch=2) == MAX_ELEMENTS // 512
+    # the tiny model: check the bound against the maps a real forward makes
+    tiny = tiny_vq()
+    vq = VQModel(tiny).eval()
+    biggest = [0]
+
+    def track(_m, _i, out):
+        biggest[0] = max(biggest[0], out.numel())
+
+    hooks = [m.register_forward_hook(track) for m in vq.modules() if not list(m.children())]
+    with torch.no_grad():
+        vq.decode(vq.encode(torch.zeros(1, 3, 64, 64)))
+    for h in hooks:
+        h.remove()
+    assert biggest[0] <= largest_map_per_pixel(tiny) * 64 * 64

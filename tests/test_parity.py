@@ -130,3 +130,21 @@ def test_fp16_unet_on_fixture_is_finite_and_close(reference_dir):
         out = pipe.denoiser(T["lq"])(T["unet_in_x"], t)
     assert torch.isfinite(out).all()
     assert (out - T["unet_out_t14"]).abs().max() < 0.02
+
+
+def test_fp32_parity_runs_without_tf32(monkeypatch, tmp_path):
+    """On Ampere+ GPUs cuDNN convolutions default to TF32 (~1e-3): the fp32 parity path turns
+    every reduced fp32 mode off for its duration, and low precision leaves them alone."""
+    import sinsr_cli.parity as parity
+    from sinsr_cli.devices import precision_flags
+
+    mm = torch.backends.cuda.matmul
+    if not hasattr(mm, "fp32_precision"):
+        pytest.skip("torch < 2.9: legacy TF32 flags")
+    seen: list[dict] = []
+    monkeypatch.setattr(parity, "_run_fixture", lambda path, dtype, dev: seen.append(precision_flags()) or {})
+    before = precision_flags()
+    parity.run_fixture(tmp_path / "x.safetensors", torch.float32)
+    parity.run_fixture(tmp_path / "x.safetensors", torch.bfloat16)
+    assert seen[0]["cuda_matmul_fp32_precision"] == "ieee" and seen[0]["cudnn_conv_fp32_precision"] == "ieee"
+    assert seen[1] == before and precision_flags() == before

@@ -81,3 +81,53 @@ def test_context_pad_fills_the_models_padding_with_real_context(tiny_pipeline, t
     pad = tiny_pipeline.context_pad(tile, tile_pad)
     assert tile_pad <= pad < tile_pad + m // 2
     assert (tile + 2 * pad) % m in (0, m - 1)  # an odd remainder leaves one reflected row
+
+
+def _oom_above(p: SRPipeline, monkeypatch, limit: int) -> list[int]:
+    """Make the model run out of memory on inputs larger than ``limit`` px; returns input sides."""
+    seen: list[int] = []
+    real = p.upscale_pm1
+
+    def upscale_pm1(x, **kw):
+        seen.append(max(x.shape[-2:]))
+        if max(x.shape[-2:]) > limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+        return real(x, **kw)
+
+    monkeypatch.setattr(p, "upscale_pm1", upscale_pm1)
+    return seen
+
+
+def test_a_whole_image_out_of_memory_is_retried_in_tiles(tiny_pipeline, monkeypatch):
+    seen = _oom_above(tiny_pipeline, monkeypatch, 64)
+    retries: list[int] = []
+    out = tiny_pipeline(torch.rand(1, 3, 80, 72), seed=0, on_retry=lambda t, o: retries.append(t))
+    assert out.shape == (1, 3, 320, 288) and torch.isfinite(out).all()
+    assert seen[0] == 80 and retries == [40] and max(seen[1:]) == 64  # 40 px + 12 px context
+
+
+def test_tiles_are_capped_at_the_32_bit_index_limit(tiny_pipeline, monkeypatch):
+    """An image (or a tile) whose model input would pass 2^31 elements in a feature map is tiled
+    at the largest input that stays under it (here the limit is lowered to a 64 px input)."""
+    p = tiny_pipeline
+    monkeypatch.setattr(p, "max_input_pixels", lambda batch=1: 64 * 64)
+    assert p.max_tile(8) == 48 and p.max_tile(0) == 64
+    seen = _oom_above(p, monkeypatch, 10**6)
+    for tile in (0, 200, 100):
+        seen.clear()
+        out = p(torch.rand(1, 3, 100, 90), seed=0, tile=tile)
+        assert out.shape == (1, 3, 400, 360)
+        assert seen and max(seen) == 64  # 48 px tiles + 8 px of context each side
+
+
+def test_max_tile_of_the_full_size_model():
+    """sinsr-v1 + vq-f4: a 704 px model input (688 px tile + 8 px context) is the largest under
+    2^31 elements (the decoder's 256 x 2816 x 2816 map); the next multiple of 64 is past it."""
+    from types import SimpleNamespace
+
+    from sinsr_cli.config import VQ_PRESETS
+
+    ns = SimpleNamespace(vq=SimpleNamespace(cfg=VQ_PRESETS["vq-f4"]), scale=4, pad_multiple=64)
+    ns.max_input_pixels = lambda batch=1: SRPipeline.max_input_pixels(ns, batch)
+    assert SRPipeline.max_tile(ns, 8) == 688
+    assert 256 * (4 * 704) ** 2 < 2**31 <= 256 * (4 * 768) ** 2

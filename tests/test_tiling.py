@@ -9,11 +9,13 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sinsr_cli import tiling
+from sinsr_cli.devices import is_oom_error
 from sinsr_cli.tiling import (
+    OutputTooLarge,
     Tile,
     auto_tile_size,
     blend_window,
-    is_oom_error,
     plan_tiles,
     run_tiled,
     run_tiled_with_oom_retry,
@@ -314,6 +316,51 @@ def test_oom_retry_leaves_other_errors_alone():
     assert len(calls) == 1
     assert is_oom_error(RuntimeError("CUDA out of memory"))
     assert not is_oom_error(ValueError("out of memory"))
+
+
+def test_whole_image_that_runs_out_of_memory_is_retried_in_tiles():
+    """tile=0 (or a tile covering the image) is retried too, each tile with its own context."""
+    x = torch.rand(1, 3, 96, 80, generator=torch.Generator().manual_seed(4))
+    fn, seen = fake_oom_fn(70, 2)
+    pads: list[int] = []
+
+    def pad_for(t: int) -> int:
+        pads.append(t)
+        return 4
+
+    out = run_tiled_with_oom_retry(fn, x, tile=0, overlap=8, scale=2, pad=pad_for)
+    torch.testing.assert_close(out, nearest_up(2)(x), atol=1e-6, rtol=0)
+    assert seen[0] == 96 and max(seen[1:]) <= 70  # whole, then tiles of 48 + 2 x 4 context
+    assert pads == [96, 48]
+
+
+def test_output_buffers_too_large_for_the_device_move_to_the_host(monkeypatch):
+    """Halving cannot help when the full-size output itself does not fit: blend on the host."""
+    real = tiling._output_buffer
+    asked: list[str] = []
+
+    def buffer(shape, device):
+        asked.append(torch.device(device).type)
+        if torch.device(device).type == "meta":  # stands for a GPU without room for the output
+            raise OutputTooLarge("the output's float32 buffers do not fit in meta memory")
+        return real(shape, device)
+
+    monkeypatch.setattr(tiling, "_output_buffer", buffer)
+    x = torch.rand(1, 3, 40, 40, generator=torch.Generator().manual_seed(5))
+    retries: list = []
+    out = run_tiled_with_oom_retry(
+        nearest_up(2), x, tile=16, overlap=4, scale=2, out_device="meta", out_channels=3,
+        on_retry=lambda t, o: retries.append(t),
+    )
+    assert out.device.type == "cpu" and retries == []  # same tile, host buffers
+    assert asked[0] == "meta" and set(asked[1:]) == {"cpu"}
+    torch.testing.assert_close(out, nearest_up(2)(x), atol=1e-6, rtol=0)
+
+
+def test_an_output_that_fits_nowhere_fails_in_one_line():
+    x = torch.rand(1, 1, 4, 4)
+    with pytest.raises(OutputTooLarge, match=r"output's float32 buffers \(\d+\.\d GiB\) do not fit in cpu memory"):
+        run_tiled(lambda t: t, x, tile=2, overlap=0, scale=2**28)  # 4 EiB
 
 
 # --- auto tile size ---------------------------------------------------------------------------

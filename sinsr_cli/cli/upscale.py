@@ -119,8 +119,8 @@ class _Renderer:
     def file_finished(self, result: ItemResult) -> None:
         if result.status == "failed":
             self.line("error", "red", result.message)
-            if self.verbose and result.error is not None:
-                tb = "".join(traceback.format_exception(result.error))
+            if self.verbose and (result.traceback or result.error is not None):
+                tb = result.traceback or "".join(traceback.format_exception(result.error))
                 self.err.print(Text(tb.rstrip()), soft_wrap=True, highlight=False)
         elif result.status == "skipped" and not self.quiet:
             self.line("skipped", "dim", result.message)

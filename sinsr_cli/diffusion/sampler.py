@@ -26,23 +26,32 @@ SAMPLERS = ("onestep", "ancestral", "deterministic")
 
 
 def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normal noise shaped like ``x``, drawn on the generator's device then moved."""
+    """Standard normal noise shaped like ``x``, drawn on the generator's device then moved.
+
+    A CPU generator gives the same noise whatever device ``x`` is on (so a seed means the same
+    image on CPU and GPU); for CUDA it is drawn into pinned memory and copied without waiting.
+    """
     dev = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, device=dev, dtype=torch.float32).to(x.device)
+    noise = torch.randn(x.shape, generator=generator, device=dev, dtype=torch.float32)
+    if noise.device == x.device:
+        return noise
+    if dev.type == "cpu" and x.device.type == "cuda":
+        noise = noise.pin_memory()
+    return noise.to(x.device, non_blocking=True)
 
 
 def prior_sample(z_y: torch.Tensor, schedule: Schedule, noise: torch.Tensor) -> torch.Tensor:
     """``x_T = z_y + kappa * sqrt(eta_T) * noise`` (the start of every sampler)."""
-    return z_y + schedule.prior_std().to(z_y.device) * noise
+    return z_y + schedule.on(z_y.device).prior_std * noise
 
 
 def _t(schedule: Schedule, i: int, x: torch.Tensor) -> torch.Tensor:
-    return schedule.timestep_map[i].to(x.device).expand(x.shape[0]).contiguous()
+    return schedule.on(x.device).timesteps[i].expand(x.shape[0]).contiguous()
 
 
 def predict_x0(denoiser: Denoiser, z_t: torch.Tensor, schedule: Schedule, i: int) -> torch.Tensor:
     """The denoiser's x0 at step ``i``, fed ``z_t / sqrt(kappa^2 eta_i + 1)`` as officially."""
-    x_in = z_t / schedule.input_divisor(i).to(z_t.device)
+    x_in = z_t / schedule.on(z_t.device).input_divisor[i]
     return denoiser(x_in, _t(schedule, i, z_t)).float()
 
 
@@ -63,7 +72,7 @@ def sample_deterministic(
     n = schedule.num_steps
     for step, i in enumerate(reversed(range(n))):
         x0 = predict_x0(denoiser, z, schedule, i)
-        k, m, j = (c.to(z.device) for c in schedule.ddim(i))
+        k, m, j = schedule.on(z.device).ddim[i]
         z = x0 * k + m * z + j * z_y
         if callback is not None:
             callback(step, n, x0, z)
@@ -87,7 +96,7 @@ def sample_ancestral(
     n = schedule.num_steps
     for step, i in enumerate(reversed(range(n))):
         x0 = predict_x0(denoiser, z, schedule, i)
-        c1, c2, std = (c.to(z.device) for c in schedule.posterior(i))
+        c1, c2, std = schedule.on(z.device).posterior[i]
         mean = c1 * z + c2 * x0
         if i > 0:
             eps = step_noises[step] if step_noises is not None else randn_like(z, generator)

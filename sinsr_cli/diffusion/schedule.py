@@ -7,11 +7,27 @@ official ``_extract_into_tensor`` evaluates every formula (reference NOTES §4, 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..config import ScheduleConfig
+
+
+@dataclass(frozen=True)
+class StepTable:
+    """Every float32 coefficient a sampler reads, for all steps, resident on one device.
+
+    Built once per (schedule, device) from the scalar methods of :class:`Schedule` (so the
+    values are bitwise theirs): a sampler step then indexes device tensors instead of copying
+    host scalars to the GPU, each copy of which would wait for the queued kernels.
+    """
+
+    prior_std: torch.Tensor  # [] float32
+    timesteps: torch.Tensor  # [T] int64, the model's timestep per step index
+    input_divisor: torch.Tensor  # [T] float32
+    posterior: torch.Tensor  # [T, 3] float32: coef of z_t, coef of x0, noise std
+    ddim: torch.Tensor  # [T, 3] float32: k, m, j
 
 
 @dataclass(frozen=True)
@@ -22,6 +38,23 @@ class Schedule:
     kappa: float
     timestep_map: torch.Tensor  # int64 [T]
     normalize_input: bool = True
+    _tables: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def on(self, device: torch.device | str) -> StepTable:
+        """The :class:`StepTable` of this schedule on ``device`` (made on first use, then kept)."""
+        device = torch.device(device)
+        table = self._tables.get(device)
+        if table is None:
+            n = self.num_steps
+            table = StepTable(
+                prior_std=self.prior_std().to(device),
+                timesteps=self.timestep_map.to(device),
+                input_divisor=torch.stack([self.input_divisor(i).float() for i in range(n)]).to(device),
+                posterior=torch.stack([torch.stack(self.posterior(i)) for i in range(n)]).to(device),
+                ddim=torch.stack([torch.stack(self.ddim(i)) for i in range(n)]).to(device),
+            )
+            self._tables[device] = table
+        return table
 
     @property
     def num_steps(self) -> int:

@@ -13,13 +13,61 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import VQConfig
+from ..devices import exact_fp32, free_memory
 from ..nn.conv import Conv1x1, like, upsample_conv3x3
 from ..nn.norm import GroupNorm32
 
 _EPS = 1e-6
-#: latent positions quantised per chunk: the [rows, n_embed] distance block (8 MiB for 8192
-#: codes) stays in cache across its passes; chunking rows does not change any distance
+#: CPU: latent positions quantised per chunk: the [rows, n_embed] distance block (8 MiB for
+#: 8192 codes) stays in cache across its passes; chunking rows does not change any distance
 _QUANT_CHUNK = 256
+#: accelerators: distance elements per chunk; a launch this big already dwarfs its overhead
+_QUANT_BLOCK_ELEMENTS = 1 << 26
+#: torch's CUDA kernels index with 32 bits; cuDNN convolutions, norms and resampling of maps
+#: with more elements fail or take slow paths, so no map (or distance block) may reach this
+MAX_ELEMENTS = 2**31 - 1
+
+
+def quant_chunk_rows(n_embed: int, device_type: str, free_bytes: int | None) -> int:
+    """Latent positions per step of the nearest-code search on a device.
+
+    CPU: 256 (cache-sized, measured). Elsewhere: one launch per ``2^26`` distance elements
+    instead of hundreds of tiny ones, held to 1/8 of ``free_bytes`` for the two
+    ``[rows, n_embed]`` float32 blocks a step makes, and under the 32-bit index limit.
+    """
+    if device_type == "cpu":
+        return _QUANT_CHUNK
+    rows = _QUANT_BLOCK_ELEMENTS // n_embed
+    if free_bytes is not None:
+        rows = min(rows, free_bytes // 8 // (2 * 4 * n_embed))
+    return max(1, min(max(_QUANT_CHUNK, rows), MAX_ELEMENTS // n_embed))
+
+
+def largest_map_per_pixel(cfg: VQConfig) -> float:
+    """Elements of the autoencoder's largest feature map per pixel of its image (batch 1).
+
+    Encoder level ``i`` works at ``1/2^i`` of the image with its input and output widths, the
+    decoder likewise (its level-``i`` input is the upsampled deeper level), and the mid-block
+    attention holds q, k, v (3x the deepest width) at the latent size. For vq-f4 the largest is
+    the decoder's 256-channel map upsampled to full resolution: 256 elements per image pixel.
+    """
+    widths = [cfg.ch * m for m in cfg.ch_mult]
+    n = len(widths)
+    best = float(max(cfg.ch, cfg.in_channels, cfg.out_ch))
+    for i in range(n):
+        enc_in = cfg.ch if i == 0 else widths[i - 1]
+        dec_in = widths[i + 1] if i + 1 < n else widths[-1]
+        best = max(best, max(enc_in, dec_in, widths[i]) / 4**i)
+    return max(best, 3 * widths[-1] / 4 ** (n - 1))
+
+
+def max_image_pixels(cfg: VQConfig, batch: int = 1) -> int:
+    """The most image pixels (H * W at the autoencoder's resolution) one call may have.
+
+    The bound is :data:`MAX_ELEMENTS` on the largest feature map (``largest_map_per_pixel``),
+    whatever the dtype: the limit counts elements, not bytes.
+    """
+    return int(MAX_ELEMENTS // (largest_map_per_pixel(cfg) * max(1, batch)))
 
 
 def _norm(c: int) -> GroupNorm32:
@@ -189,22 +237,27 @@ class Codebook(nn.Module):
         nn.init.uniform_(self.embedding.weight, -1.0 / n_embed, 1.0 / n_embed)
 
     def indices(self, z: torch.Tensor) -> torch.Tensor:
-        """``[B, C, H, W] -> [B, H, W]`` int64: argmin |z|^2 + |e|^2 - 2 z.e in float32."""
+        """``[B, C, H, W] -> [B, H, W]`` int64: argmin |z|^2 + |e|^2 - 2 z.e in true float32.
+
+        Neither autocast nor TF32/bf16 matmul modes apply here: a rounded distance flips codes.
+        """
         b, c, h, w = z.shape
-        with torch.autocast(z.device.type, enabled=False):  # an autocast matmul would flip codes
+        with torch.autocast(z.device.type, enabled=False), exact_fp32():
             return self._indices(z.permute(0, 2, 3, 1).reshape(-1, c).float()).reshape(b, h, w)
 
     def _indices(self, flat: torch.Tensor) -> torch.Tensor:
-        """``[N, C]`` float32 -> ``[N]`` nearest code, in row chunks."""
+        """``[N, C]`` float32 -> ``[N]`` nearest code, in row chunks (see quant_chunk_rows)."""
         e = self.embedding.weight.float()
         e2 = (e * e).sum(1)
         out = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
         et = e.t().contiguous()
-        for s in range(0, flat.shape[0], _QUANT_CHUNK):
-            f = flat[s : s + _QUANT_CHUNK]
+        dev = flat.device
+        rows = quant_chunk_rows(e.shape[0], dev.type, None if dev.type == "cpu" else free_memory(dev))
+        for s in range(0, flat.shape[0], rows):
+            f = flat[s : s + rows]
             d = (f * f).sum(1, keepdim=True) + e2
             d.sub_(f @ et, alpha=2)  # bitwise the official (|z|^2 + |e|^2) - 2 z.e: 2x is exact
-            out[s : s + _QUANT_CHUNK] = d.argmin(1)
+            out[s : s + rows] = d.argmin(1)
         return out
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
