@@ -21,6 +21,9 @@ DATA = Path(os.environ.get("SINSR_DATA", SHARED / "data"))
 REFERENCE = SHARED / "reference"
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# `--dtype auto` picks bf16 on CPUs with native bf16: pin fp32 so results do not depend on the host
+# (subprocesses inherit it; tests of the detection itself clear it).
+os.environ["SINSR_CPU_BF16"] = "0"
 
 
 def need(path: Path) -> Path:

@@ -97,7 +97,7 @@ def bench_cmd(
     sampler: Optional[str] = typer.Option(None, "--sampler", help="Sampler for multi-step runs [default: the model's]."),
     seed: int = typer.Option(0, "--seed", help="Noise seed, the same for every image and run."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on CUDA, else fp32), fp32, fp16 or bf16."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on CUDA, bf16 on CPUs with AMX or AVX512-BF16, else fp32), fp32, fp16 or bf16."),
     tile: int = typer.Option(0, "--tile", help="LR tile size (0 = whole image); recorded in the report."),
     tile_overlap: int = typer.Option(32, "--tile-overlap", help="Overlap between tiles, LR pixels."),
     warmup: int = typer.Option(1, "--warmup", help="Untimed passes on the first image before timing each run."),

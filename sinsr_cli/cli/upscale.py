@@ -193,7 +193,7 @@ def upscale_cmd(
     sampler: Optional[str] = typer.Option(None, "--sampler", help="ancestral or deterministic (for more than one step)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Noise seed (default: random); the same seed gives the same output."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on CUDA, else fp32), fp32, fp16 or bf16. NaN/Inf in fp16/bf16 is retried in fp32."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on CUDA, bf16 on CPUs with AMX or AVX512-BF16, else fp32), fp32, fp16 or bf16. NaN/Inf in fp16/bf16 is retried in fp32."),
     tile: str = typer.Option("auto", "--tile", help="Tile size in LR pixels, 0 = whole image, auto = from free memory."),
     tile_overlap: int = typer.Option(32, "--tile-overlap", help="Overlap between tiles in LR pixels (blended seamlessly)."),
     batch: int = typer.Option(1, "--batch", help="Tiles per model call."),

@@ -2,8 +2,8 @@
 
 ``encode`` does NOT quantise (encoder + ``quant_conv``); ``decode`` quantises to the nearest
 codebook entry, then ``post_quant_conv`` + decoder (reference NOTES §6). The mid-block attention
-is single-head attention over every latent position; we run it through
-``scaled_dot_product_attention`` so the (HW)^2 score matrix is never materialised.
+is single-head attention over every latent position; ``nn.attention.global_attention`` runs it
+so that the (HW)^2 score matrix is never materialised.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from torch import nn
 
 from ..config import VQConfig
 from ..devices import exact_fp32, free_memory
+from ..nn.attention import global_attention
 from ..nn.conv import Conv1x1, like, upsample_conv3x3
 from ..nn.norm import GroupNorm32
 
@@ -113,8 +114,7 @@ class AttnBlock(nn.Module):
         wqkv = torch.cat([self.q.weight, self.k.weight, self.v.weight]).reshape(3 * c, c)
         bqkv = torch.cat([self.q.bias, self.k.bias, self.v.bias])
         q, k, v = F.linear(y, wqkv, bqkv).chunk(3, dim=-1)
-        # unit last stride and 4-D: the flash kernel, never the (HW)^2 matrix (scale c^-0.5)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = global_attention(q, k, v)  # scale c^-0.5; never the full (HW)^2 matrix
         out = F.linear(out, self.proj_out.weight.reshape(c, c), self.proj_out.bias)
         return x + like(out.reshape(b, h, w, c).permute(0, 3, 1, 2), x)
 
