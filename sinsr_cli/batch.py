@@ -62,8 +62,9 @@ from .imageio import (
     read_image,
     write_image,
 )
-from .devices import is_oom_error, release_cached_memory
-from .tiling import OutputTooLarge, auto_tile_size
+from .devices import cpu_has_native_bf16, is_oom_error, release_cached_memory
+from .tileplan import TilePlan, count_work, plan_tiling, rates_for
+from .tiling import OutputTooLarge, free_bytes
 
 if TYPE_CHECKING:
     from .pipeline import SRPipeline
@@ -79,7 +80,7 @@ __all__ = [
     "LIVE_ACTIVATIONS",
     "NonFiniteOutput",
     "UpscaleOptions",
-    "auto_tile",
+    "auto_plan",
     "bytes_per_lr_pixel",
     "default_suffix",
     "model_to_image",
@@ -88,7 +89,6 @@ __all__ = [
     "resample",
     "run_batch",
     "upscale_image",
-    "with_tile",
 ]
 
 Status = Literal["pending", "done", "skipped", "failed", "cancelled"]
@@ -123,8 +123,8 @@ def default_suffix(scale: float) -> str:
 class UpscaleOptions:
     """Everything ``run_batch`` needs besides the pipeline and the inputs.
 
-    ``tile`` is already an integer here (0 = whole image; resolve ``auto`` with
-    :func:`auto_tile`). ``suffix`` None means :func:`default_suffix`. ``max_pixels`` None
+    ``tile``: LR pixels, 0 = whole image, None = ``auto`` (planned per image by
+    :func:`auto_plan`). ``suffix`` None means :func:`default_suffix`. ``max_pixels`` None
     disables the decompression-bomb check.
     """
 
@@ -132,7 +132,7 @@ class UpscaleOptions:
     steps: int | None = None
     sampler: str | None = None
     seed: int | None = None
-    tile: int = 0
+    tile: int | None = 0
     tile_overlap: int = 32
     tile_pad: int = 8
     tile_batch: int = 1
@@ -152,7 +152,7 @@ class UpscaleOptions:
             raise ValueError(f"--scale must be a number > 0, got {self.scale!r}")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {self.steps}")
-        if self.tile < 0 or self.tile_overlap < 0 or self.tile_pad < 0:
+        if (self.tile is not None and self.tile < 0) or self.tile_overlap < 0 or self.tile_pad < 0:
             raise ValueError("--tile and --tile-overlap must be >= 0")
         if self.tile_batch < 1:
             raise ValueError(f"--batch must be >= 1, got {self.tile_batch}")
@@ -207,7 +207,7 @@ class BatchReport:
     seconds: float
     seed: int
     interrupted: bool = False
-    tile: int = 0  # the tile size in force at the end (smaller after out-of-memory retries)
+    tile: int | None = 0  # the tile in force at the end (None: auto; fixed after an out-of-memory retry)
 
     def count(self, status: Status) -> int:
         return sum(r.status == status for r in self.results)
@@ -396,19 +396,26 @@ def bytes_per_lr_pixel(pipe: SRPipeline, tile_batch: int = 1) -> float:
     return float(pipe.scale**2 * ch * 4 * LIVE_ACTIVATIONS * max(1, tile_batch))
 
 
-def auto_tile(pipe: SRPipeline, *, tile_batch: int = 1, tile_pad: int = 8) -> int:
-    """``--tile auto``: the largest LR tile that fits free CUDA memory (or free RAM).
+def auto_plan(pipe: SRPipeline, height: int, width: int, *, tile_batch: int = 1) -> TilePlan:
+    """``--tile auto`` for one ``height x width`` LR image: the fastest geometry that fits.
 
-    The model input of a tile is the tile plus ``tile_pad`` context on each side; the tile is
-    chosen so that this input is exactly a multiple of the pipeline's padding (64), wasting no
-    compute on reflection padding.
+    Untiled, or tiles whose model input (tile + context) is exactly a multiple of the model
+    padding, chosen by ``tileplan``'s cost model of this architecture on this device and dtype,
+    within 80% of the free memory (CUDA's, or RAM) and under CUDA's 32-bit indexing limit.
     """
-    multiple = pipe.pad_multiple
-    side = auto_tile_size(
-        pipe.device, pipe.dtype, bytes_per_lr_pixel=bytes_per_lr_pixel(pipe, tile_batch),
-        min_tile=multiple, max_tile=2048, multiple=multiple,
+    free = free_bytes(pipe.device)
+    itemsize = torch.empty((), dtype=pipe.dtype).element_size()
+    vq_cfg = pipe.vq.cfg
+    return plan_tiling(
+        height, width,
+        work=count_work(pipe.unet.cfg, vq_cfg, pipe.scale),
+        rates=rates_for(pipe.device, pipe.dtype, cpu_has_native_bf16()),
+        bytes_per_pixel=bytes_per_lr_pixel(pipe) * itemsize / 4.0,
+        budget_bytes=None if free is None else 0.8 * free,
+        multiple=pipe.pad_multiple,
+        max_side=math.isqrt(pipe.max_input_pixels(tile_batch)),
+        batch=tile_batch,
     )
-    return max(multiple // 2, side - 2 * tile_pad)
 
 
 class NonFiniteOutput(RuntimeError):
@@ -427,7 +434,7 @@ class _RunState:
     """Mutable run-wide state: the seed and the tile size (which shrinks after an OOM retry)."""
 
     seed: int
-    tile: int
+    tile: int | None  # None: ``auto``, planned per image
     tile_overlap: int
 
 
@@ -447,10 +454,15 @@ def _run_model(
         warn(f"{what}: out of memory; retrying with --tile {tile}")
         state.tile, state.tile_overlap = tile, overlap
 
+    tile, overlap, pad = state.tile, state.tile_overlap, options.tile_pad
+    if tile is None:
+        plan = auto_plan(pipe, x.shape[-2], x.shape[-1], tile_batch=options.tile_batch)
+        tile, overlap, pad = plan.tile, plan.overlap, plan.pad
+
     def call() -> torch.Tensor:
         return pipe(
-            x, steps=options.steps, sampler=options.sampler, seed=state.seed, tile=state.tile,
-            tile_overlap=state.tile_overlap, tile_pad=options.tile_pad, tile_batch=options.tile_batch,
+            x, steps=options.steps, sampler=options.sampler, seed=state.seed, tile=tile,
+            tile_overlap=overlap, tile_pad=pad, tile_batch=options.tile_batch,
             on_tile=on_tile, on_retry=on_retry,
         )
 
@@ -627,7 +639,3 @@ def _keep_error(result: ItemResult, err: BaseException) -> None:
         stack += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
     result.error = err
 
-
-def with_tile(options: UpscaleOptions, tile: int) -> UpscaleOptions:
-    """A copy of ``options`` with ``tile`` set (after resolving ``--tile auto``)."""
-    return replace(options, tile=tile)

@@ -29,7 +29,7 @@ __all__ = [
     "run_tiled",
     "run_tiled_with_oom_retry",
     "OutputTooLarge",
-    "auto_tile_size",
+    "free_bytes",
 ]
 
 
@@ -346,45 +346,9 @@ def _available_ram_bytes() -> int | None:
         return None
 
 
-def _free_bytes(device: torch.device) -> int | None:
+def free_bytes(device: torch.device) -> int | None:
     """Free memory on ``device``: CUDA's free bytes, else available host RAM (MPS shares it)."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
     return _available_ram_bytes()
-
-
-def auto_tile_size(
-    device: torch.device,
-    dtype: torch.dtype,
-    *,
-    bytes_per_lr_pixel: float,
-    min_tile: int = 64,
-    max_tile: int = 1024,
-    multiple: int = 64,
-    headroom: float = 0.8,
-) -> int:
-    """The largest square LR tile whose working set fits in ``headroom`` of free memory.
-
-    ``bytes_per_lr_pixel`` is the caller's measured peak cost of one LR pixel of one tile in
-    float32 (fold ``batch_size`` into it); 16-bit dtypes scale it by their element size. The side
-    is rounded down to ``multiple`` and clamped to the multiples of ``multiple`` within
-    ``[min_tile, max_tile]``. When free memory cannot be read, returns the smallest such tile.
-    """
-    if bytes_per_lr_pixel <= 0:
-        raise ValueError(f"bytes_per_lr_pixel must be > 0, got {bytes_per_lr_pixel}")
-    if multiple < 1:
-        raise ValueError(f"multiple must be >= 1, got {multiple}")
-    lo = -(-min_tile // multiple) * multiple
-    hi = max_tile // multiple * multiple
-    if lo > hi or lo < 1:
-        raise ValueError(
-            f"no multiple of {multiple} lies in [min_tile={min_tile}, max_tile={max_tile}]"
-        )
-    free = _free_bytes(torch.device(device))
-    if free is None:
-        return lo
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    cost = bytes_per_lr_pixel * itemsize / 4.0
-    side = math.isqrt(max(0, int(free * headroom / cost)))
-    return max(lo, min(hi, side // multiple * multiple))

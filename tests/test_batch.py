@@ -16,6 +16,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+
+from sinsr_cli.config import tiny_preset, tiny_vq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -26,7 +28,6 @@ from sinsr_cli.batch import (
     ItemResult,
     Job,
     UpscaleOptions,
-    auto_tile,
     bytes_per_lr_pixel,
     default_suffix,
     output_size,
@@ -52,12 +53,16 @@ class FakePipe:
         self.device = torch.device("cpu")
         self.dtype = dtype
         self.preset = SimpleNamespace(name="fake")
-        self.vq = SimpleNamespace(cfg=SimpleNamespace(ch=8))
+        self.vq = SimpleNamespace(cfg=tiny_vq())  # the configs `--tile auto` plans with
+        self.unet = SimpleNamespace(cfg=tiny_preset().unet)
         self.nan_dtypes = tuple(nan_dtypes)
         self.raise_on = dict(raise_on or {})
         self.on_call = on_call
         self.calls: list[dict] = []
         self.dtype_history: list[torch.dtype] = []
+
+    def max_input_pixels(self, batch=1):
+        return 2**40 // batch
 
     def to(self, device=None, dtype=None):
         self.dtype = dtype or self.dtype
@@ -184,10 +189,8 @@ def test_options_reject_bad_values(kw, match):
         UpscaleOptions(**kw)
 
 
-def test_auto_tile_is_multiple_minus_context():
+def test_bytes_per_lr_pixel_scales_with_the_tile_batch():
     pipe = FakePipe()
-    tile = auto_tile(pipe, tile_pad=8)
-    assert tile >= 48 and (tile + 16) % 64 == 0
     assert bytes_per_lr_pixel(pipe, 2) == 2 * bytes_per_lr_pixel(pipe, 1) > 0
 
 

@@ -14,7 +14,6 @@ from sinsr_cli.devices import is_oom_error
 from sinsr_cli.tiling import (
     OutputTooLarge,
     Tile,
-    auto_tile_size,
     blend_window,
     plan_tiles,
     run_tiled,
@@ -364,27 +363,6 @@ def test_an_output_that_fits_nowhere_fails_in_one_line():
 
 
 # --- auto tile size ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("cost", [1.0, 1e3, 1e5, 1e7, 1e12])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_auto_tile_size_is_a_clamped_multiple(cost, dtype):
-    t = auto_tile_size(torch.device("cpu"), dtype, bytes_per_lr_pixel=cost)
-    assert t % 64 == 0 and 64 <= t <= 1024
-    t = auto_tile_size(
-        torch.device("cpu"), dtype, bytes_per_lr_pixel=cost, min_tile=40, max_tile=500, multiple=32
-    )
-    assert t % 32 == 0 and 40 <= t <= 500
-
-
-def test_auto_tile_size_extremes_and_errors():
-    cpu = torch.device("cpu")
-    assert auto_tile_size(cpu, torch.float32, bytes_per_lr_pixel=1e15) == 64
-    assert auto_tile_size(cpu, torch.float32, bytes_per_lr_pixel=1e-3) == 1024
-    with pytest.raises(ValueError):
-        auto_tile_size(cpu, torch.float32, bytes_per_lr_pixel=0)
-    with pytest.raises(ValueError, match="multiple"):
-        auto_tile_size(cpu, torch.float32, bytes_per_lr_pixel=1.0, min_tile=65, max_tile=100)
 
 
 def test_out_channels_allocates_up_front_and_checks_fn():

@@ -194,7 +194,7 @@ def upscale_cmd(
     seed: Optional[int] = typer.Option(None, "--seed", help="Noise seed (default: random); the same seed gives the same output."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on CUDA, bf16 on CPUs with AMX or AVX512-BF16, else fp32), fp32, fp16 or bf16. NaN/Inf in fp16/bf16 is retried in fp32."),
-    tile: str = typer.Option("auto", "--tile", help="Tile size in LR pixels, 0 = whole image, auto = from free memory."),
+    tile: str = typer.Option("auto", "--tile", help="Tile size in LR pixels, 0 = whole image, auto = the fastest geometry per image that fits in memory."),
     tile_overlap: int = typer.Option(32, "--tile-overlap", help="Overlap between tiles in LR pixels (blended seamlessly)."),
     batch: int = typer.Option(1, "--batch", help="Tiles per model call."),
     alpha: str = typer.Option("resize", "--alpha", help="Alpha channel: resize (Lanczos) or model (through the model as gray)."),
@@ -215,7 +215,7 @@ def upscale_cmd(
 
     Ctrl-C stops after the current file; press it twice to abandon that file (nothing half-written is left).
     """
-    from ..batch import UpscaleOptions, auto_tile, plan_jobs, run_batch, with_tile
+    from ..batch import UpscaleOptions, plan_jobs, run_batch
     from ..diffusion.sampler import SAMPLERS
     from ..imageio import collect_inputs
 
@@ -225,7 +225,7 @@ def upscale_cmd(
     if seed is None:  # chosen here so the header can show it: rerun with --seed to reproduce
         seed = secrets.randbits(31)
     options = UpscaleOptions(
-        scale=scale, steps=steps, sampler=sampler, seed=seed, tile=tile_size or 0,
+        scale=scale, steps=steps, sampler=sampler, seed=seed, tile=tile_size,
         tile_overlap=tile_overlap, tile_batch=batch, alpha=alpha, output=output, suffix=suffix,
         format=fmt, quality=quality, strip_metadata=strip_metadata, skip_existing=skip_existing,
         overwrite=overwrite, max_pixels=max_pixels or None,
@@ -246,12 +246,9 @@ def upscale_cmd(
 
         pipe = load_pipeline(model, vq, device=device, dtype=dtype, config=config, offline=offline or None)
         pipe.resolve_sampler(steps, sampler)  # a bad steps/sampler pair is a usage error, before any file
-        if tile_size is None:
-            tile_size = auto_tile(pipe, tile_batch=batch, tile_pad=options.tile_pad)
-        options = with_tile(options, tile_size)
         if not quiet:
             dt = str(pipe.dtype).removeprefix("torch.")
-            tiles = f"tile {tile_size}" if tile_size else "no tiling"
+            tiles = "tile auto" if tile_size is None else f"tile {tile_size}" if tile_size else "no tiling"
             console.print(
                 Text(f"{pipe.preset.name} on {pipe.device} ({dt}), {tiles}, seed {seed}, {pending} file(s)", style="dim"),
                 soft_wrap=True, highlight=False,

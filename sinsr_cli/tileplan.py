@@ -1,0 +1,243 @@
+"""``--tile auto``: the tile geometry that makes an image fastest, from a cost model of the model.
+
+One model call on a padded input of ``N`` LR pixels costs (SinSR / ResShift + VQ-f4):
+
+* ``linear * N`` FLOPs: every convolution, GEMM and windowed attention scales with the area;
+* ``quadratic * N^2`` FLOPs: the VQ encoder's and decoder's global attention over every latent
+  position (the mid block; levels in ``attn_resolutions`` too). At lq 128 that is 1.1 of 4.9
+  TFLOP, at lq 256 more than half, and it is why one big tile is slower than several small ones;
+* a fixed ``overhead`` per call (Python, kernel set-up, small layers), in seconds.
+
+Time per call = ``linear * N / linear_rate + quadratic * N^2 / attention_rate + overhead``, with
+rates calibrated per device and dtype by ``benchmarks/tile_cost.py`` (table ``RATES`` below).
+Tiling pays for context and overlap per tile and for the model's padding to 64 px, so the best
+tile balances the quadratic term against those; :func:`plan_tiling` tries every model input side
+(multiples of the padding) and the untiled run, drops those over the memory budget or the
+32-bit indexing limit (``SRPipeline.max_input_pixels``), and keeps the fastest. Pure arithmetic: no model is run here.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .config import PRESETS, VQ_PRESETS, UNetConfig, VQConfig
+from .tiling import tile_starts
+
+__all__ = ["Work", "Rates", "TilePlan", "RATES", "rates_for", "count_work", "count_on_meta", "attention_work", "plan_tiling"]
+
+
+@dataclass(frozen=True)
+class Work:
+    """FLOPs of one model call (bicubic + VQ encode + UNet + VQ decode) on ``N`` padded LR pixels."""
+
+    linear: float  # FLOPs per LR pixel
+    quadratic: float  # FLOPs per LR pixel squared
+
+    def flops(self, pixels: float) -> float:
+        return self.linear * pixels + self.quadratic * pixels * pixels
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Achieved throughput of a device/dtype, from ``benchmarks/tile_cost.py``."""
+
+    linear_gflops: float  # convolutions and GEMMs
+    attention_gflops: float  # the global attention kernel
+    overhead_s: float  # fixed cost per model call
+
+    def seconds(self, work: Work, pixels: float) -> float:
+        return (
+            work.linear * pixels / (self.linear_gflops * 1e9)
+            + work.quadratic * pixels * pixels / (self.attention_gflops * 1e9)
+            + self.overhead_s
+        )
+
+
+#: Calibrated on a 2-core AMD EPYC (Zen 4, AVX512-BF16, no AMX), torch 2.13, 2 threads, full-size
+#: sinsr-v1 + VQ-f4 (see docs/performance.md). Only the ratios between the terms steer the
+#: choice, so hosts of other speeds pick the same geometry. "bf16-emulated": no native bf16.
+RATES: dict[tuple[str, str], Rates] = {
+    ("cpu", "fp32"): Rates(165.0, 160.0, 0.15),
+    ("cpu", "bf16"): Rates(360.0, 300.0, 0.15),
+    ("cpu", "bf16-emulated"): Rates(50.0, 45.0, 0.3),
+    ("cpu", "fp16"): Rates(40.0, 40.0, 0.3),
+    # CUDA: not yet measured on this project's GPUs (benchmarks/gpu_check.py does); an H100-class
+    # guess whose attention/conv ratio follows the memory-efficient SDPA kernel at head dim 512.
+    ("cuda", "fp16"): Rates(150_000.0, 60_000.0, 0.01),
+    ("cuda", "bf16"): Rates(150_000.0, 60_000.0, 0.01),
+    ("cuda", "fp32"): Rates(40_000.0, 20_000.0, 0.01),
+}
+
+
+def rates_for(device: torch.device, dtype: torch.dtype, native_bf16: bool = True) -> Rates:
+    """The calibrated rates for ``device``/``dtype`` (CPU fp32's shape for unknown devices)."""
+    name = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+    if device.type == "cpu" and name == "bf16" and not native_bf16:
+        name = "bf16-emulated"
+    kind = device.type if device.type in ("cpu", "cuda") else "cpu"
+    return RATES.get((kind, name), RATES[(kind, "fp32")])
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """``tile == 0``: run untiled. Seconds and bytes are the model's estimates for the image."""
+
+    tile: int
+    overlap: int
+    pad: int
+    tiles: int
+    input_side: int  # model input side of one tile (after padding), or of the untiled image
+    seconds: float
+    peak_bytes: float
+    flops: float
+
+
+# -- counting the work ---------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=16)
+def count_work(unet_cfg: UNetConfig, vq_cfg: VQConfig, scale: int, side: int = 64) -> Work:
+    """``Work`` of a config pair: the zoo's pairs from ``KNOWN_WORK``, others counted on meta."""
+    return KNOWN_WORK.get((unet_cfg, vq_cfg, scale)) or count_on_meta(unet_cfg, vq_cfg, scale, side)
+
+
+def attention_work(vq_cfg: VQConfig, scale: int) -> float:
+    """The quadratic term, exactly: ``4 C n^2`` FLOPs per global attention block over ``n`` tokens.
+
+    The encoder and decoder mid blocks attend over every latent position; levels listed in
+    ``attn_resolutions`` add ``num_res_blocks`` (encoder) and ``num_res_blocks + 1`` (decoder)
+    blocks at their own resolution. Tokens per LR pixel at level ``i`` are ``(scale / 2^i)^2``.
+    """
+    levels = len(vq_cfg.ch_mult)
+    total = 0.0
+    for i, mult in enumerate(vq_cfg.ch_mult):
+        c, tokens = vq_cfg.ch * mult, (scale / 2**i) ** 2
+        blocks = 2 if i == levels - 1 else 0  # the two mid blocks sit at the last level
+        if vq_cfg.resolution // 2**i in vq_cfg.attn_resolutions:
+            blocks += 2 * vq_cfg.num_res_blocks + 1
+        total += blocks * 4 * c * tokens * tokens
+    return total
+
+
+def count_on_meta(unet_cfg: UNetConfig, vq_cfg: VQConfig, scale: int, side: int) -> Work:
+    """Count ``Work`` by running the models on the meta device (shapes only, no arithmetic).
+
+    The quadratic term is :func:`attention_work`; the rest of the count at ``side`` x ``side``
+    LR pixels (a multiple of the model padding) is the linear term. About 2 s for the full-size
+    models, which is why the zoo's pairs are precounted.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .models.swin_unet import SwinUNet
+    from .models.vq_f4 import VQModel
+
+    with torch.device("meta"):
+        unet, vq = SwinUNet(unet_cfg), VQModel(vq_cfg)
+        lq = torch.zeros(1, 3, side, side)
+        up = torch.zeros(1, 3, side * scale, side * scale)
+        t = torch.zeros(1, dtype=torch.long)
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        z = vq.encode(up)
+        unet(z, t, lq)
+        vq.decoder(vq.post_quant_conv(z))
+    n = float(side * side)
+    quad = attention_work(vq_cfg, scale)
+    return Work(linear=(counter.get_total_flops() - quad * n * n) / n, quadratic=quad)
+
+
+#: ``count_on_meta(..., side=64).linear`` of each zoo preset with VQ-f4 (test_tileplan re-counts)
+_ZOO_LINEAR = {
+    "sinsr-v1": 233_983_570.0,
+    "sinsr-v2": 233_983_570.0,
+    "resshift-v1": 233_983_570.0,
+    "resshift-v2": 233_983_570.0,
+    "resshift-v3": 233_983_570.0,
+}
+
+
+def _zoo_work() -> dict[tuple[UNetConfig, VQConfig, int], Work]:
+    vq = VQ_PRESETS["vq-f4"]
+    return {
+        (p.unet, vq, p.schedule.sf): Work(_ZOO_LINEAR[name], attention_work(vq, p.schedule.sf))
+        for name, p in PRESETS.items()
+        if name in _ZOO_LINEAR
+    }
+
+
+# -- geometry ------------------------------------------------------------
+
+
+def _input_extent(length: int, tile: int, pad: int, multiple: int) -> int:
+    """Model input extent along one side: the tile and its context (clamped to the image), padded."""
+    extent = length if tile == 0 else min(length, tile + 2 * pad)
+    return -(-extent // multiple) * multiple
+
+
+# -- the plan ------------------------------------------------------------------------------
+
+
+def plan_tiling(
+    height: int,
+    width: int,
+    *,
+    work: Work,
+    rates: Rates,
+    bytes_per_pixel: float,
+    budget_bytes: float | None,
+    multiple: int = 64,
+    overlap: int = 16,
+    min_pad: int = 8,
+    max_side: int | None = None,
+    batch: int = 1,
+) -> TilePlan:
+    """The fastest geometry for a ``height x width`` LR image within ``budget_bytes``.
+
+    Candidates: untiled, and for each model input side ``P`` (a multiple of ``multiple``) the
+    tile ``P - 2 * min_pad`` (the context then fills the input exactly). ``bytes_per_pixel`` is
+    the working set per model-input LR pixel in the run's dtype; ``max_side`` caps ``P`` (32-bit
+    indexing). When nothing fits, the smallest input is returned (its run may still fit: the
+    estimate is conservative, and the out-of-memory retry halves the tile).
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"image must be at least 1x1, got {height}x{width}")
+    longest = max(height, width)
+
+    def evaluate(tile: int, pad: int) -> TilePlan:
+        ov = 0 if tile == 0 else min(overlap, tile // 2 - 1)
+        ny = len(tile_starts(height, tile, ov)) if tile and tile < height else 1
+        nx = len(tile_starts(width, tile, ov)) if tile and tile < width else 1
+        ey = _input_extent(height, tile if tile < height else 0, pad, multiple)
+        ex = _input_extent(width, tile if tile < width else 0, pad, multiple)
+        pixels = float(ey * ex)
+        n = ny * nx * batch
+        return TilePlan(
+            tile=tile, overlap=ov, pad=pad, tiles=ny * nx, input_side=max(ey, ex),
+            seconds=n * rates.seconds(work, pixels), peak_bytes=bytes_per_pixel * pixels * batch,
+            flops=n * work.flops(pixels),
+        )
+
+    plans = [evaluate(0, 0)]
+    side = multiple
+    while side - 2 * min_pad < longest:
+        tile = side - 2 * min_pad
+        if tile >= 2 * max(overlap, 1) + 2:
+            plans.append(evaluate(tile, min_pad))
+        side += multiple
+
+    def fits(p: TilePlan) -> bool:
+        if max_side is not None and p.input_side > max_side:
+            return False
+        return budget_bytes is None or p.peak_bytes <= budget_bytes
+
+    ok = [p for p in plans if fits(p)]
+    if not ok:
+        return min(plans[1:] or plans, key=lambda p: p.peak_bytes)
+    return min(ok, key=lambda p: p.seconds)  # ties keep the earlier: untiled, then larger tiles
+
+
+KNOWN_WORK: dict[tuple[UNetConfig, VQConfig, int], Work] = _zoo_work()
