@@ -32,7 +32,10 @@ def test_sqrt_etas_equal_official(reference_dir, key, preset):
         c = ref["ddim_coefficients_float32"]
         for i in range(s.num_steps):
             k, m, j = s.ddim(i)
-            assert (k.item(), m.item(), j.item()) == (c["k"][i], c["m"][i], c["j"][i])
+            # float32 arithmetic: bitwise on the reference host, within ~10 ulp on others (the
+            # vectorised float32 sqrt/pow round differently on AMD Zen 4 than on the Intel host)
+            for ours, theirs in zip((k.item(), m.item(), j.item()), (c["k"][i], c["m"][i], c["j"][i])):
+                assert ours == pytest.approx(theirs, rel=2e-6, abs=1e-12)
 
 
 def test_v3_schedule_differs_from_sinsr_formula():
