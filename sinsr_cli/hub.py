@@ -135,8 +135,20 @@ def _entry(name: str, kind: str, url: str, licence: str, description: str) -> Zo
 
 
 ZOO: tuple[ZooEntry, ...] = (
-    _entry("sinsr-v1", "unet", _SINSR_REL + "SinSR_v1.pth", _SINSR, "SinSR v1: one-step x4 real-world SR"),
-    _entry("sinsr-v2", "unet", _SINSR_REL + "SinSR_v2.pth", _SINSR, "SinSR v2: one-step x4 real-world SR"),
+    _entry(
+        "sinsr-v1",
+        "unet",
+        _SINSR_REL + "SinSR_v1.pth",
+        _SINSR,
+        "SinSR v1: one-step x4 real-world SR; the authors' model for RealSet65 and ImageNet-Test",
+    ),
+    _entry(
+        "sinsr-v2",
+        "unet",
+        _SINSR_REL + "SinSR_v2.pth",
+        _SINSR,
+        "SinSR v2: one-step x4, an early-stopped run; the authors' model for RealSR",
+    ),
     _entry(
         "resshift-v1",
         "unet",

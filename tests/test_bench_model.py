@@ -110,6 +110,7 @@ def test_tiny_model_on_imagenet_val32(data_dir: Path, tmp_path: Path, tiny_check
     assert doc["dataset"] == {
         "mode": "paired", "lr_dir": str(data_dir / "imagenet-val32" / "lr"),
         "hr_dir": str(data_dir / "imagenet-val32" / "hr"), "images": 1, "images_found": 32,
+        "lr_recipe": None, "lr_recipe_description": None,
     }
     assert doc["settings"]["center_crop"] == 32
     for run in doc["runs"]:

@@ -6,6 +6,12 @@ Layouts (see :func:`find_dataset`):
 * ``DIR`` (LR) plus ``hr=HR_DIR``: paired;
 * anything else (a folder, file or glob of LR images): no-reference.
 
+Or :func:`make_lr_dataset` makes the LR images from HR images with one of :data:`LR_RECIPES`
+(the ResShift ImageNet-Test degradation, or MATLAB bicubic x4), writes ``lr/`` and ``hr/``
+under a folder and returns that folder as a paired dataset. Each image's random draws are
+seeded from its name, so the same HR folder always gives the same LR images, whatever else is
+in it.
+
 Pairs are matched by relative path without extension (``imageio.pair_by_stem``), never by sort
 order; an image without a partner, or an HR image that is not exactly ``scale`` x its LR, is an
 error that names the files. :class:`ImageStore` decodes every image once up front (so a bad
@@ -15,6 +21,8 @@ HR images too while they fit in ``hr_cache_bytes`` (re-reading the rest when nee
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -23,13 +31,24 @@ from pathlib import Path
 
 import numpy as np
 
-from ..imageio import SinsrIOError, collect_inputs, pair_by_stem, read_image
+from ..imageio import (
+    SinsrIOError,
+    collect_inputs,
+    image_to_tensor,
+    pair_by_stem,
+    read_image,
+    tensor_to_image,
+    write_image,
+)
 
 __all__ = [
+    "LR_RECIPES",
     "BenchDataset",
     "BenchItem",
     "ImageStore",
     "find_dataset",
+    "make_lr_dataset",
+    "recipe_seed",
 ]
 
 _SHOW = 5  # file names listed in an error before "and N more"
@@ -52,6 +71,7 @@ class BenchDataset:
     lr_root: Path
     hr_root: Path | None
     total: int  # images found before --limit
+    lr_recipe: str | None = None  # how the LR images were made (make_lr_dataset), if sinsr made them
 
     @property
     def paired(self) -> bool:
@@ -128,6 +148,119 @@ def find_dataset(
     if limit is not None:
         items = items[:limit]
     return BenchDataset(tuple(items), lr_dir, hr_dir, total)
+
+
+# --------------------------------------------------------------------------- LR made from HR
+
+#: ``make_lr_dataset`` recipes: name -> what it does (written into reports)
+LR_RECIPES: dict[str, str] = {
+    "imagenet-test": (
+        "ResShift ImageNet-Test: HR shorter side scaled to 256 (bilinear) and centre-cropped to 256x256, "
+        "then the first-order Real-ESRGAN degradation of configs/degradation_testing_realesrgan.yaml "
+        "(13x13 iso/aniso Gaussian blur, sigma 0.2-0.8; resize 0.5-1.5; Gaussian noise 1-15 or Poisson "
+        "0.05-0.3; JPEG 70-95; resize to 64 (+sinc p 0.2) and JPEG 80-100), 8-bit PNG; "
+        "per-image seed from the file name"
+    ),
+    "bicubic": (
+        "HR cropped to a multiple of 4 (bottom/right), LR = MATLAB imresize(HR, 1/4, 'bicubic') "
+        "(antialiased Keys a=-0.5), rounded to 8 bits"
+    ),
+}
+_IMAGENET_SIZE = 256
+_SCALE = 4
+
+
+def recipe_seed(name: str, recipe: str) -> int:
+    """The seed of image ``name`` (its path below the HR root, no extension) under ``recipe``.
+
+    A hash of the name, not its position: adding, removing or renaming other files changes no
+    other image's LR.
+    """
+    digest = hashlib.sha256(f"sinsr-bench/{recipe}/{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _make_pair(rgb: np.ndarray, bit_depth: int, recipe: str, seed: int) -> tuple[np.ndarray, int, np.ndarray]:
+    """(HR ``[H, W, 3]``, its bit depth, LR ``[H/4, W/4, 3]``) in [0, 1] for one HR image."""
+    import torch
+
+    from ..distill.degradations import (
+        DegradationConfig,
+        degrade,
+        matlab_bicubic_resize,
+        round_to_uint8,
+        shortest_side_center_crop,
+    )
+
+    x = image_to_tensor(rgb)
+    if recipe == "imagenet-test":
+        hr = shortest_side_center_crop(x, _IMAGENET_SIZE)
+        g = torch.Generator().manual_seed(seed)
+        lr = degrade(hr, DegradationConfig.imagenet_test(), generator=g)
+        return tensor_to_image(round_to_uint8(hr)), 8, tensor_to_image(lr)
+    h, w = x.shape[-2:]
+    h, w = h - h % _SCALE, w - w % _SCALE
+    if min(h, w) < _SCALE:
+        raise ValueError(f"is {x.shape[-1]}x{x.shape[-2]}; bicubic x{_SCALE} needs at least {_SCALE} px a side")
+    hr = x[..., :h, :w]
+    lr = round_to_uint8(matlab_bicubic_resize(hr, (h // _SCALE, w // _SCALE)).clamp(0, 1))
+    return tensor_to_image(hr), bit_depth, tensor_to_image(lr)
+
+
+def make_lr_dataset(
+    hr: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    recipe: str,
+    *,
+    limit: int | None = None,
+    on_made: Callable[[int, int], None] | None = None,
+) -> BenchDataset:
+    """Make ``out_dir/hr`` and ``out_dir/lr`` (PNG) from HR images with ``recipe``; return them paired.
+
+    ``hr`` is a folder, file or glob of HR images; ``limit`` keeps the first N in name order.
+    Names keep the HR images' paths below their root (``x/a.jpg`` -> ``lr/x/a.png``). The
+    ``imagenet-test`` HR is the 256 x 256 crop the LR was made from; ``bicubic`` keeps the HR
+    (cropped to a multiple of 4) at its bit depth.
+
+    Raises:
+        SinsrIOError: no images, two images with one name, an unreadable image, or ``out_dir``
+            already holding ``lr/`` or ``hr/`` (nothing is overwritten).
+        ValueError: an unknown recipe, or ``limit`` < 1.
+    """
+    if recipe not in LR_RECIPES:
+        raise ValueError(f"unknown LR recipe {recipe!r}; use {' or '.join(LR_RECIPES)}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {limit}")
+    src = Path(os.path.expanduser(os.fspath(hr)))
+    found, skipped = collect_inputs([src])
+    if not found:
+        why = f" ({skipped[0][1]})" if skipped else ""
+        raise SinsrIOError(src, f"no HR images found{why}")
+    names = [i.rel.with_suffix("").as_posix() for i in found]
+    twice = sorted(n for n, c in Counter(names).items() if c > 1)
+    if twice:
+        raise SinsrIOError(src, f"two images share the name {twice[0]!r}; LR files are named by it")
+    out = Path(os.path.expanduser(os.fspath(out_dir)))
+    for sub in ("lr", "hr"):
+        d = out / sub
+        if d.exists() and (not d.is_dir() or any(d.iterdir())):
+            raise SinsrIOError(d, "already exists and is not empty; give an empty or new folder")
+    order = sorted(range(len(found)), key=lambda k: names[k])
+    if limit is not None:
+        order = order[:limit]
+    for n, k in enumerate(order):
+        item, name = found[k], names[k]
+        img = read_image(item.path)
+        try:
+            hr_rgb, depth, lr_rgb = _make_pair(img.rgb, img.bit_depth, recipe, recipe_seed(name, recipe))
+        except ValueError as e:
+            raise SinsrIOError(item.path, str(e)) from None
+        write_image(out / "hr" / f"{name}.png", hr_rgb, bit_depth=depth)
+        write_image(out / "lr" / f"{name}.png", lr_rgb, bit_depth=8)
+        if on_made is not None:
+            on_made(n + 1, len(order))
+    ds = find_dataset(out)
+    return dataclasses.replace(ds, total=len(found), lr_recipe=recipe)
 
 
 # --------------------------------------------------------------------------- decoded images

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..imageio import atomic_write_bytes
+from .dataset import LR_RECIPES
 from .metrics import LOWER_IS_BETTER
 from .runner import BenchReport, RunResult
 
@@ -100,6 +101,8 @@ def report_to_dict(report: BenchReport, *, command: Sequence[str] | None = None)
             "hr_dir": _path(ds.hr_root),
             "images": len(ds.items),
             "images_found": ds.total,
+            "lr_recipe": ds.lr_recipe,
+            "lr_recipe_description": None if ds.lr_recipe is None else LR_RECIPES[ds.lr_recipe],
         },
         "metrics": list(report.metric_names),
         "lower_is_better": [m for m in report.metric_names if m in LOWER_IS_BETTER],
@@ -288,6 +291,8 @@ def to_markdown(report: BenchReport, *, sheet: str | None = None, title: str | N
     out += ["", "## Settings", ""]
     out += [f"- {k}: `{v}`" for k, v in st.items() if v is not None]
     out += [f"- lr_dir: `{ds.lr_root}`"] + ([f"- hr_dir: `{ds.hr_root}`"] if ds.hr_root else [])
+    if ds.lr_recipe is not None:
+        out += [f"- LR made by sinsr: `{ds.lr_recipe}`: {_md_escape(LR_RECIPES[ds.lr_recipe])}"]
     model_lines = [
         f"- {r.label}: model `{r.model}`, preset `{r.preset}`, sampler `{r.sampler}`"
         for r in report.runs if r.model is not None

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
@@ -14,6 +18,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .common import EXIT_PARTIAL, console, handle_errors
+
+if TYPE_CHECKING:
+    from ..bench.dataset import BenchDataset
 
 _HELP_MODEL = (
     "Models to compare, comma-separated or repeated: zoo names or checkpoint files "
@@ -80,7 +87,45 @@ def _render_table(report: object) -> Table:
     return table
 
 
+_SCRATCH: list[Path] = []  # temporary folders of the running command, removed when it ends
+
+
+def _removes_scratch(fn: Callable[..., None]) -> Callable[..., None]:
+    """Remove the folders a command put in ``_SCRATCH``, however it ends."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        finally:
+            while _SCRATCH:
+                shutil.rmtree(_SCRATCH.pop(), ignore_errors=True)
+
+    return wrapper
+
+
+def _dataset(
+    input: Path, hr: Optional[Path], limit: Optional[int], make_lr: Optional[str], pairs_dir: Optional[Path]  # noqa: A002
+) -> "BenchDataset":
+    """The benchmark's images: found as given, or (``--make-lr``) made from INPUT's HR images."""
+    from ..bench.dataset import find_dataset, make_lr_dataset
+
+    if make_lr is None:
+        if pairs_dir is not None:
+            raise ValueError("--pairs-dir only applies with --make-lr")
+        return find_dataset(input, hr, limit=limit)
+    if hr is not None:
+        raise ValueError("--make-lr makes the LR from INPUT's HR images; do not give --hr as well")
+    target = pairs_dir
+    if target is None:
+        target = Path(tempfile.mkdtemp(prefix="sinsr-bench-"))
+        _SCRATCH.append(target)
+    with console.status(f"making LR images ({make_lr})"):
+        return make_lr_dataset(input, target, make_lr.strip().lower(), limit=limit)
+
+
 @handle_errors
+@_removes_scratch
 def bench_cmd(
     input: Path = typer.Argument(  # noqa: A002
         ...,
@@ -88,6 +133,16 @@ def bench_cmd(
         "(no-reference: speed and no-reference metrics).",
     ),
     hr: Optional[Path] = typer.Option(None, "--hr", help="HR folder, paired with INPUT by file name without extension."),
+    make_lr: Optional[str] = typer.Option(
+        None, "--make-lr",
+        help="INPUT is HR images: make the LR with a recipe, imagenet-test (ResShift's ImageNet-Test "
+        "degradation, 256 -> 64, seeded per file name) or bicubic (MATLAB bicubic x4).",
+    ),
+    pairs_dir: Optional[Path] = typer.Option(
+        None, "--pairs-dir",
+        help="With --make-lr: write the made lr/ and hr/ here (a new or empty folder) and keep them "
+        "[default: a temporary folder, removed afterwards].",
+    ),
     model: Optional[list[str]] = typer.Option(None, "--model", "-m", help=_HELP_MODEL + "  [default: sinsr-v1]"),
     steps: Optional[list[str]] = typer.Option(
         None, "--steps", "-s", help="Step counts to compare, comma-separated (e.g. 1,4); 'default' = each model's own."
@@ -127,7 +182,7 @@ def bench_cmd(
     Every run is compared with a bicubic baseline row. LR and HR images are paired by file name,
     never by order; HR must be exactly 4x LR. SR images are scored as saved (8-bit).
     """
-    from ..bench.dataset import ImageStore, find_dataset
+    from ..bench.dataset import ImageStore
     from ..bench.report import to_csv, to_json, to_markdown, write_text
     from ..bench.runner import SCALE, BenchOptions, plan_runs, run_bench
     from ..bench.sheet import SheetCollector
@@ -144,7 +199,7 @@ def bench_cmd(
     if sheet is None and markdown is not None and sheet_images > 0:
         sheet = markdown.with_suffix(".png")
 
-    dataset = find_dataset(input, hr, limit=limit)
+    dataset = _dataset(input, hr, limit, make_lr, pairs_dir)
     runs = plan_runs(models, step_list)
     options = BenchOptions(
         vq=vq, config=None if config is None else str(config), device=device, dtype=dtype, sampler=sampler,

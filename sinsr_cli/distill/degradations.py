@@ -198,6 +198,36 @@ class DegradationConfig:
         """The parameters of the official ``configs/SinSR.yaml`` (the defaults)."""
         return cls()
 
+    @classmethod
+    def imagenet_test(cls) -> "DegradationConfig":
+        """The ResShift paper's ImageNet-Test recipe (``configs/degradation_testing_realesrgan.yaml``).
+
+        A first-order Real-ESRGAN degradation of 256 px HR crops: blur with an isotropic (p 0.6) or
+        anisotropic (p 0.4) Gaussian of support 3..11 padded to 13 x 13, sigma in [0.2, 0.8]
+        (sinc with p 0.1); a random resize in [0.5, 1.5]; Gaussian noise 1-15 or Poisson 0.05-0.3;
+        JPEG 70-95; no second stage (``second_order_prob`` 0); then the final step: resize to
+        64 px (+ a sinc filter of support 3 or 5 with p 0.2) and JPEG 80-100 in a random order.
+        """
+        kernels = ["iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso"]
+        data_params = {
+            "blur_kernel_size": 13, "kernel_list": kernels, "kernel_prob": [0.6, 0.4, 0, 0, 0, 0],
+            "sinc_prob": 0.1, "blur_sigma": [0.2, 0.8], "betag_range": [1.0, 1.5], "betap_range": [1, 1.2],
+            "blur_kernel_size2": 7, "kernel_list2": kernels, "kernel_prob2": [0.6, 0.4, 0, 0, 0, 0],
+            "sinc_prob2": 0.0, "blur_sigma2": [0.2, 0.5], "betag_range2": [0.5, 0.8], "betap_range2": [1, 1.2],
+            "final_sinc_prob": 0.2, "gt_size": 256,
+        }
+        degradation = {
+            "sf": 4, "gt_size": 256,
+            "resize_prob": [0.2, 0.7, 0.1], "resize_range": [0.5, 1.5], "gaussian_noise_prob": 0.5,
+            "noise_range": [1, 15], "poisson_scale_range": [0.05, 0.3], "gray_noise_prob": 0.4,
+            "jpeg_range": [70, 95],
+            "second_order_prob": 0.0, "second_blur_prob": 0.2,
+            "resize_prob2": [0.3, 0.4, 0.3], "resize_range2": [0.8, 1.2], "gaussian_noise_prob2": 0.5,
+            "noise_range2": [1, 10], "poisson_scale_range2": [0.05, 0.2], "gray_noise_prob2": 0.4,
+            "jpeg_range2": [80, 100],
+        }
+        return cls.from_official(degradation, data_params)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -660,6 +690,73 @@ def area_downscale(x: Tensor, size: tuple[int, int]) -> Tensor:
     return rows @ x @ cols.T
 
 
+def _cubic(x: Tensor) -> Tensor:
+    """Keys cubic with a = -0.5 (MATLAB ``imresize``'s bicubic kernel), support [-2, 2]."""
+    ax = x.abs()
+    ax2, ax3 = ax * ax, ax * ax * ax
+    near = 1.5 * ax3 - 2.5 * ax2 + 1
+    far = -0.5 * ax3 + 2.5 * ax2 - 4 * ax + 2
+    return torch.where(ax <= 1, near, torch.where(ax <= 2, far, torch.zeros_like(ax)))
+
+
+def _matlab_bicubic_matrix(n_in: int, n_out: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``[n_out, n_in]`` weights of MATLAB ``imresize(..., 'bicubic')`` along one axis.
+
+    Output pixel ``i`` (1-based) samples input coordinate ``u = i / s + (1 - 1 / s) / 2`` with
+    ``s = n_out / n_in``; when shrinking the kernel is stretched by ``1 / s`` (antialiasing).
+    Taps are normalised to sum to 1, then taps outside the image are folded back onto it by
+    symmetric reflection (edge repeated), as MATLAB's ``contributions`` does. Built in float64.
+    """
+    s = n_out / n_in
+    width = 4.0 / s if s < 1 else 4.0
+    u = torch.arange(1, n_out + 1, dtype=torch.float64) / s + 0.5 * (1 - 1 / s)
+    left = torch.floor(u - width / 2)
+    taps = left[:, None] + torch.arange(math.ceil(width) + 2, dtype=torch.float64)[None]
+    dist = u[:, None] - taps
+    weights = s * _cubic(s * dist) if s < 1 else _cubic(dist)
+    weights = weights / weights.sum(1, keepdim=True)
+    idx = (taps.long() - 1) % (2 * n_in)  # 0-based, then mirror [0..n-1, n-1..0]
+    idx = torch.where(idx < n_in, idx, 2 * n_in - 1 - idx)
+    m = torch.zeros(n_out, n_in, dtype=torch.float64)
+    m.scatter_add_(1, idx, weights)
+    return m.to(device=device, dtype=dtype)
+
+
+def matlab_bicubic_resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """MATLAB ``imresize(x, [h w], 'bicubic')`` (antialiased when shrinking), before ``im2uint8``.
+
+    The classic bicubic SR benchmarks (Set5, Set14, DIV2K ``X4``) are made this way from
+    mod-cropped HR images. ``[..., H, W]`` -> ``[..., h, w]``, not clamped or rounded; the maths
+    runs in float32 (float64 for float64 input) and comes back in the input's dtype.
+    """
+    h, w = x.shape[-2:]
+    if min(size) < 1:
+        raise ValueError(f"resizing {h}x{w} to {size[0]}x{size[1]} gives an empty image")
+    xw = x.to(_work_dtype(x.dtype))
+    rows = _matlab_bicubic_matrix(h, size[0], xw.device, xw.dtype)
+    cols = _matlab_bicubic_matrix(w, size[1], xw.device, xw.dtype)
+    return (rows @ xw @ cols.T).to(x.dtype)
+
+
+def shortest_side_center_crop(img: Tensor, size: int) -> Tensor:
+    """Scale the shorter side to ``size`` (bilinear, as ``cv2.INTER_LINEAR``) and cut the central square.
+
+    The ResShift ImageNet-Test preprocessing of an HR image (albumentations ``SmallestMaxSize`` +
+    ``CenterCrop``): the longer side becomes ``round(L * size / S)``. ``[B, C, H, W]`` ->
+    ``[B, C, size, size]``.
+    """
+    h, w = img.shape[-2:]
+    if min(h, w) < 2:
+        raise ValueError(f"image is {w}x{h}; it needs at least 2 pixels on each side")
+    if min(h, w) != size:
+        k = size / min(h, w)
+        nh, nw = (size, max(size, round(w * k))) if h <= w else (max(size, round(h * k)), size)
+        img = resize(img.to(_work_dtype(img.dtype)), "bilinear", size=(nh, nw)).to(img.dtype)
+        h, w = nh, nw
+    top, left = (h - size) // 2, (w - size) // 2
+    return img[..., top:top + size, left:left + size]
+
+
 # -- noise -----------------------------------------------------------------------------------
 
 
@@ -1059,6 +1156,8 @@ __all__ = [
     "filter2d",
     "resize",
     "area_downscale",
+    "matlab_bicubic_resize",
+    "shortest_side_center_crop",
     "add_gaussian_noise",
     "add_poisson_noise",
     "jpeg_quality_to_factor",
