@@ -61,8 +61,8 @@ class Rates:
 #: sinsr-v1 + VQ-f4 (see docs/performance.md). Only the ratios between the terms steer the
 #: choice, so hosts of other speeds pick the same geometry. "bf16-emulated": no native bf16.
 RATES: dict[tuple[str, str], Rates] = {
-    ("cpu", "fp32"): Rates(165.0, 160.0, 0.15),
-    ("cpu", "bf16"): Rates(360.0, 300.0, 0.15),
+    ("cpu", "fp32"): Rates(163.5, 146.4, 0.35),  # fit of lq 64 / 128 / 192 calls: 6.7, 31.3, 91.1 s
+    ("cpu", "bf16"): Rates(320.2, 275.1, 0.05),  # fit: 3.2, 16.0, 47.2 s (overhead fitted 0.002 s)
     ("cpu", "bf16-emulated"): Rates(50.0, 45.0, 0.3),
     ("cpu", "fp16"): Rates(40.0, 40.0, 0.3),
     # CUDA: not yet measured on this project's GPUs (benchmarks/gpu_check.py does); an H100-class
