@@ -41,6 +41,8 @@ dev = torch.device("cpu")
 pipe = NS(scale=4, pad_multiple=64, device=dev, dtype=resolve_dtype("auto", dev), preset=p,
           unet=NS(cfg=p.unet), vq=NS(cfg=VQ_PRESETS["vq-f4"]))
 if hasattr(B, "auto_plan"):
+    from sinsr_cli.pipeline import SRPipeline
+    pipe.max_input_pixels = lambda batch=1: SRPipeline.max_input_pixels(pipe, batch)
     g = B.auto_plan(pipe, h, w)
     out = {"tile": g.tile, "overlap": g.overlap, "pad": g.pad}
 else:
