@@ -195,7 +195,7 @@ def upscale_cmd(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on CUDA, bf16 on CPUs with AMX or AVX512-BF16, else fp32), fp32, fp16 or bf16. NaN/Inf in fp16/bf16 is retried in fp32."),
     tile: str = typer.Option("auto", "--tile", help="Tile size in LR pixels, 0 = whole image, auto = the fastest geometry per image that fits in memory."),
-    tile_overlap: int = typer.Option(32, "--tile-overlap", help="Overlap between tiles in LR pixels (blended seamlessly)."),
+    tile_overlap: int = typer.Option(32, "--tile-overlap", help="Overlap between tiles in LR pixels (blended seamlessly) for --tile N; auto chooses its own."),
     batch: int = typer.Option(1, "--batch", help="Tiles per model call."),
     alpha: str = typer.Option("resize", "--alpha", help="Alpha channel: resize (Lanczos) or model (through the model as gray)."),
     recursive: bool = typer.Option(True, "--recursive/--no-recursive", help="Search folders recursively."),
