@@ -7,13 +7,15 @@ warnings go to a :class:`BatchObserver`; every outcome is an :class:`ItemResult`
 Policies:
   * Outputs: ``imageio.output_path`` places them (next to the input, under ``-o DIR`` mirroring
     the input tree, or exactly ``-o FILE`` for one input). An output that is any input of the
-    run, or that two inputs would share, fails that item. An existing output fails the item
-    unless ``skip_existing`` (skipped) or ``overwrite`` (replaced). Files found inside the
+    run, or that two inputs would share, fails that item. An existing output is kept and its
+    input skipped (reason :data:`SKIP_EXISTS`, so a rerun of a finished batch does nothing and
+    succeeds), unless ``overwrite`` (replaced). Files found inside the
     output directory while walking an input directory that contains it are skipped, so a rerun
     never upscales its own results. Writes are atomic (``imageio.write_image``).
   * Inputs that ``collect_inputs`` rejected: named explicitly, missing, or carrying an image
     extension (``broken.png``, a zero-byte ``x.jpg``) -> failed, with ``read_image``'s reason;
-    other non-images met while walking a folder (``notes.txt``) -> skipped with a note.
+    other non-images met while walking a folder (``notes.txt``) -> skipped with a note. So a
+    file whose name or content says "image" is an image: if it cannot be read, that is an error.
   * Scale: the model's native x4, then, when ``scale != 4``, a Lanczos resample (Pillow, float32
     per channel, clipped to [0, 1]) to exactly ``round(scale * w) x round(scale * h)`` (Python's
     ``round``).
@@ -28,8 +30,9 @@ Policies:
     Nothing non-finite is ever written (it would come out black).
   * Tiles: ``tile`` LR pixels (0 = whole image). On out-of-memory the pipeline halves the tile;
     the smaller tile is then kept for the rest of the run.
-  * Seeds: one seed for the run (random when not given, reported in :class:`BatchReport`), used
-    for every file, so a file's result does not depend on its position in the batch.
+  * Seeds: one seed for the run (``config.DEFAULT_SEED`` when not given, reported in
+    :class:`BatchReport`), used for every file, so a file's result does not depend on its
+    position in the batch and a rerun gives identical pixels.
   * Interruption: when ``stop`` is set the run ends after the current file; a KeyboardInterrupt
     raised inside a file abandons that file (nothing is written: writes are atomic) and ends
     the run. Either way the report lists what was done and what was never started.
@@ -39,7 +42,6 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
 import threading
 import time
 import traceback
@@ -52,6 +54,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .config import DEFAULT_SEED
 from .imageio import (
     DEFAULT_MAX_PIXELS,
     InputItem,
@@ -73,6 +76,7 @@ __all__ = [
     "ALPHA_MODES",
     "IMAGE_EXTENSIONS",
     "OUTPUT_FORMATS",
+    "SKIP_EXISTS",
     "BatchObserver",
     "BatchReport",
     "ItemResult",
@@ -99,6 +103,8 @@ IMAGE_EXTENSIONS = frozenset(
     ".png .jpg .jpeg .jpe .jfif .webp .tif .tiff .bmp .gif .ppm .pgm .pbm .pnm .tga .ico "
     ".heic .heif .avif .jp2 .j2k .dds .psd".split()
 )
+#: ``Job.reason`` / ``ItemResult.reason`` of an input skipped because its output exists
+SKIP_EXISTS = "output exists"
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # Rec. 601, as imageio and Pillow
 
 #: Peak working set of one tile, counted in full-resolution (x4) float32 feature maps of
@@ -142,7 +148,6 @@ class UpscaleOptions:
     format: str | None = None
     quality: int = 95
     strip_metadata: bool = False
-    skip_existing: bool = False
     overwrite: bool = False
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     fp32_fallback: bool = True
@@ -162,8 +167,6 @@ class UpscaleOptions:
             raise ValueError(f"--format must be png, jpg, webp or tif, got {self.format!r}")
         if not 1 <= self.quality <= 100:
             raise ValueError(f"--quality must be in 1..100, got {self.quality}")
-        if self.skip_existing and self.overwrite:
-            raise ValueError("--skip-existing and --overwrite cannot be used together")
         if self.max_pixels is not None and self.max_pixels < 1:
             raise ValueError(f"--max-pixels must be >= 1 (or 0 for no limit), got {self.max_pixels}")
 
@@ -181,6 +184,7 @@ class Job:
     status: Status = "pending"
     message: str = ""  # one line naming the file, for jobs decided in planning
     error: BaseException | None = None  # what made a planned failure, for --verbose
+    reason: str = ""  # why a planned skip was skipped (e.g. SKIP_EXISTS)
 
 
 @dataclass
@@ -197,6 +201,7 @@ class ItemResult:
     warnings: list[str] = field(default_factory=list)
     error: BaseException | None = None  # the exception, without its frames (see _keep_error)
     traceback: str = ""  # the formatted traceback, for --verbose
+    reason: str = ""  # see Job.reason
 
 
 @dataclass
@@ -211,6 +216,11 @@ class BatchReport:
 
     def count(self, status: Status) -> int:
         return sum(r.status == status for r in self.results)
+
+    @property
+    def existing(self) -> int:
+        """Inputs skipped because their output already exists (see ``overwrite``)."""
+        return sum(r.status == "skipped" and r.reason == SKIP_EXISTS for r in self.results)
 
     @property
     def failed(self) -> list[ItemResult]:
@@ -289,12 +299,12 @@ def plan_jobs(
             message, error = _read_failure(path, reason)
             jobs.append(Job(item, None, "failed", message, error))
         else:
-            jobs.append(Job(item, None, "skipped", f"{path}: skipped ({reason})"))
+            jobs.append(Job(item, None, "skipped", f"{path} ({reason})", reason=reason))
 
     inputs: list[InputItem] = []
     for item in items:
         if in_output_dir(item):
-            jobs.append(Job(item, None, "skipped", f"{item.path}: inside the output directory"))
+            jobs.append(Job(item, None, "skipped", f"{item.path} (inside the output directory)"))
         else:
             inputs.append(item)
     input_paths = {_resolved(i.path): i.path for i in inputs}
@@ -313,14 +323,13 @@ def plan_jobs(
             msg = f"{item.path}: the output {target} is an input of this run; refusing to overwrite it"
             jobs.append(Job(item, target, "failed", msg))
         elif key in claimed:
-            msg = f"{item.path}: the output {target} is also the output of {claimed[key]}; use --format or rename"
+            msg = (
+                f"{item.path}: the output {target} is also the output of {claimed[key]} "
+                "(outputs are named by file stem); rename one of them or upscale them separately"
+            )
             jobs.append(Job(item, target, "failed", msg))
         elif os.path.lexists(target) and not options.overwrite:
-            if options.skip_existing:
-                jobs.append(Job(item, target, "skipped", f"{item.path}: output exists ({target})"))
-            else:
-                msg = f"{item.path}: the output {target} exists; use --skip-existing or --overwrite"
-                jobs.append(Job(item, target, "failed", msg))
+            jobs.append(Job(item, target, "skipped", f"{item.path} (output exists: {target})", reason=SKIP_EXISTS))
         else:
             jobs.append(Job(item, target))
         claimed.setdefault(key, item.path)
@@ -498,7 +507,7 @@ def upscale_image(
     alpha is ``[H, W]`` or None. ``H, W`` = :func:`output_size` of the source.
     """
     if state is None:
-        seed = options.seed if options.seed is not None else secrets.randbits(63)
+        seed = options.seed if options.seed is not None else DEFAULT_SEED
         state = _RunState(seed, options.tile, options.tile_overlap)
     what = str(src.path) if src.path is not None else "image"
     width, height = src.size
@@ -553,7 +562,7 @@ def run_batch(
     inside a file is caught, recorded (``report.interrupted``) and ends the run.
     """
     obs = observer or BatchObserver()
-    seed = options.seed if options.seed is not None else secrets.randbits(63)
+    seed = options.seed if options.seed is not None else DEFAULT_SEED
     state = _RunState(seed, options.tile, options.tile_overlap)
     pending = sum(j.status == "pending" for j in jobs)
     if pending and pipe is None:
@@ -565,7 +574,7 @@ def run_batch(
     index = 0
     for job in jobs:
         if job.status != "pending":
-            result = ItemResult(job.item, job.status, job.target, job.message, error=job.error)
+            result = ItemResult(job.item, job.status, job.target, job.message, error=job.error, reason=job.reason)
         elif interrupted or (stop is not None and stop.is_set()):
             interrupted = True
             result = ItemResult(job.item, "cancelled", job.target, f"{job.item.path}: not started (interrupted)")

@@ -12,6 +12,10 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+#: the noise seed when none is given: the official inference scripts' default (``--seed 12345``),
+#: so two identical runs give identical pixels
+DEFAULT_SEED = 12345
+
 
 def _tuple(v: Any) -> tuple:
     return tuple(v) if isinstance(v, (list, tuple)) else (v,)
@@ -185,6 +189,21 @@ class ScheduleConfig:
     latent_flag: bool = True
     scale_factor: float = 1.0
 
+    def __post_init__(self) -> None:
+        # Every released SinSR / ResShift config has latent_flag True and scale_factor 1.0; the
+        # other values change the input scaling and the latent range, which sinsr does not
+        # implement: refuse them rather than silently sample a different model.
+        if not self.latent_flag:
+            raise ValueError(
+                "latent_flag: false (pixel-space diffusion input scaling) is not supported; "
+                "sinsr implements the latent-space models (latent_flag: true)"
+            )
+        if float(self.scale_factor) != 1.0:
+            raise ValueError(
+                f"scale_factor: {self.scale_factor} is not supported; sinsr implements "
+                "scale_factor 1.0 (the value of every released SinSR / ResShift config)"
+            )
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -215,7 +234,12 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class ModelPreset:
-    """A named model: its UNet architecture, its schedule and default sampling."""
+    """A named model: its UNet architecture, its schedule and default sampling.
+
+    ``one_step`` marks a distilled student (SinSR): its only meaningful output is the x0 of
+    the single step from x_T (at t = 0 it predicts the learned inversion, i.e. noise), so
+    other step counts and samplers are refused (``SRPipeline.resolve_sampler``).
+    """
 
     name: str
     unet: UNetConfig
@@ -224,6 +248,7 @@ class ModelPreset:
     #: "onestep" for distilled students; "ancestral" for ResShift teachers
     default_sampler: str
     description: str = ""
+    one_step: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -233,6 +258,7 @@ class ModelPreset:
             "default_steps": self.default_steps,
             "default_sampler": self.default_sampler,
             "description": self.description,
+            "one_step": self.one_step,
         }
 
     @classmethod
@@ -244,6 +270,8 @@ class ModelPreset:
             default_steps=int(d["default_steps"]),
             default_sampler=str(d["default_sampler"]),
             description=str(d.get("description", "")),
+            # files written before the field existed: a one-step default sampler meant a student
+            one_step=bool(d.get("one_step", d["default_sampler"] == "onestep")),
         )
 
     def to_json(self) -> str:
@@ -258,8 +286,14 @@ T4 = ScheduleConfig(steps=4, kappa=2.0, min_noise_level=0.2, sinsr_min_clip=Fals
 VQ_F4 = VQConfig()  # 55,322,782 parameters
 
 PRESETS: dict[str, ModelPreset] = {
-    "sinsr-v1": ModelPreset("sinsr-v1", SINSR_UNET, T15, 1, "onestep", "SinSR v1, one step"),
-    "sinsr-v2": ModelPreset("sinsr-v2", SINSR_UNET, T15, 1, "onestep", "SinSR v2, one step"),
+    "sinsr-v1": ModelPreset(
+        "sinsr-v1", SINSR_UNET, T15, 1, "onestep",
+        "SinSR v1, one step (the paper's RealSet65 and ImageNet-Test model)", one_step=True,
+    ),
+    "sinsr-v2": ModelPreset(
+        "sinsr-v2", SINSR_UNET, T15, 1, "onestep",
+        "SinSR v2, one step (early-stopped; the authors' RealSR model)", one_step=True,
+    ),
     "resshift-v1": ModelPreset(
         "resshift-v1", SINSR_UNET, T15, 15, "ancestral", "ResShift v1, 15 steps (SinSR teacher)"
     ),
@@ -301,6 +335,7 @@ __all__ = [
     "VQConfig",
     "ScheduleConfig",
     "ModelPreset",
+    "DEFAULT_SEED",
     "PRESETS",
     "VQ_PRESETS",
     "tiny_unet",

@@ -10,7 +10,7 @@ target, fsync, ``os.replace``. Every failure a user can fix raises a ``SinsrIOEr
 Policies (documented for the CLI):
   * ``max_pixels``: the declared width x height is checked *before* decoding (Pillow's own
     process-wide limit is switched off around our calls; ours is the only one). ``None`` disables.
-  * Images smaller than ``MIN_SIDE`` x ``MIN_SIDE`` (2x2) are refused.
+  * Any size is read, down to 1 x 1 (the pipeline pads sides too small to reflect by replication).
   * Multi-frame files (GIF, APNG, multi-page TIFF): the first frame only.
   * 16-bit: grayscale and RGB/RGBA PNG and TIFF are read losslessly (/65535) and, with
     ``bit_depth=16`` or ``like.bit_depth == 16``, written back as 16-bit PNG/TIFF (rounded).
@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
-    "MIN_SIDE",
     "ImageReadError",
     "ImageWriteError",
     "InputItem",
@@ -70,7 +69,6 @@ __all__ = [
 ]
 
 DEFAULT_MAX_PIXELS = 178_956_970  # the size at which Pillow itself refuses to open a file
-MIN_SIDE = 2  # smallest width/height accepted; a 1-px side cannot be padded or tiled
 
 _FORMAT_ALIASES = {
     "png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "tif": "TIFF", "tiff": "TIFF"
@@ -127,10 +125,14 @@ class LoadedImage:
 
 @dataclass(frozen=True)
 class InputItem:
-    """One input image; ``rel`` is its path below the input root, mirrored under ``-o DIR``."""
+    """One input image; ``rel`` is its path below the input root, mirrored under ``-o DIR``.
+
+    ``size`` is the (width, height) its header declares, when known (before EXIF rotation).
+    """
 
     path: Path
     rel: Path
+    size: tuple[int, int] | None = None
 
 
 # --------------------------------------------------------------------------- reading
@@ -143,7 +145,7 @@ def read_image(
 
     The format comes from the content, not the extension. Raises ``ImageReadError`` when the file
     is missing, unreadable, empty, not an image, declares more than ``max_pixels`` pixels
-    (checked before decoding; ``None`` disables), is smaller than ``MIN_SIDE``, or is truncated
+    (checked before decoding; ``None`` disables), or is truncated
     or corrupt (partial decodes are never returned).
     """
     p = Path(path)
@@ -156,8 +158,6 @@ def read_image(
                 f"declared size {w}x{h} ({_mp(w * h)}) exceeds the limit of {_mp(max_pixels)}; "
                 "raise it with --max-pixels",
             )
-        if w < MIN_SIDE or h < MIN_SIDE:
-            raise ImageReadError(p, f"{w}x{h} image is too small (minimum {MIN_SIDE}x{MIN_SIDE})")
         fmt = im.format or "UNKNOWN"
         rawmode = _tile_rawmode(im)
         _load(im, p)
@@ -185,27 +185,27 @@ def sniff_format(path: str | os.PathLike[str]) -> str | None:
 
     Only the header is read; the extension is ignored, so a PNG named ``.jpg`` reports "PNG".
     """
-    fmt, _ = _sniff(Path(path))
+    fmt, _, _ = _sniff(Path(path))
     return fmt
 
 
-def _sniff(p: Path) -> tuple[str | None, str]:
-    """(format, "") for an image; (None, reason) otherwise. Never raises for a bad file."""
+def _sniff(p: Path) -> tuple[str | None, str, tuple[int, int] | None]:
+    """(format, "", size) for an image; (None, reason, None) otherwise. Never raises for a bad file."""
     try:
         if p.is_dir():
-            return None, "is a directory"
+            return None, "is a directory", None
         if p.stat().st_size == 0:
-            return None, "empty file"
+            return None, "empty file", None
         with _pillow_size_check_off():
             im = Image.open(p)
         with im:
-            return im.format, ""
+            return im.format, "", im.size
     except UnidentifiedImageError:
-        return None, "not an image"
+        return None, "not an image", None
     except OSError as e:
-        return None, _os_reason(e) if e.errno is not None else "not an image"
+        return None, _os_reason(e) if e.errno is not None else "not an image", None
     except Exception:  # any header Pillow cannot parse means "not an image we can read"
-        return None, "not an image"
+        return None, "not an image", None
 
 
 _PIL_LIMIT_LOCK = threading.RLock()
@@ -867,11 +867,11 @@ def collect_inputs(
     skipped: list[tuple[Path, str]] = []
 
     def consider(path: Path, rel: Path) -> None:
-        fmt, reason = _sniff(path)
+        fmt, reason, size = _sniff(path)
         if fmt is None:
             skipped.append((path, reason))
         else:
-            found.append(InputItem(path=path, rel=rel))
+            found.append(InputItem(path=path, rel=rel, size=size))
 
     def walk(root: Path, prefix: Path) -> None:
         for dirpath, dirnames, filenames in os.walk(root):

@@ -219,9 +219,19 @@ class SRPipeline:
         return tile_pad + ((-(tile + 2 * tile_pad)) % self.pad_multiple) // 2
 
     def resolve_sampler(self, steps: int | None, sampler: str | None) -> str:
-        """steps=1 -> onestep; else the named sampler or the preset default."""
+        """steps=1 -> onestep; else the named sampler or the preset default.
+
+        A one-step student (``preset.one_step``) takes exactly one step: any other step count or
+        sampler is a ValueError (its t = 0 output is the learned inversion, roughly x_T).
+        """
         if steps is not None and steps < 1:
             raise ValueError("steps must be >= 1")
+        if self.preset.one_step:
+            if steps not in (None, 1):
+                raise ValueError(f"{self.preset.name} is a one-step student: it takes exactly 1 step, not {steps}")
+            if sampler not in (None, "onestep"):
+                raise ValueError(f"{self.preset.name} is a one-step student: it has no {sampler!r} sampler (one step only)")
+            return "onestep"
         if steps == 1:
             return "onestep"
         if sampler is None:

@@ -25,6 +25,7 @@ from PIL import Image
 from sinsr_cli import imageio
 from sinsr_cli.batch import (
     BatchObserver,
+    SKIP_EXISTS,
     ItemResult,
     Job,
     UpscaleOptions,
@@ -181,7 +182,7 @@ def test_default_suffix():
         (dict(scale=0), "--scale"), (dict(scale=float("nan")), "--scale"), (dict(steps=0), "--steps"),
         (dict(tile=-1), "--tile"), (dict(tile_batch=0), "--batch"), (dict(alpha="blur"), "--alpha"),
         (dict(format="gif"), "--format"), (dict(quality=0), "--quality"),
-        (dict(skip_existing=True, overwrite=True), "together"), (dict(max_pixels=0), "--max-pixels"),
+        (dict(max_pixels=0), "--max-pixels"),
     ],
 )
 def test_options_reject_bad_values(kw, match):
@@ -293,15 +294,14 @@ def test_output_that_is_another_input_is_refused_even_with_overwrite(tmp_path):
     assert by_name["a_x4.png"].status == "done"
 
 
-def test_existing_output_fails_skips_or_is_replaced(tmp_path):
+def test_existing_output_is_skipped_or_replaced(tmp_path):
     _save(tmp_path / "in" / "a.png")
     out = tmp_path / "out"
     out.mkdir()
     (out / "a_x4.png").write_bytes(b"old")
     report, pipe = _run(tmp_path, [tmp_path / "in"], output=out)
-    assert report.results[0].status == "failed" and "--skip-existing or --overwrite" in report.results[0].message
-    report, pipe = _run(tmp_path, [tmp_path / "in"], output=out, skip_existing=True)
-    assert report.results[0].status == "skipped" and not pipe.calls
+    assert report.results[0].status == "skipped" and report.results[0].reason == SKIP_EXISTS
+    assert report.existing == 1 and not report.failed and not pipe.calls
     assert (out / "a_x4.png").read_bytes() == b"old"
     report, pipe = _run(tmp_path, [tmp_path / "in"], output=out, overwrite=True)
     assert report.results[0].status == "done" and Image.open(out / "a_x4.png").size == (48, 40)
@@ -362,7 +362,7 @@ def test_bad_files_fail_and_the_batch_goes_on(tmp_path):
     good = _save(d / "a_good.png")
     png = good.read_bytes()
     (d / "b_truncated.png").write_bytes(png[: len(png) // 2])
-    _save(d / "c_tiny.png", size=(1, 1))
+    (d / "c_text.png").write_text("not an image")  # an image name: an error, not a skip
     _save(d / "d_big.png", size=(300, 300))
     _save(d / "e_good.png")
     rec = Recorder()
@@ -370,7 +370,7 @@ def test_bad_files_fail_and_the_batch_goes_on(tmp_path):
     by_name = {r.item.path.name: r for r in report.results}
     assert by_name["a_good.png"].status == by_name["e_good.png"].status == "done"
     assert "truncated" in by_name["b_truncated.png"].message
-    assert "too small" in by_name["c_tiny.png"].message
+    assert by_name["c_text.png"].status == "failed" and "not an image" in by_name["c_text.png"].message
     assert "--max-pixels" in by_name["d_big.png"].message
     for r in report.failed:
         assert "\n" not in r.message and str(r.item.path) in r.message

@@ -104,7 +104,7 @@ def real_run(tmp_path_factory, data_dir, tiny_checkpoints):
     (inp / "zero.png").write_bytes(b"")
     (inp / "truncated.png").write_bytes(good[: len(good) // 2])
     (inp / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(64))
-    _save(inp / "one_pixel.png", size=(1, 1))
+    _save(inp / "one_pixel.png", size=(1, 1))  # upscaled like any image (replicate padding)
     _bomb(inp / "bomb.png")
     (inp / "notes.txt").write_text("not an image")
     result = invoke(inp, "-o", out, "--model", unet, "--vq", vq, "--seed", "0", "--device", "cpu")
@@ -117,7 +117,8 @@ def test_real_run_outputs(real_run):
     assert result.exit_code == 1, result.output
     bird = out / "nested" / "deeper" / "bird_x4.png"
     photo = out / "photo_x4.png"  # named by content: PNG
-    assert sorted(written(result)) == sorted([bird, photo])
+    assert sorted(written(result)) == sorted([bird, photo, out / "one_pixel_x4.png"])
+    assert Image.open(out / "one_pixel_x4.png").size == (4, 4)
     im = Image.open(bird)
     assert im.size == (96, 80) and im.mode == "RGB"
     arr = np.asarray(im, dtype=np.float32)
@@ -134,15 +135,14 @@ def test_real_run_bad_inputs_one_line_each(real_run):
     result, inp, out = real_run
     errors = err_lines(result)
     expected = {
-        "zero.png": "empty", "truncated.png": "truncated", "corrupt.jpg": "", "one_pixel.png": "too small",
-        "bomb.png": "--max-pixels",
+        "zero.png": "empty", "truncated.png": "truncated", "corrupt.jpg": "", "bomb.png": "--max-pixels",
     }
     for name, reason in expected.items():
         mine = [e for e in errors if str(inp / name) in e]
         assert len(mine) == 1 and reason in mine[0], (name, errors)
     assert len(errors) == len(expected)
-    assert "notes.txt" in result.stderr and "skipped" in result.stderr
-    assert "5 input(s) failed" in result.stderr  # listed again at the end
+    assert f"skipped: {inp / 'notes.txt'} (not an image)" in result.stderr
+    assert "4 input(s) failed" in result.stderr  # listed again at the end
     assert not (out / "zero_x4.png").exists() and not (out / "notes_x4.png").exists()
 
 
@@ -175,7 +175,7 @@ def test_help_lists_the_flags():
     assert result.exit_code == 0
     for flag in ("--output", "--scale", "--suffix", "--format", "--quality", "--model", "--vq", "--steps",
                  "--sampler", "--seed", "--device", "--dtype", "--tile", "--tile-overlap", "--batch",
-                 "--skip-existing", "--strip-metadata", "--max-pixels", "--verbose"):
+                 "--overwrite", "--strip-metadata", "--max-pixels", "--verbose"):
         assert flag in result.stdout
 
 
@@ -286,20 +286,35 @@ def test_never_overwrites_input_and_existing_outputs(tmp_path, fake_model):
 
     assert invoke(p).exit_code == 0
     first = (tmp_path / "a_x4.png").read_bytes()
-    result = invoke(p)  # exists: refused
-    assert result.exit_code == 1 and "--skip-existing or --overwrite" in err_lines(result)[0]
-    result = invoke(p, "--skip-existing")
-    assert result.exit_code == 0 and "output exists" in result.stderr
+    result = invoke(p)  # exists: kept, the input skipped
+    assert result.exit_code == 0 and not err_lines(result) and "--overwrite replaces them" in result.stderr
     assert (tmp_path / "a_x4.png").read_bytes() == first
+    result = invoke(p, "--skip-existing")  # the old spelling of the default still works
+    assert result.exit_code == 0 and (tmp_path / "a_x4.png").read_bytes() == first
+    (tmp_path / "a_x4.png").write_bytes(b"old")
     assert invoke(p, "--overwrite").exit_code == 0
+    assert Image.open(tmp_path / "a_x4.png").size == (48, 40)
 
 
-def test_skip_existing_does_not_load_the_model(tmp_path, fake_model):
-    _save(tmp_path / "a.png")
-    assert invoke(tmp_path, "-o", tmp_path / "out").exit_code == 0
-    assert len(fake_model) == 1
-    result = invoke(tmp_path, "-o", tmp_path / "out", "--skip-existing")
-    assert result.exit_code == 0 and len(fake_model) == 1
+def test_rerun_of_a_finished_batch_exits_0_with_skips_counted(tmp_path, fake_model):
+    """Issue 15.1: a rerun reports every existing output as a skip, in one line, and exits 0."""
+    for name in ("a.png", "b.png", "sub/c.png"):
+        _save(tmp_path / "in" / name)
+    (tmp_path / "in" / "notes.txt").write_text("not an image")
+    first = invoke(tmp_path / "in", "-o", tmp_path / "out")
+    assert first.exit_code == 0, first.output
+    assert len(fake_model) == 1 and "3 of 4 file(s) to upscale" in first.stderr
+    again = invoke(tmp_path / "in", "-o", tmp_path / "out")
+    assert again.exit_code == 0, again.output
+    assert len(fake_model) == 1  # nothing to do: the model is not even loaded
+    assert not err_lines(again) and not written(again)
+    assert "3 output(s) already exist and were kept; --overwrite replaces them" in again.stderr
+    row = [line for line in again.stderr.splitlines() if line.strip().startswith("│") and "s │" in line]
+    assert [c.strip() for c in row[-1].strip("│ ").split("│")][:4] == ["0", "4", "0", "0"]  # done skipped failed not-started
+    assert "skipped: " + str(tmp_path / "in" / "notes.txt") + " (not an image)" in again.stderr
+    assert again.stderr.count("skipped:") == 1  # existing outputs are counted, not listed
+    loud = invoke(tmp_path / "in", "-o", tmp_path / "out", "--verbose")
+    assert loud.exit_code == 0 and loud.stderr.count("(output exists:") == 3
 
 
 def test_tile_steps_sampler_reach_the_pipeline(tmp_path, fake_model):
@@ -308,8 +323,14 @@ def test_tile_steps_sampler_reach_the_pipeline(tmp_path, fake_model):
     assert result.exit_code == 0, result.output
     call = fake_model[0].calls[0]
     assert call["tile"] == 64 and call["steps"] == 4
+<<<<<<< HEAD
     result = invoke(tmp_path / "a.png", "--overwrite")  # --tile auto by default: planned per image
     assert fake_model[1].calls[0]["tile"] == 0 and "tile auto" in result.stderr  # small: untiled
+=======
+    result = invoke(tmp_path / "a.png", "--overwrite")  # --tile auto by default
+    tile = fake_model[1].calls[0]["tile"]
+    assert tile > 0 and (tile + 16) % 64 == 0 and "untiled" in result.stderr  # 12 x 10 fits any tile
+>>>>>>> 48a1aa1 (upscale: existing outputs are skips (exit 0 on rerun), fixed default seed 12345, one-step students refuse other samplings, 1-px images, scale_factor/latent_flag refused, Real-ESRGAN spellings, plain help, -q errors only)
 
 
 # --------------------------------------------------------------------------- pixels and metadata
@@ -385,13 +406,15 @@ def test_bad_inputs_each_one_line_batch_goes_on(tmp_path, fake_model):
     good = _save(d / "a.png").read_bytes()
     (d / "b.png").write_bytes(good[:40])
     (d / "c.jpeg").write_bytes(b"")
-    _save(d / "d.png", size=(1, 1))
+    (d / "d.png").write_text("a text file named .png")
     _bomb(d / "e.png", 30_000, 30_000)
     _save(d / "f.gif", format="GIF")  # a valid GIF: read (first frame), written as PNG
+    _save(d / "g.png", size=(1, 1))  # any size is upscaled
     result = invoke(d, "-o", tmp_path / "out")
     assert result.exit_code == 1
     assert len(err_lines(result)) == 4 and all(str(d) in line for line in err_lines(result))
-    assert sorted(p.name for p in written(result)) == ["a_x4.png", "f_x4.png"]
+    assert "d.png: not an image" in result.stderr
+    assert sorted(p.name for p in written(result)) == ["a_x4.png", "f_x4.png", "g_x4.png"]
     # raising the decompression-bomb limit moves the error past the size check
     result = invoke(d / "e.png", "-o", tmp_path / "out2", "--max-pixels", str(10**9))
     assert result.exit_code == 1 and "--max-pixels" not in result.stderr
@@ -507,3 +530,157 @@ def test_ctrl_c_twice_abandons_current_file(tmp_path):
     names = _valid_outputs(out)
     assert len(names) <= done_before + 1 and "interrupted; nothing written" in stderr
     assert _no_temp_files(out)
+
+
+# --------------------------------------------------------------------------- issue 15: conventions
+
+
+@pytest.mark.slow
+def test_default_seed_gives_byte_identical_reruns(tmp_path, data_dir, tiny_checkpoints):
+    unet, vq = tiny_checkpoints
+    src = _crop(data_dir / "set5" / "lr" / "bird.png", (20, 20, 44, 40), tmp_path / "bird.png")
+    runs = []
+    for name in ("one.png", "two.png"):
+        result = invoke(src, "-o", tmp_path / name, "--model", unet, "--vq", vq, "--device", "cpu")
+        assert result.exit_code == 0, result.output
+        assert "seed 12345" in result.stderr
+        runs.append((tmp_path / name).read_bytes())
+    assert runs[0] == runs[1]
+    result = invoke(src, "-o", tmp_path / "fresh.png", "--model", unet, "--vq", vq, "--device", "cpu", "--seed", "random")
+    assert result.exit_code == 0 and "seed 12345" not in result.stderr
+    seed = int(result.stderr.split("seed ")[1].split(":")[0])  # the header shows it, to reproduce the run
+    again = invoke(src, "-o", tmp_path / "again.png", "--model", unet, "--vq", vq, "--device", "cpu", "--seed", str(seed))
+    assert again.exit_code == 0 and (tmp_path / "again.png").read_bytes() == (tmp_path / "fresh.png").read_bytes()
+
+
+def test_bad_seed_is_a_usage_error(tmp_path, fake_model):
+    _save(tmp_path / "a.png")
+    result = invoke(tmp_path / "a.png", "--seed", "lucky")
+    assert result.exit_code == 2 and "--seed" in err_lines(result)[0]
+
+
+def test_real_esrgan_spellings(tmp_path, fake_model):
+    """inference_realesrgan.py habits: -i, -o, -s/--outscale, -t, --tile_pad, --ext, --fp32, -n, -g."""
+    _save(tmp_path / "in" / "a.png", size=(10, 8))
+    result = invoke("-i", tmp_path / "in", "-o", tmp_path / "out", "--outscale", "2", "-t", "64", "--tile_pad", "12",
+                    "--ext", "jpg", "--fp32", "-n", "sinsr-v1", "--suffix", "out")
+    assert result.exit_code == 0, result.output
+    im = Image.open(tmp_path / "out" / "aout.jpg")
+    assert im.format == "JPEG" and im.size == (20, 16)
+    assert fake_model[0].dtype == torch.float32 and fake_model[0].calls[0]["tile"] == 64
+    assert invoke("-i", tmp_path / "in", "-o", tmp_path / "o2", "--ext", "auto").exit_code == 0
+    assert (tmp_path / "o2" / "a_x4.png").is_file()
+    # --tile_overlap works too: any long option may be written with underscores
+    assert invoke("-i", tmp_path / "in", "-o", tmp_path / "o3", "--tile_overlap", "8", "--strip_metadata").exit_code == 0
+    # Real-ESRGAN's -g N is --device cuda:N: here (no CUDA) a one-line usage error naming the device
+    result = invoke("-i", tmp_path / "in", "-o", tmp_path / "o4", "-g", "0")
+    assert result.exit_code == 2 and "cuda:0" in err_lines(result)[0]
+    result = invoke("-i", tmp_path / "in", "--fp32", "--dtype", "fp16")
+    assert result.exit_code == 2 and "--fp32" in err_lines(result)[0]
+
+
+def test_unknown_option_suggests_the_nearest(tmp_path):
+    result = runner.invoke(app, ["upscale", "x.png", "--tiel", "3"])
+    assert result.exit_code == 2
+    assert "Did you mean --tile?" in result.output and "--steps" not in result.output
+    result = runner.invoke(app, ["upscale", "x.png", "--overwirte"])
+    assert result.exit_code == 2 and "Did you mean --overwrite?" in result.output
+
+
+def test_no_input_is_a_usage_error():
+    result = runner.invoke(app, ["upscale"])
+    assert result.exit_code == 2 and "INPUT" in err_lines(result)[0]
+
+
+def test_help_has_no_python_types_for_flags_and_arguments():
+    result = runner.invoke(app, ["upscale", "--help"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0
+    text = result.stdout
+    assert "<bool>" not in text and "list[str]" not in text and "{" not in text
+    assert "[INPUT]..." in text  # the usage line
+    for alias in ("--outscale", "--ext", "--fp32", "-t", "-i", "--tile-pad", "--gpu-id"):
+        assert alias in text
+    assert "[default: 12345]" in text  # the seed is fixed unless --seed random
+
+
+def test_quiet_prints_errors_only(tmp_path, fake_model):
+    _save(tmp_path / "in" / "a.png")
+    (tmp_path / "in" / "b.png").write_bytes(b"")
+    (tmp_path / "in" / "notes.txt").write_text("x")
+    result = invoke(tmp_path / "in", "-o", tmp_path / "out", "-q", "--dtype", "fp16")  # fp16 -> a NaN warning
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "b.png" in lines[0]
+    assert (tmp_path / "out" / "a_x4.png").is_file()
+    again = invoke(tmp_path / "in", "-o", tmp_path / "out", "-q")
+    assert again.exit_code == 1 and len(again.stderr.strip().splitlines()) == 1
+
+
+def test_same_name_collision_does_not_suggest_format(tmp_path, fake_model):
+    _save(tmp_path / "in" / "a.png")
+    _save(tmp_path / "in" / "a.jpg", format="JPEG")
+    result = invoke(tmp_path / "in", "-o", tmp_path / "out", "--format", "png")
+    assert result.exit_code == 1
+    (line,) = err_lines(result)
+    assert "also the output of" in line and "--format" not in line
+
+
+@pytest.fixture(scope="module")
+def one_step_student(tmp_path_factory, tiny_checkpoints):
+    """The tiny UNet saved as a one-step student (as `sinsr distill --export` writes it)."""
+    import dataclasses
+
+    from safetensors.torch import load_file
+
+    from sinsr_cli.config import tiny_preset
+    from sinsr_cli.models.checkpoints import unet_metadata, write_safetensors
+
+    unet, vq = tiny_checkpoints
+    preset = dataclasses.replace(tiny_preset("tiny-student"), one_step=True)
+    path = tmp_path_factory.mktemp("student") / "student.safetensors"
+    return write_safetensors(load_file(str(unet)), path, unet_metadata(preset)), vq
+
+
+@pytest.mark.parametrize("args", [["--steps", "4"], ["--sampler", "deterministic"], ["--steps", "2", "--sampler", "ancestral"]])
+def test_one_step_student_refuses_other_samplings(tmp_path, one_step_student, args):
+    unet, vq = one_step_student
+    _save(tmp_path / "a.png")
+    result = invoke(tmp_path / "a.png", "--model", unet, "--vq", vq, "--device", "cpu", *args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "one-step student" in lines[0] and "tiny-student" in lines[0]
+    assert not (tmp_path / "a_x4.png").exists()
+    ok = invoke(tmp_path / "a.png", "--model", unet, "--vq", vq, "--device", "cpu", "--steps", "1")
+    assert ok.exit_code == 0, ok.output
+
+
+def _readme_section(title: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"## `{title}`")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end > 0 else None]
+
+
+def test_readme_and_help_agree():
+    """Every visible option of `sinsr upscale` is in the README's table and vice versa, each
+    shown by --help, with the same defaults."""
+    import re
+
+    import typer.main
+
+    help_text = runner.invoke(app, ["upscale", "--help"], env={"COLUMNS": "200"}).stdout
+    cmd = typer.main.get_command(app).commands["upscale"]
+    params = [p for p in cmd.params if getattr(p, "param_type_name", "") == "option" and not p.hidden]
+    rows = [line for line in _readme_section("sinsr upscale").splitlines() if line.startswith("| `")]
+    readme = {o: row for row in rows for o in re.findall(r"`(-[-\w]+)`", row.split("|")[1])}
+    names = {o for p in params for o in (*p.opts, *p.secondary_opts)}
+    assert set(readme) == names
+    for name in names:
+        assert name in help_text
+    for p in params:
+        if p.default not in (None, False, ()) and not p.multiple and p.show_default is not False:
+            shown = p.default if not isinstance(p.default, bool) else p.opts[0].lstrip("-")
+            cell = readme[p.opts[0]].split("|")[2].strip()
+            assert cell in (str(shown), str(shown).removesuffix(".0")), p.opts[0]
+            assert f"[default: {shown}]" in help_text, p.opts[0]

@@ -436,12 +436,11 @@ def test_max_pixels_is_ours_not_pillows(tmp_path: Path, monkeypatch: pytest.Monk
     assert Image.MAX_IMAGE_PIXELS == 10
 
 
-def test_too_small(tmp_path: Path) -> None:
-    tiny = save(tmp_path / "a.png", Image.new("RGB", (1, 1)))
-    with pytest.raises(ImageReadError) as err:
-        read_image(tiny)
-    assert one_line(err, tiny).endswith("1x1 image is too small (minimum 2x2)")
-    assert read_image(save(tmp_path / "b.png", Image.new("RGB", (2, 2)))).size == (2, 2)
+def test_one_pixel_images_are_read(tmp_path: Path) -> None:
+    tiny = save(tmp_path / "a.png", Image.new("RGB", (1, 1), (10, 20, 30)))
+    img = read_image(tiny)
+    assert img.size == (1, 1) and img.rgb.shape == (1, 1, 3)
+    assert read_image(save(tmp_path / "b.png", Image.new("L", (1, 5)))).size == (1, 5)
 
 
 # ----------------------------------------------------------------------------- read errors

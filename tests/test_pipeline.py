@@ -131,3 +131,46 @@ def test_max_tile_of_the_full_size_model():
     ns.max_input_pixels = lambda batch=1: SRPipeline.max_input_pixels(ns, batch)
     assert SRPipeline.max_tile(ns, 8) == 688
     assert 256 * (4 * 704) ** 2 < 2**31 <= 256 * (4 * 768) ** 2
+
+
+def test_one_step_students_take_one_step(tiny_pipeline):
+    import dataclasses
+
+    from sinsr_cli.config import PRESETS, ModelPreset
+
+    assert PRESETS["sinsr-v1"].one_step and PRESETS["sinsr-v2"].one_step
+    assert not any(PRESETS[n].one_step for n in ("resshift-v1", "resshift-v2", "resshift-v3"))
+    tiny_pipeline.preset = dataclasses.replace(tiny_pipeline.preset, name="student", one_step=True)
+    assert tiny_pipeline.resolve_sampler(None, None) == tiny_pipeline.resolve_sampler(1, "onestep") == "onestep"
+    for steps, sampler in ((4, None), (None, "ancestral"), (15, "deterministic")):
+        with pytest.raises(ValueError, match="student is a one-step student"):
+            tiny_pipeline.resolve_sampler(steps, sampler)
+    with pytest.raises(ValueError, match="one-step"):
+        tiny_pipeline(torch.rand(1, 3, 8, 8), steps=2)
+    # a file written before the field existed: a one-step default sampler means a student
+    d = PRESETS["sinsr-v1"].to_dict()
+    del d["one_step"]
+    assert ModelPreset.from_dict(d).one_step
+    d = PRESETS["resshift-v1"].to_dict()
+    del d["one_step"]
+    assert not ModelPreset.from_dict(d).one_step
+
+
+def test_unimplemented_official_schedule_fields_are_refused():
+    from sinsr_cli.config import ScheduleConfig
+
+    official = dict(steps=15, kappa=2.0, min_noise_level=0.04, etas_end=0.99, schedule_kwargs={"power": 0.3})
+    assert ScheduleConfig.from_official({**official, "scale_factor": 1.0, "latent_flag": True}).scale_factor == 1.0
+    with pytest.raises(ValueError, match="scale_factor: 0.18215 is not supported"):
+        ScheduleConfig.from_official({**official, "scale_factor": 0.18215})
+    with pytest.raises(ValueError, match="latent_flag: false"):
+        ScheduleConfig.from_official({**official, "latent_flag": False})
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (1, 40), (3, 1)])
+def test_one_pixel_sides_are_upscaled_tiled_or_not(tiny_pipeline, h, w):
+    x = torch.rand(1, 3, h, w)
+    whole = tiny_pipeline(x, seed=0)
+    tiled = tiny_pipeline(x, seed=0, tile=16, tile_overlap=4)
+    assert whole.shape == tiled.shape == (1, 3, 4 * h, 4 * w)
+    assert torch.isfinite(tiled).all()

@@ -6,6 +6,7 @@ import typer
 
 from .. import __version__
 from .bench import bench_cmd
+from .common import SinsrCommand
 from .distill import distill_cmd
 from .models import convert_cmd, download_cmd, export_cmd, models_cmd
 from .upscale import upscale_cmd
@@ -32,13 +33,13 @@ def _root(
     """One-step diffusion image super-resolution (SinSR / ResShift)."""
 
 
-app.command("upscale")(upscale_cmd)
-app.command("bench")(bench_cmd)
-app.command("distill")(distill_cmd)
-app.command("models")(models_cmd)
-app.command("download")(download_cmd)
-app.command("export")(export_cmd)
-app.command("convert")(convert_cmd)
+app.command("upscale", cls=SinsrCommand)(upscale_cmd)
+app.command("bench", cls=SinsrCommand)(bench_cmd)
+app.command("distill", cls=SinsrCommand)(distill_cmd)
+app.command("models", cls=SinsrCommand)(models_cmd)
+app.command("download", cls=SinsrCommand)(download_cmd)
+app.command("export", cls=SinsrCommand)(export_cmd)
+app.command("convert", cls=SinsrCommand)(convert_cmd)
 
 
 def main() -> None:

@@ -1,7 +1,9 @@
-"""What every command shares: one-line errors, exit codes, the console."""
+"""What every command shares: one-line errors, exit codes, the console, ``--quiet``, and the
+command class that makes help and usage errors read as users of other CLIs expect."""
 
 from __future__ import annotations
 
+import difflib
 import functools
 import logging
 import os
@@ -12,6 +14,7 @@ from typing import Any, Callable, TypeVar
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -19,6 +22,78 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 
 console = Console(stderr=True, highlight=False)
+
+#: what ``-q`` means in every command
+QUIET_HELP = "Errors only: no progress, notes or summary (the exit code tells the rest)."
+
+
+def quiet_option() -> Any:
+    """The ``-q/--quiet`` option, the same in every command."""
+    return typer.Option(False, "-q", "--quiet", help=QUIET_HELP)
+
+
+class SinsrCommand(TyperCommand):
+    """A Typer command whose help and usage errors read like a conventional CLI's.
+
+    * Flags show no value placeholder (``--quiet``, not ``--quiet <bool>``) and arguments no
+      Python type (``INPUT...``, not ``<list[str]>``).
+    * Long options may be spelled with underscores (``--tile_pad`` = ``--tile-pad``), as in
+      Real-ESRGAN's and BasicSR's scripts.
+    * An unknown option names the one nearest real option (``--tiel``: did you mean ``--tile``?).
+    """
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        for p in params:
+            if getattr(p, "is_flag", False) or getattr(p, "count", False):
+                p.metavar = ""  # Typer >= 0.16 shows a flag's type as its value
+            elif getattr(p, "param_type_name", "") == "argument" and hasattr(p, "display_type_rich"):
+                p.display_type_rich = lambda ctx: None  # the metavar says it all
+        return params
+
+    def long_options(self, ctx: Any) -> list[str]:
+        """Every ``--name`` this command accepts (both halves of ``--x/--no-x``)."""
+        names: list[str] = []
+        for p in self.get_params(ctx):
+            for opt in [*getattr(p, "opts", ()), *getattr(p, "secondary_opts", ())]:
+                if opt.startswith("--"):
+                    names.append(opt)
+        return names
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        known = set(self.long_options(ctx))
+        args = _dashed(args, known)
+        try:
+            return super().parse_args(ctx, args)
+        except Exception as e:  # click's or Typer's vendored NoSuchOption, by name
+            if type(e).__name__ == "NoSuchOption":
+                _suggest(e, sorted(known))
+            raise
+
+
+def _dashed(args: list[str], known: set[str]) -> list[str]:
+    """``--tile_pad 10`` -> ``--tile-pad 10`` where only the dashed spelling is an option."""
+    out: list[str] = []
+    for i, tok in enumerate(args):
+        if tok == "--":
+            return out + args[i:]
+        if tok.startswith("--") and "_" in tok:
+            name, eq, value = tok.partition("=")
+            dashed = name.replace("_", "-")
+            if name not in known and dashed in known:
+                tok = dashed + eq + value
+        out.append(tok)
+    return out
+
+
+def _suggest(err: Any, known: list[str]) -> None:
+    """Replace click's list of possibilities by the single nearest option, if any."""
+    name = str(getattr(err, "option_name", "") or "")
+    if not name.startswith("--"):
+        return
+    best = difflib.get_close_matches(name.split("=", 1)[0].replace("_", "-"), known, n=1, cutoff=0.6)
+    err.possibilities = None
+    err.message = f"No such option: {name}" + (f". Did you mean {best[0]}?" if best else " (see --help)")
 
 
 #: (module, class) of our exceptions whose message is meant for the user

@@ -9,7 +9,6 @@ table. Exit codes: 0 all done, 1 some inputs failed, 2 usage error, 130 interrup
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import sys
 import tempfile
@@ -25,10 +24,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 from rich.text import Text
 
-from .common import EXIT_OK, EXIT_PARTIAL, console, fail, handle_errors
+from ..config import DEFAULT_SEED
+from .common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, console, fail, handle_errors, quiet_option
 
 if TYPE_CHECKING:  # the batch engine imports torch: keep `sinsr --help` fast
     from ..batch import BatchReport, ItemResult, Job
+    from ..pipeline import SRPipeline
 
 EXIT_INTERRUPTED = 130
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
@@ -51,7 +52,11 @@ def parse_tile(value: str) -> int | None:
 
 
 class _Renderer:
-    """Turns ``run_batch`` events into terminal output. Errors and warnings are one line each."""
+    """Turns ``run_batch`` events into terminal output. Errors and warnings are one line each.
+
+    ``quiet``: errors (and the interruption notices) only. Skips because the output exists are
+    counted in the summary instead of listed (``verbose`` lists them).
+    """
 
     def __init__(self, err: Console, *, quiet: bool, verbose: bool, show_progress: bool) -> None:
         from ..batch import BatchObserver
@@ -87,7 +92,8 @@ class _Renderer:
                 renderer.tiles(done, total)
 
             def warning(self, job: Job, message: str) -> None:
-                renderer.line("warning", "yellow", message)
+                if not renderer.quiet:
+                    renderer.line("warning", "yellow", message)
 
             def file_finished(self, result: ItemResult) -> None:
                 renderer.file_finished(result)
@@ -103,18 +109,18 @@ class _Renderer:
         if self.progress is not None and pending:
             self.progress.start()
             self._files = self.progress.add_task("files", total=pending)
-            self._tiles = self.progress.add_task("tiles", total=None)
+            self._tiles = self.progress.add_task("tiles", total=None, visible=False)  # tiled files only
 
     def file_started(self, job: Job, index: int, pending: int) -> None:
         self._in_file = True
         if self.progress is not None and self._files is not None:
             name = job.item.rel.as_posix()
             self.progress.update(self._files, description=f"file {index}/{pending}: {name}")
-            self.progress.reset(self._tiles, total=None, description="tiles")
+            self.progress.reset(self._tiles, total=None, description="tiles", visible=False)
 
     def tiles(self, done: int, total: int) -> None:
         if self.progress is not None and self._tiles is not None:
-            self.progress.update(self._tiles, completed=done, total=total)
+            self.progress.update(self._tiles, completed=done, total=total, visible=total > 1)
 
     def file_finished(self, result: ItemResult) -> None:
         if result.status == "failed":
@@ -123,7 +129,10 @@ class _Renderer:
                 tb = result.traceback or "".join(traceback.format_exception(result.error))
                 self.err.print(Text(tb.rstrip()), soft_wrap=True, highlight=False)
         elif result.status == "skipped" and not self.quiet:
-            self.line("skipped", "dim", result.message)
+            from ..batch import SKIP_EXISTS
+
+            if result.reason != SKIP_EXISTS or self.verbose:
+                self.line("skipped", "dim", result.message)
         elif result.status == "cancelled" and result.error is not None:  # the file Ctrl-C abandoned
             self.line("interrupted", "yellow", result.message)
         elif result.status == "done" and not self.quiet:
@@ -141,6 +150,7 @@ class _Renderer:
 
 
 def _summary(report: BatchReport, err: Console) -> None:
+    """The table (its columns add up to the inputs of the run), the failures again, the skips."""
     table = Table(title="sinsr upscale", title_justify="left")
     for col in ("done", "skipped", "failed", "not started", "time"):
         table.add_column(col, justify="right")
@@ -154,6 +164,11 @@ def _summary(report: BatchReport, err: Console) -> None:
         err.print(Text(f"{len(failed)} input(s) failed:", style="red"))
         for r in failed:
             err.print(Text(f"  {r.message}"), soft_wrap=True, highlight=False)
+    if report.existing:
+        err.print(
+            Text(f"{report.existing} output(s) already exist and were kept; --overwrite replaces them", style="dim"),
+            soft_wrap=True, highlight=False,
+        )
 
 
 def _check_output(output: Path | None, single_input_file: bool, n_inputs: int) -> None:
@@ -178,66 +193,115 @@ def _single_input_file(inputs: Sequence[str], n_items: int) -> bool:
     return len(inputs) == 1 and n_items == 1 and Path(os.path.expanduser(inputs[0])).is_file()
 
 
+def _tiling_words(pipe: SRPipeline, tile: int | None, jobs: Sequence[Job], tile_batch: int) -> str:
+    """``untiled`` when no pending image will be tiled (a fixed tile no image exceeds, the
+    pipeline's own rule, or an ``auto`` plan that tiles none of them), else the tile."""
+    from ..batch import auto_plan
+
+    sizes = {j.item.size for j in jobs if j.status == "pending" and j.item.size}
+    if tile is None:  # planned per image: plan each distinct size now (arithmetic only)
+        tiled = any(auto_plan(pipe, h, w, tile_batch=tile_batch).tile for w, h in sizes) or not sizes
+        return "tile auto" if tiled else "untiled"
+    if not tile or (sizes and max(max(s) for s in sizes) <= tile):
+        return "untiled"
+    return f"tile {tile}"
+
+
+def _real_esrgan_options(device: str, gpu_id: int | None, dtype: str, fp32: bool) -> tuple[str, str]:
+    """``-g N`` -> ``--device cuda:N``, ``--fp32`` -> ``--dtype fp32`` (Real-ESRGAN's spellings)."""
+    if gpu_id is not None:
+        if device not in ("auto", f"cuda:{gpu_id}"):
+            raise ValueError(f"--gpu-id {gpu_id} and --device {device} disagree; give one of them")
+        device = f"cuda:{gpu_id}"
+    if fp32:
+        if dtype.lower() not in ("auto", "fp32", "float32"):
+            raise ValueError(f"--fp32 and --dtype {dtype} disagree; give one of them")
+        dtype = "fp32"
+    return device, dtype
+
+
+_HELP = """Upscale images with SinSR / ResShift (x4 model, any output scale).
+
+Inputs are files, folders (searched recursively) and glob patterns. A file is an image when its
+name or its content says so; one that cannot be read (empty, truncated, text named .png) is an
+error, and other files in folders (notes.txt) are skipped.
+
+Outputs are written atomically and never replace an input. An existing output is kept and its
+input skipped (so a rerun of a finished batch does nothing and exits 0); --overwrite replaces it.
+
+The default seed is fixed: the same command gives the same pixels. Ctrl-C stops after the
+current file; press it twice to abandon that file (nothing half-written is left).
+
+Exit codes: 0 done (or skipped), 1 some inputs failed, 2 usage error, 130 interrupted.
+"""
+
+
 @handle_errors
 def upscale_cmd(
-    inputs: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or glob patterns.", show_default=False),
+    inputs: Optional[list[str]] = typer.Argument(None, metavar="INPUT", help="Image files, folders or glob patterns.", show_default=False),
+    input_opt: Optional[list[str]] = typer.Option(None, "-i", "--input", metavar="INPUT", help="An input, as INPUT (Real-ESRGAN's -i); repeatable.", show_default=False),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output folder (the input tree is mirrored) or, for one input file, the output file. Default: next to each input."),
-    scale: float = typer.Option(4.0, "-s", "--scale", help="Output scale: the x4 model, then a Lanczos resample to exactly round(s*w) x round(s*h)."),
-    suffix: Optional[str] = typer.Option(None, "--suffix", help="Added to output file names. Default: _x<scale> (e.g. _x4); '' keeps the names."),
-    fmt: Optional[str] = typer.Option(None, "-f", "--format", help="Output format: png, jpg, webp or tif. Default: the input's."),
+    scale: float = typer.Option(4.0, "-s", "--scale", "--outscale", help="Output scale: the x4 model, then a Lanczos resample to exactly round(s*w) x round(s*h)."),
+    suffix: Optional[str] = typer.Option(None, "--suffix", help="Added to output file names (default _x<scale>, e.g. _x4); '' keeps the names.", show_default=False),
+    fmt: str = typer.Option("auto", "-f", "--format", "--ext", help="Output format: png, jpg, webp, tif, or auto (the input's)."),
     quality: int = typer.Option(95, "--quality", help="JPEG/WebP quality, 1-100."),
-    model: str = typer.Option("sinsr-v1", "-m", "--model", help="Zoo name (see `sinsr models`) or checkpoint file."),
-    vq: Optional[str] = typer.Option(None, "--vq", help="VQ autoencoder: zoo name or file. Default: vq-f4."),
+    model: str = typer.Option("sinsr-v1", "-m", "--model", "-n", "--model-name", help="Zoo name (see `sinsr models`) or checkpoint file."),
+    vq: str = typer.Option("vq-f4", "--vq", help="VQ autoencoder: zoo name or file."),
     config: Optional[Path] = typer.Option(None, "--config", help="Official YAML/JSON for checkpoints that are not presets."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps: 1 = SinSR's single step. Default: the model's (ResShift: its T)."),
-    sampler: Optional[str] = typer.Option(None, "--sampler", help="ancestral or deterministic (for more than one step)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Noise seed (default: random); the same seed gives the same output."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps of a ResShift teacher (default its T: 15, or 4 for v3); SinSR students take exactly 1.", show_default=False),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="ancestral (default) or deterministic, for ResShift's multi-step sampling.", show_default=False),
+    seed: str = typer.Option(str(DEFAULT_SEED), "--seed", help="Noise seed, or 'random' for a fresh one (shown in the header)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    gpu_id: Optional[int] = typer.Option(None, "-g", "--gpu-id", help="Same as --device cuda:N (Real-ESRGAN's -g).", show_default=False),
     dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on CUDA, bf16 on CPUs with AMX or AVX512-BF16, else fp32), fp32, fp16 or bf16. NaN/Inf in fp16/bf16 is retried in fp32."),
-    tile: str = typer.Option("auto", "--tile", help="Tile size in LR pixels, 0 = whole image, auto = the fastest geometry per image that fits in memory."),
+    fp32: bool = typer.Option(False, "--fp32", help="Same as --dtype fp32 (Real-ESRGAN's flag)."),
+    tile: str = typer.Option("auto", "-t", "--tile", help="Tile size in LR pixels, 0 = whole image, auto = the fastest geometry per image that fits in memory."),
     tile_overlap: int = typer.Option(32, "--tile-overlap", help="Overlap between tiles in LR pixels (blended seamlessly) for --tile N; auto chooses its own."),
+    tile_pad: int = typer.Option(8, "--tile-pad", help="Context each tile sees beyond its edges, in LR pixels (at least), for --tile N; auto chooses its own."),
     batch: int = typer.Option(1, "--batch", help="Tiles per model call."),
     alpha: str = typer.Option("resize", "--alpha", help="Alpha channel: resize (Lanczos) or model (through the model as gray)."),
     recursive: bool = typer.Option(True, "--recursive/--no-recursive", help="Search folders recursively."),
-    skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip inputs whose output already exists."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (inputs are never overwritten)."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", hidden=True, help="The default (kept for old scripts)."),
     strip_metadata: bool = typer.Option(False, "--strip-metadata", help="Do not carry EXIF and ICC profile to the outputs."),
     max_pixels: int = typer.Option(178_956_970, "--max-pixels", help="Refuse inputs declaring more pixels than this (decompression bombs); 0 = no limit."),
     offline: bool = typer.Option(False, "--offline", help="Never download; use cached weights only."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress, no list of written files; errors and the summary only."),
-    verbose: bool = typer.Option(False, "--verbose", help="Show tracebacks on errors."),
+    quiet: bool = quiet_option(),
+    verbose: bool = typer.Option(False, "--verbose", help="Show tracebacks on errors (and every skipped input)."),
 ) -> None:
-    """Upscale images with SinSR / ResShift (x4 model, any output scale).
-
-    Inputs are found by content, not extension; non-images in folders are skipped.
-
-    Outputs are written atomically and never replace an input.
-
-    Ctrl-C stops after the current file; press it twice to abandon that file (nothing half-written is left).
-    """
     from ..batch import UpscaleOptions, plan_jobs, run_batch
+    from ..devices import resolve_seed
     from ..diffusion.sampler import SAMPLERS
     from ..imageio import collect_inputs
 
+    given = [*(inputs or []), *(input_opt or [])]
+    if not given:
+        raise fail("give at least one INPUT (an image file, a folder or a glob pattern); see --help", EXIT_USAGE)
+    if skip_existing and overwrite:
+        raise ValueError("--skip-existing and --overwrite cannot be used together")
     tile_size = parse_tile(tile)
     if sampler is not None and sampler not in SAMPLERS:
         raise ValueError(f"--sampler must be one of {', '.join(s for s in SAMPLERS if s != 'onestep')}, got {sampler!r}")
-    if seed is None:  # chosen here so the header can show it: rerun with --seed to reproduce
-        seed = secrets.randbits(31)
+    try:
+        seed_value = resolve_seed(seed)
+    except ValueError as e:
+        raise ValueError(f"--seed: {e}") from None
+    device, dtype = _real_esrgan_options(device, gpu_id, dtype, fp32)
+    fmt_name = None if fmt.strip().lower() == "auto" else fmt
     options = UpscaleOptions(
-        scale=scale, steps=steps, sampler=sampler, seed=seed, tile=tile_size,
-        tile_overlap=tile_overlap, tile_batch=batch, alpha=alpha, output=output, suffix=suffix,
-        format=fmt, quality=quality, strip_metadata=strip_metadata, skip_existing=skip_existing,
-        overwrite=overwrite, max_pixels=max_pixels or None,
+        scale=scale, steps=steps, sampler=sampler, seed=seed_value, tile=tile_size,
+        tile_overlap=tile_overlap, tile_pad=tile_pad, tile_batch=batch, alpha=alpha, output=output,
+        suffix=suffix, format=fmt_name, quality=quality, strip_metadata=strip_metadata, overwrite=overwrite,
+        max_pixels=max_pixels or None,
     )
 
-    items, rejected = collect_inputs(inputs, recursive=recursive)
-    single = _single_input_file(inputs, len(items))
+    items, rejected = collect_inputs(given, recursive=recursive)
+    single = _single_input_file(given, len(items))
     if items:
         _check_output(output, single, len(items))
-    jobs = plan_jobs(items, rejected, options, explicit=inputs, single_input_file=single)
+    jobs = plan_jobs(items, rejected, options, explicit=given, single_input_file=single)
     if not items and not any(j.status == "failed" for j in jobs):
-        raise fail(f"no images found in {', '.join(inputs)}", EXIT_PARTIAL)
+        raise fail(f"no images found in {', '.join(given)}", EXIT_PARTIAL)
 
     pipe = None
     pending = sum(j.status == "pending" for j in jobs)
@@ -245,12 +309,18 @@ def upscale_cmd(
         from ..pipeline import load_pipeline
 
         pipe = load_pipeline(model, vq, device=device, dtype=dtype, config=config, offline=offline or None)
-        pipe.resolve_sampler(steps, sampler)  # a bad steps/sampler pair is a usage error, before any file
+        try:  # a bad steps/sampler pair is a usage error, before any file
+            pipe.resolve_sampler(steps, sampler)
+        except ValueError as e:
+            raise ValueError(f"--steps/--sampler: {e}") from None
         if not quiet:
             dt = str(pipe.dtype).removeprefix("torch.")
-            tiles = "tile auto" if tile_size is None else f"tile {tile_size}" if tile_size else "no tiling"
             console.print(
-                Text(f"{pipe.preset.name} on {pipe.device} ({dt}), {tiles}, seed {seed}, {pending} file(s)", style="dim"),
+                Text(
+                    f"{pipe.preset.name} on {pipe.device} ({dt}), {_tiling_words(pipe, tile_size, jobs, batch)}, seed {seed_value}: "
+                    f"{pending} of {len(jobs)} file(s) to upscale",
+                    style="dim",
+                ),
                 soft_wrap=True, highlight=False,
             )
 
@@ -272,11 +342,18 @@ def upscale_cmd(
         renderer.stop()
         if in_main:
             signal.signal(signal.SIGINT, previous)
-    _summary(report, console)
+    if not quiet:
+        _summary(report, console)
     if report.interrupted:
-        renderer.line("interrupted", "yellow", f"{report.count('cancelled')} file(s) not processed; rerun with --skip-existing to continue")
+        renderer.line(
+            "interrupted", "yellow",
+            f"{report.count('cancelled')} file(s) not processed; rerun the same command to continue (finished outputs are kept)",
+        )
         raise typer.Exit(EXIT_INTERRUPTED)
     raise typer.Exit(EXIT_PARTIAL if report.failed else EXIT_OK)
+
+
+upscale_cmd.__doc__ = _HELP
 
 
 __all__ = ["upscale_cmd", "parse_tile", "EXIT_INTERRUPTED"]

@@ -168,7 +168,9 @@ def ema_update(ema: nn.Module, model: nn.Module, rate: float) -> None:
 
 def student_preset(teacher: ModelPreset, name: str) -> ModelPreset:
     """The exported student: the teacher's architecture and schedule, sampled in one step."""
-    return ModelPreset(name, teacher.unet, teacher.schedule, 1, "onestep", f"SinSR student distilled from {teacher.name}")
+    return ModelPreset(
+        name, teacher.unet, teacher.schedule, 1, "onestep", f"SinSR student distilled from {teacher.name}", one_step=True
+    )
 
 
 def export_student(ema: nn.Module, preset: ModelPreset, path: str | Path, step: int) -> Path:
