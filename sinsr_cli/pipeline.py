@@ -27,6 +27,10 @@ from .tiling import run_tiled_with_oom_retry
 PAD_MULTIPLE = 64
 
 
+class OneStepOnly(ValueError):
+    """A one-step student was asked for another step count or sampler."""
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """Pad bottom/right to a multiple (reflect as officially; replicate where reflect cannot)."""
     h, w = x.shape[-2:]
@@ -228,9 +232,9 @@ class SRPipeline:
             raise ValueError("steps must be >= 1")
         if self.preset.one_step:
             if steps not in (None, 1):
-                raise ValueError(f"{self.preset.name} is a one-step student: it takes exactly 1 step, not {steps}")
+                raise OneStepOnly(f"{self.preset.name} is a one-step student: it takes exactly 1 step, not {steps}")
             if sampler not in (None, "onestep"):
-                raise ValueError(f"{self.preset.name} is a one-step student: it has no {sampler!r} sampler (one step only)")
+                raise OneStepOnly(f"{self.preset.name} is a one-step student: it has no {sampler!r} sampler (one step only)")
             return "onestep"
         if steps == 1:
             return "onestep"
@@ -273,4 +277,4 @@ def load_pipeline(
     return SRPipeline(unet, vq_model, preset).to(dev, dt)
 
 
-__all__ = ["SRPipeline", "load_pipeline", "build_models", "pad_to_multiple", "bicubic_up"]
+__all__ = ["OneStepOnly", "SRPipeline", "load_pipeline", "build_models", "pad_to_multiple", "bicubic_up"]

@@ -31,7 +31,7 @@ ndimage = pytest.importorskip("scipy.ndimage")
 def bench(tmp_path: Path, *args: str, expect: int = 0) -> tuple[object, dict]:
     """Run `sinsr bench ... --json` in-process; return (result, parsed JSON)."""
     out = tmp_path / "report.json"
-    result = CliRunner().invoke(app, ["bench", *map(str, args), "--json", str(out), "--quiet"])
+    result = CliRunner().invoke(app, ["bench", *map(str, args), "--json", str(out)])
     assert result.exit_code == expect, result.output
     return result, (json.loads(out.read_text()) if out.exists() else {})
 
@@ -373,6 +373,21 @@ def test_reports_are_well_formed(data_dir: Path, tmp_path: Path) -> None:
     sheet = Image.open(tmp_path / "out" / "r.png")
     assert sheet.mode == "RGB" and sheet.width >= 2 * 128 and sheet.height >= 3 * 128
     assert "PSNR" in result.output and "bicubic" in result.output  # the rich table
+
+
+def test_sheet_zoom_and_the_images_left_out(tmp_path: Path) -> None:
+    make_pairs(tmp_path / "d", {f"{k}.png": f"{k}.png" for k in "abcde"}, size=64)
+    result, _ = bench(tmp_path, tmp_path / "d", "--model", "none", "--sheet", tmp_path / "s1.png",
+                      "--sheet-images", "2", "--sheet-crop", "32", "--learned", "none")
+    plain = Image.open(tmp_path / "s1.png")
+    assert "sheet: 2 of 5 images; left out: b, c, d" in result.output
+    bench(tmp_path, tmp_path / "d", "--model", "none", "--sheet", tmp_path / "s2.png", "--sheet-images", "2",
+          "--sheet-crop", "32", "--sheet-zoom", "8", "--learned", "none")
+    zoomed = Image.open(tmp_path / "s2.png")
+    assert zoomed.width > 1.8 * plain.width  # 32 px crops: 4x (to 128 px) by default, 8x asked
+    result, _ = bench(tmp_path, tmp_path / "d", "--model", "none", "--sheet", tmp_path / "s3.png", "--sheet-zoom", "0",
+                      expect=2)
+    assert "--sheet-zoom" in result.output
 
 
 def test_json_has_no_infinities(tmp_path: Path) -> None:

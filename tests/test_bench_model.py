@@ -27,7 +27,7 @@ class FakePipe:
 
     scale = 4
     dtype = torch.float32
-    preset = types.SimpleNamespace(name="fake", default_steps=4, default_sampler="onestep")
+    preset = types.SimpleNamespace(name="fake", default_steps=4, default_sampler="onestep", one_step=False)
     resolve_sampler = SRPipeline.resolve_sampler
 
     def __init__(self, fail_at: int | None = None, nan: bool = False) -> None:
@@ -87,6 +87,39 @@ def test_a_failing_model_keeps_the_other_rows(tmp_path: Path, fake_models: dict)
     assert "out of memory" in runs["oom-1step"]["error"] and len(runs["oom-1step"]["images"]) == 2
     assert runs["good-1step"]["error"] is None and len(runs["good-1step"]["images"]) == 3
     assert "failed" in result.output and "Failed runs:" in (tmp_path / "r.md").read_text()
+
+
+def test_one_step_students_skip_other_step_counts_with_a_note(tmp_path: Path, fake_models: dict) -> None:
+    student = FakePipe()
+    student.preset = types.SimpleNamespace(name="student", default_steps=1, default_sampler="onestep", one_step=True)
+    fake_models["student"] = student
+    make_pairs(tmp_path / "d", {f"{k}.png": f"{k}.png" for k in "ab"})
+    result, doc = bench(
+        tmp_path, tmp_path / "d", "--model", "student,good", "--steps", "1,4", "--sampler", "deterministic",
+        "--warmup", "0", "--offline",
+    )
+    labels = [r["label"] for r in doc["runs"]]
+    assert labels == ["bicubic", "student-1step", "good-1step", "good-4step"]  # no student-4step row
+    assert not any(r["error"] for r in doc["runs"])  # a skip, not a failure: exit 0
+    notes = [m for m in doc["messages"] if "student at 4 step(s) skipped" in m]
+    assert len(notes) == 1 and "one-step student" in notes[0]
+    assert "note: student at 4 step(s) skipped" in result.output
+    assert {c["sampler"] for c in student.calls} == {"onestep"}  # --sampler is for multi-step runs
+    assert doc["settings"]["seed"] == 12345  # the fixed default seed
+
+
+def test_quiet_bench_prints_errors_only(tmp_path: Path, fake_models: dict) -> None:
+    from typer.testing import CliRunner
+
+    from sinsr_cli.cli.app import app
+
+    make_pairs(tmp_path / "d", {f"{k}.png": f"{k}.png" for k in "ab"})
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(app, ["bench", str(tmp_path / "d"), "--model", "missing,good", "-q", "--json", str(out)])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: missing") and out.is_file()
+    assert CliRunner().invoke(app, ["bench", str(tmp_path / "d"), "-s", "1"]).exit_code == 2  # -s is --scale elsewhere
 
 
 def test_nan_output_is_reported(tmp_path: Path, fake_models: dict) -> None:

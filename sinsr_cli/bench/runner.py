@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..config import DEFAULT_SEED
 from ..devices import resolve_device, resolve_dtype
 from ..imageio import image_to_tensor, tensor_to_image, write_image
-from ..pipeline import SRPipeline, load_pipeline
+from ..pipeline import OneStepOnly, SRPipeline, load_pipeline
 from . import metrics as M
 from .dataset import BenchDataset, ImageStore
 from .resources import PeakMemory, Stopwatch, dtype_name, environment
@@ -91,7 +92,7 @@ class BenchOptions:
     device: str = "auto"
     dtype: str = "auto"
     sampler: str | None = None
-    seed: int = 0
+    seed: int = DEFAULT_SEED
     tile: int = 0
     tile_overlap: int = 32
     tile_pad: int = 8
@@ -101,6 +102,7 @@ class BenchOptions:
     learned: tuple[str, ...] | None = None
     save_dir: Path | None = None
     hr_cache_bytes: int = 1 << 30
+    offline: bool | None = None  # None: the environment decides (SINSR_OFFLINE / HF_HUB_OFFLINE)
 
 
 @dataclass
@@ -394,7 +396,9 @@ def run_bench(
         name = _model_name(model)
         try:
             watch.start()
-            pipe = load_pipeline(model, options.vq, device=device, dtype=dtype, config=options.config)
+            pipe = load_pipeline(
+                model, options.vq, device=device, dtype=dtype, config=options.config, offline=options.offline
+            )
             load_s = watch.stop()
             if pipe.scale != SCALE:
                 raise ValueError(f"{model} upscales x{pipe.scale}; bench compares x{SCALE} models")
@@ -407,7 +411,8 @@ def run_bench(
             continue
         for spec in specs:
             run = _model_run(pipe, spec, name, load_s, options, store, memory, watch, finish, note, unique)
-            results.append(run)
+            if run is not None:
+                results.append(run)
         del pipe
         gc.collect()
         if device.type == "cuda":
@@ -454,10 +459,16 @@ def _model_run(
     finish: Callable[[RunResult, int, np.ndarray, float], None],
     note: OnMessage,
     unique: Callable[[str], str],
-) -> RunResult:
-    """All images through one loaded pipeline at one step count."""
+) -> RunResult | None:
+    """All images through one loaded pipeline at one step count; None (with a note) for a
+    combination the model does not have (a one-step student at another step count)."""
+    # --sampler is for multi-step runs: a one-step student's own row ignores it
+    asked = None if pipe.preset.one_step and spec.steps in (None, 1) else options.sampler
     try:
-        sampler = pipe.resolve_sampler(spec.steps, options.sampler)
+        sampler = pipe.resolve_sampler(spec.steps, asked)
+    except OneStepOnly as e:
+        note(f"{name} at {spec.steps or 'default'} step(s) skipped: {e}")
+        return None
     except ValueError as e:
         run = RunResult(unique(f"{name}-{spec.steps}step"), spec.model, spec.steps, options.sampler, pipe.preset.name)
         run.error = str(e)

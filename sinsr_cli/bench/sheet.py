@@ -2,8 +2,9 @@
 
 The crop (``crop`` x ``crop`` SR pixels) is the most detailed window of the reference (HR, or the
 bicubic image in no-reference mode): the largest sum of absolute luma gradients on a grid with a
-quarter-crop stride. Crops smaller than ``min_cell`` px are enlarged with nearest-neighbour so
-pixels stay visible. Under each crop: that image's first two metrics for that run.
+quarter-crop stride. Crops are enlarged ``zoom`` times with nearest neighbour (and at least up to
+``min_cell`` px) so pixels stay visible. Under each crop: that image's first two metrics for that
+run. The images not on the sheet are named in its last line.
 """
 
 from __future__ import annotations
@@ -72,17 +73,23 @@ class SheetCollector:
         store: the benchmark's images (the HR crops come from it).
         images: how many images, spread evenly over the dataset in name order.
         crop: crop side in SR pixels.
+        zoom: nearest-neighbour enlargement of every crop.
         min_cell: crops smaller than this are enlarged (nearest) to at least this size.
     """
 
-    def __init__(self, store: ImageStore, *, images: int = 4, crop: int = 128, min_cell: int = 128) -> None:
+    def __init__(
+        self, store: ImageStore, *, images: int = 4, crop: int = 128, zoom: int = 1, min_cell: int = 128
+    ) -> None:
         if crop < 8:
             raise ValueError(f"--sheet-crop must be at least 8 px, got {crop}")
+        if not 1 <= zoom <= 16:
+            raise ValueError(f"--sheet-zoom must be in 1..16, got {zoom}")
         n = len(store)
         count = max(0, min(images, n))
         self.indices = sorted({int(round(k)) for k in np.linspace(0, n - 1, count)}) if count else []
         self.store = store
         self.crop = crop
+        self.zoom = zoom
         self.min_cell = min_cell
         self.boxes: dict[int, tuple[int, int, int, int]] = {}
         self.hr: dict[int, np.ndarray] = {}
@@ -93,6 +100,17 @@ class SheetCollector:
                 hr8 = hr if hr.dtype == np.uint8 else to_uint8(hr.astype(np.float32) / 65535)
                 self.boxes[i] = detail_box(hr8, crop)
                 self.hr[i] = self._cut(hr8, self.boxes[i])
+
+    @property
+    def left_out(self) -> list[str]:
+        """Names of the images not on the sheet, in name order."""
+        shown = set(self.indices)
+        return [item.name for i, item in enumerate(self.store.dataset.items) if i not in shown]
+
+    def left_out_text(self, limit: int = 12) -> str:
+        names = self.left_out
+        more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
+        return ", ".join(names[:limit]) + more
 
     @staticmethod
     def _cut(rgb: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -116,7 +134,7 @@ class SheetCollector:
             columns.append(("HR", None))
         sizes = [self.boxes[i][2:] for i in self.indices if i in self.boxes] or [(self.crop, self.crop)]
         ch, cw = max(s[0] for s in sizes), max(s[1] for s in sizes)
-        zoom = max(1, -(-self.min_cell // max(1, min(ch, cw))))
+        zoom = max(self.zoom, -(-self.min_cell // max(1, min(ch, cw))))
         cell_h, cell_w = ch * zoom, cw * zoom
         font, small = _font(14), _font(12)
         line = 18
@@ -124,7 +142,8 @@ class SheetCollector:
         caption = line if key else 0
         width = _PAD + len(columns) * (cell_w + _PAD)
         row_h = line + cell_h + caption + _PAD
-        height = _PAD + line + len(self.indices) * row_h
+        footer = line if self.left_out else 0
+        height = _PAD + line + len(self.indices) * row_h + footer
         canvas = Image.new("RGB", (width, max(height, 2 * line)), _BG)
         draw = ImageDraw.Draw(canvas)
         for c, (label, _) in enumerate(columns):
@@ -151,6 +170,9 @@ class SheetCollector:
                             format_metric(k, res.metrics.get(k)) + (" dB" if k == "psnr" else "") for k in key
                         )
                         draw.text((x, y + cell_h + 2), _fit(draw, text, cell_w, small), fill=_FG, font=small)
+        if footer:
+            text = f"not shown: {self.left_out_text()}"
+            draw.text((_PAD, height - line), _fit(draw, text, width - 2 * _PAD, small), fill=_FG, font=small)
         return np.asarray(canvas)
 
     def save(self, path: str | os.PathLike[str], report: BenchReport) -> Path:

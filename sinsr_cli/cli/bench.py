@@ -17,14 +17,15 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .common import EXIT_PARTIAL, console, handle_errors
+from ..config import DEFAULT_SEED
+from .common import EXIT_PARTIAL, console, handle_errors, quiet_option
 
 if TYPE_CHECKING:
     from ..bench.dataset import BenchDataset
 
 _HELP_MODEL = (
     "Models to compare, comma-separated or repeated: zoo names or checkpoint files "
-    "(e.g. sinsr-v1,resshift-v3). 'none' benchmarks the bicubic baseline only."
+    "(e.g. sinsr-v1,resshift-v3); 'none' benchmarks the bicubic baseline only. Default: sinsr-v1."
 )
 
 
@@ -128,7 +129,7 @@ def _dataset(
 @_removes_scratch
 def bench_cmd(
     input: Path = typer.Argument(  # noqa: A002
-        ...,
+        ..., metavar="INPUT", show_default=False,
         help="A folder with lr/ and hr/ sub-folders (paired), an LR folder with --hr, or LR images only "
         "(no-reference: speed and no-reference metrics).",
     ),
@@ -141,16 +142,20 @@ def bench_cmd(
     pairs_dir: Optional[Path] = typer.Option(
         None, "--pairs-dir",
         help="With --make-lr: write the made lr/ and hr/ here (a new or empty folder) and keep them "
-        "[default: a temporary folder, removed afterwards].",
+        "(default: a temporary folder, removed afterwards).",
     ),
-    model: Optional[list[str]] = typer.Option(None, "--model", "-m", help=_HELP_MODEL + "  [default: sinsr-v1]"),
+    model: Optional[list[str]] = typer.Option(None, "--model", "-m", metavar="MODELS", help=_HELP_MODEL, show_default=False),
     steps: Optional[list[str]] = typer.Option(
-        None, "--steps", "-s", help="Step counts to compare, comma-separated (e.g. 1,4); 'default' = each model's own."
+        None, "--steps", metavar="STEPS", show_default=False,
+        help="Step counts to compare, comma-separated (e.g. 1,4); 'default' (the default) = each model's own. "
+        "One-step students run only at 1 step; their other combinations are skipped with a note.",
     ),
-    vq: Optional[str] = typer.Option(None, "--vq", help="VQ autoencoder (zoo name or file) for every model [default: vq-f4]."),
+    vq: str = typer.Option("vq-f4", "--vq", help="VQ autoencoder (zoo name or file) for every model."),
     config: Optional[Path] = typer.Option(None, "--config", help="Official YAML/JSON for non-preset checkpoints."),
-    sampler: Optional[str] = typer.Option(None, "--sampler", help="Sampler for multi-step runs [default: the model's]."),
-    seed: int = typer.Option(0, "--seed", help="Noise seed, the same for every image and run."),
+    sampler: Optional[str] = typer.Option(
+        None, "--sampler", show_default=False, help="ancestral (default) or deterministic, for multi-step runs."
+    ),
+    seed: str = typer.Option(str(DEFAULT_SEED), "--seed", help="Noise seed, the same for every image and run, or 'random'."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on CUDA, bf16 on CPUs with AMX or AVX512-BF16, else fp32), fp32, fp16 or bf16."),
     tile: int = typer.Option(0, "--tile", help="LR tile size (0 = whole image); recorded in the report."),
@@ -159,7 +164,8 @@ def bench_cmd(
     crop_border: int = typer.Option(0, "--crop-border", help="Pixels cut from each side before PSNR/SSIM (4 = BasicSR convention)."),
     learned: str = typer.Option(
         "auto", "--learned",
-        help="Learned metrics: auto (all that pyiqa can load), none, or a list of lpips,clipiqa,musiq,niqe.",
+        help="Learned metrics: auto (all that pyiqa can load; none without pyiqa), none, or a list of "
+        "lpips,clipiqa,musiq,niqe.",
     ),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N images (in name order)."),
     center_crop: Optional[int] = typer.Option(
@@ -174,7 +180,9 @@ def bench_cmd(
     sheet: Optional[Path] = typer.Option(None, "--sheet", help="Write the comparison sheet PNG (bicubic | each run | HR)."),
     sheet_images: int = typer.Option(4, "--sheet-images", help="Images on the comparison sheet (0 = no sheet)."),
     sheet_crop: int = typer.Option(128, "--sheet-crop", help="Crop size on the sheet, in SR pixels."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    sheet_zoom: int = typer.Option(1, "--sheet-zoom", help="Enlarge each crop on the sheet this many times (nearest neighbour)."),
+    offline: bool = typer.Option(False, "--offline", help="Never download; use cached weights only."),
+    quiet: bool = quiet_option(),
     verbose: bool = typer.Option(False, "--verbose", help="Show tracebacks on errors."),
 ) -> None:
     """Benchmark quality (PSNR/SSIM on Y, learned metrics) and speed of models and step counts.
@@ -186,7 +194,12 @@ def bench_cmd(
     from ..bench.report import to_csv, to_json, to_markdown, write_text
     from ..bench.runner import SCALE, BenchOptions, plan_runs, run_bench
     from ..bench.sheet import SheetCollector
+    from ..devices import resolve_seed
 
+    try:
+        seed_value = resolve_seed(seed)
+    except ValueError as e:
+        raise ValueError(f"--seed: {e}") from None
     models = _split(model) or ["sinsr-v1"]
     if [m.lower() for m in models] == ["none"]:
         models = []
@@ -203,8 +216,8 @@ def bench_cmd(
     runs = plan_runs(models, step_list)
     options = BenchOptions(
         vq=vq, config=None if config is None else str(config), device=device, dtype=dtype, sampler=sampler,
-        seed=seed, tile=tile, tile_overlap=tile_overlap, warmup=warmup, crop_border=crop_border,
-        center_crop=center_crop, learned=learned_names, save_dir=save_images,
+        seed=seed_value, tile=tile, tile_overlap=tile_overlap, warmup=warmup, crop_border=crop_border,
+        center_crop=center_crop, learned=learned_names, save_dir=save_images, offline=offline or None,
     )
     show = not quiet
     progress = Progress(
@@ -219,7 +232,8 @@ def bench_cmd(
         progress.update(tasks[label], completed=done)
 
     def on_message(text: str) -> None:
-        progress.console.print(f"[yellow]note:[/yellow] {escape(text)}", soft_wrap=True, highlight=False)
+        if show:
+            progress.console.print(f"[yellow]note:[/yellow] {escape(text)}", soft_wrap=True, highlight=False)
 
     with progress:
         reading = progress.add_task("reading images", total=len(dataset.items))
@@ -228,7 +242,9 @@ def bench_cmd(
             on_read=lambda done, total: progress.update(reading, completed=done),
         )
         progress.remove_task(reading)
-        collector = SheetCollector(store, images=sheet_images, crop=sheet_crop) if sheet is not None else None
+        collector = (
+            SheetCollector(store, images=sheet_images, crop=sheet_crop, zoom=sheet_zoom) if sheet is not None else None
+        )
         report = run_bench(
             dataset, runs, options, store=store, on_progress=on_progress, on_message=on_message, on_output=collector,
         )
@@ -236,7 +252,12 @@ def bench_cmd(
     out = Console()
     if not out.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
         out = Console(width=160)
-    out.print(_render_table(report))
+    if show:
+        out.print(_render_table(report))
+    else:  # errors only: the runs that failed
+        for r in report.runs:
+            if r.error:
+                console.print(f"[red]error:[/red] {escape(r.label)}: {escape(r.error)}", soft_wrap=True, highlight=False)
     written: list[Path] = []
     if collector is not None and sheet is not None:
         written.append(collector.save(sheet, report))
@@ -250,10 +271,14 @@ def bench_cmd(
         if sheet is not None:
             link = Path(os.path.relpath(sheet.resolve(), markdown.resolve().parent)).as_posix()
         written.append(write_text(markdown, to_markdown(report, sheet=link)))
-    for p in written:
-        console.print(f"wrote {p}")
-    if save_images is not None:
-        console.print(f"SR images under {save_images}")
-    console.print(f"bench took {report.wall_s:.1f} s")
+    if show:
+        if collector is not None and collector.left_out:
+            shown = len(dataset.items) - len(collector.left_out)
+            console.print(f"sheet: {shown} of {len(dataset.items)} images; left out: {collector.left_out_text()}", soft_wrap=True)
+        for p in written:
+            console.print(f"wrote {p}")
+        if save_images is not None:
+            console.print(f"SR images under {save_images}")
+        console.print(f"bench took {report.wall_s:.1f} s")
     if report.failed:
         raise typer.Exit(EXIT_PARTIAL)
