@@ -272,3 +272,69 @@ def test_cli_help_lists_the_options():
     for opt in ("--teacher", "--data", "--pairs", "--val", "--micro-batch", "--amp", "--clip-grad", "--resume",
                 "--export", "--lambda-inverse", "--tad", "--official-lr-quirk"):
         assert opt in r.output
+
+
+# -- issue 15: a short run says what its schedule does, what it saved and how to go on -------------
+
+
+def _short_args(teacher_files, hr_dir, out: Path, steps: int, *extra: str) -> list[str]:
+    """`_cli_args` with the default warm-up and without -q: what a new user types."""
+    args = _cli_args(teacher_files, hr_dir, out, steps, *extra)
+    i = args.index("--warmup")
+    del args[i : i + 2]
+    args.remove("-q")
+    return args
+
+
+def test_twenty_step_run_with_the_default_warmup_warns(tmp_path, hr_dir, teacher_files, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    out, export = tmp_path / "run", tmp_path / "student.safetensors"
+    r = CliRunner().invoke(app, [*_short_args(teacher_files, hr_dir, out, 20), "--export", str(export)])
+    assert r.exit_code == 0, r.output
+    warnings = [ln for ln in r.output.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1
+    assert "warm-up (5000 iterations) does not end within the run (20 steps)" in warnings[0]
+    assert "only reaches 4e-06 of 0.001" in warnings[0] and "--warmup" in warnings[0]
+    rates = [rec["lr"] for rec in _records(out / "log.jsonl").values()]
+    assert max(rates) == pytest.approx(1e-3 * 20 / 5000)
+    assert "lr 4e-06" in r.output  # the progress line shows the rate
+    assert f"exported the EMA student (step 20): {export}" in r.output
+    assert f"sinsr distill --resume {out} --steps N (N > 20)" in r.output
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert export.stat().st_mode & 0o777 == 0o666 & ~umask  # like any new file (mkstemp would give 0600)
+    # milestones after the run only warn when asked for; quiet means errors only
+    r = CliRunner().invoke(app, [*_cli_args(teacher_files, hr_dir, tmp_path / "q", 2), "--halve-at", "100"])
+    assert r.exit_code == 0 and r.output == ""
+    args = _cli_args(teacher_files, hr_dir, tmp_path / "m", 2, "--halve-at", "100")
+    args.remove("-q")
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0 and "halving after iteration 100" in r.output and "--halve-at" in r.output
+    assert f"export the EMA student: sinsr distill --resume {tmp_path / 'm'} --export student.safetensors" in r.output
+
+
+def test_ctrl_c_says_what_was_saved_and_how_to_resume_or_export(tmp_path, hr_dir, teacher_files, monkeypatch):
+    from sinsr_cli.distill import trainer
+
+    real = trainer._optimizer_step
+    calls = []
+
+    def step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_optimizer_step", step)
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, _cli_args(teacher_files, hr_dir, out, 10))
+    assert r.exit_code == 130, r.output
+    saved = out / "checkpoints" / "step_00000002.pt"
+    assert saved.is_file()
+    assert f"interrupted at step 2; saved {saved}" in r.output
+    assert f"resume: sinsr distill --resume {out}" in r.output
+    assert f"sinsr distill --resume {out} --steps 2 --export student.safetensors" in r.output
+    monkeypatch.setattr(trainer, "_optimizer_step", real)
+    export = tmp_path / "student.safetensors"
+    r = CliRunner().invoke(app, ["distill", "--resume", str(out), "--steps", "2", "--export", str(export), "-q"])
+    assert r.exit_code == 0 and export.is_file() and read_checkpoint_state(out)["step"] == 2

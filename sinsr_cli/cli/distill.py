@@ -7,13 +7,16 @@ command runs under ``torchrun --nproc-per-node N``; only rank 0 prints.
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
-from .common import console, handle_errors
+from .common import console, handle_errors, quiet_option
+
+EXIT_INTERRUPTED = 130
 
 #: options that only steer the run, or say where its files now are (may change on --resume)
 _RUN_CONTROL = {
@@ -70,7 +73,7 @@ def distill_cmd(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps (under torchrun: cuda:LOCAL_RANK)."),
     threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write TensorBoard scalars to OUT/tb (if tensorboard is installed)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = quiet_option(),
     verbose: bool = typer.Option(False, "--verbose", help="Show tracebacks on errors."),
 ) -> None:
     """Distil a ResShift teacher into a one-step SinSR student (single process or torchrun/DDP)."""
@@ -78,7 +81,7 @@ def distill_cmd(
 
     from ..distill.losses import LossWeights
     from ..distill.tad import PAPER_WEIGHTS
-    from ..distill.trainer import DistillConfig, read_checkpoint_state, train
+    from ..distill.trainer import DistillConfig, read_checkpoint_state, schedule_warnings, train
     from ..weights import load_unet, load_vq
 
     if threads:
@@ -111,21 +114,53 @@ def distill_cmd(
         out = out or Path("runs/distill")
 
     main = int(os.environ.get("RANK", "0")) == 0
+    talk = main and not quiet
+    if talk:  # a schedule the run never gets through trains at a fraction of the rate, silently
+        hints = {"warmup": f"lower --warmup (e.g. --warmup {max(1, cfg.steps // 10)})", "milestone": "see --halve-at"}
+        for part, message in schedule_warnings(cfg, milestones="halve_at" in given):
+            console.print(f"[yellow]warning:[/yellow] {message}; {hints[part]}", soft_wrap=True, highlight=False)
     teacher_model, preset = load_unet(cfg.teacher)
     vq_model = load_vq(cfg.vq)
-    render = _Render(enabled=main and not quiet)
-    with render:
-        result = train(
-            cfg, teacher_model, vq_model, preset, out, device=device, resume=resume, export=export,
-            on_event=render, tensorboard=tensorboard,
-        )
-    if main:
+    render = _Render(enabled=talk)
+    try:
+        with render:
+            result = train(
+                cfg, teacher_model, vq_model, preset, out, device=device, resume=resume, export=export,
+                on_event=render, tensorboard=tensorboard,
+            )
+    except KeyboardInterrupt:
+        if main:
+            _after_interrupt(render, out)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    if talk:
         if result.checkpoint is not None:
             console.print(f"checkpoint: {result.checkpoint}")
-        if result.export is not None:
-            console.print(f"exported the EMA student (step {result.step}): {result.export}")
         if result.skipped:
             console.print(f"[yellow]{result.skipped} step(s) skipped (non-finite loss or gradient)[/yellow]")
+        run = _quoted(out)
+        if result.export is not None:
+            console.print(f"exported the EMA student (step {result.step}): {result.export}")
+            console.print(f"upscale with it: sinsr upscale IMAGES --model {_quoted(result.export)}", soft_wrap=True)
+        else:
+            console.print(f"export the EMA student: sinsr distill --resume {run} --export student.safetensors", soft_wrap=True)
+        console.print(f"train further: sinsr distill --resume {run} --steps N (N > {result.step})", soft_wrap=True)
+
+
+def _quoted(path: Path | str) -> str:
+    return shlex.quote(str(path))
+
+
+def _after_interrupt(render: "_Render", out: Path) -> None:
+    """What Ctrl-C kept, and the exact commands to go on from it (also under -q)."""
+    saved = render.last_checkpoint
+    if saved is None:
+        console.print("interrupted before the first step finished; nothing was saved")
+        return
+    step, path = saved
+    run = _quoted(out)
+    console.print(f"interrupted at step {step}; saved {path}", soft_wrap=True)
+    console.print(f"resume: sinsr distill --resume {run}", soft_wrap=True)
+    console.print(f"or export it now: sinsr distill --resume {run} --steps {step} --export student.safetensors", soft_wrap=True)
 
 
 def _from_command_line(ctx: typer.Context, name: str) -> bool:
@@ -180,6 +215,7 @@ class _Render:
         self.enabled = enabled
         self.progress: Any = None
         self.task: Any = None
+        self.last_checkpoint: tuple[int, str] | None = None  # (step, path), recorded even when quiet
 
     def __enter__(self) -> "_Render":
         if self.enabled:
@@ -200,6 +236,8 @@ class _Render:
             self.progress.__exit__(*exc)
 
     def __call__(self, kind: str, info: dict) -> None:
+        if kind == "ckpt":
+            self.last_checkpoint = (int(info["step"]), str(info["path"]))
         if not self.enabled:
             return
         p = self.progress
@@ -214,6 +252,7 @@ class _Render:
             p.update(self.task, completed=info["step"])
         elif kind == "log" and self.task is not None:
             terms = " ".join(f"{short} {info[k]:.3g}" for k, short in _SHORT.items() if k in info)
+            terms += f" lr {info['lr']:.2g}" if "lr" in info else ""
             rate = f"{1 / info['s_per_it']:.2f} it/s" if info["s_per_it"] >= 1e-9 else ""
             p.update(self.task, terms=terms, rate=rate)
         elif kind == "val":

@@ -158,6 +158,29 @@ def learning_rate(it: int, cfg: DistillConfig) -> float:
     return cfg.lr * 0.5 ** sum(it > m for m in cfg.halve_at)
 
 
+def schedule_warnings(cfg: DistillConfig, *, milestones: bool = True) -> list[tuple[str, str]]:
+    """What in the learning-rate schedule a run of ``cfg.steps`` never reaches, as
+    ``(part, message)`` with part "warmup" or "milestone" (the caller names its options).
+
+    A warm-up longer than the run means the student trains at a fraction of the rate (the
+    default 5000-iteration warm-up keeps a 20-step run at 2e-8..2e-7). ``milestones=False``
+    leaves out halvings after the last step (harmless where they are only a default).
+    """
+    out: list[tuple[str, str]] = []
+    if cfg.warmup and cfg.warmup > cfg.steps:
+        top = learning_rate(cfg.steps, cfg)
+        out.append((
+            "warmup",
+            f"the learning-rate warm-up ({cfg.warmup} iterations) does not end within the run ({cfg.steps} steps): "
+            f"the rate only reaches {top:.2g} of {cfg.lr:.2g}",
+        ))
+    if milestones:
+        for m in cfg.halve_at:
+            if m >= cfg.steps:
+                out.append(("milestone", f"the rate halving after iteration {m} is at or after the last step ({cfg.steps}): it never happens"))
+    return out
+
+
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, rate: float) -> None:
     """``ema = rate * ema + (1 - rate) * model`` over parameters (buffers are constants)."""
@@ -729,6 +752,7 @@ __all__ = [
     "ema_update",
     "student_preset",
     "export_student",
+    "schedule_warnings",
     "find_checkpoint",
     "read_checkpoint_state",
     "save_checkpoint",

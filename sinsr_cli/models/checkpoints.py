@@ -325,11 +325,19 @@ def write_safetensors(sd: Mapping[str, torch.Tensor], path: str | Path, metadata
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=dict(metadata))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a new file follows the umask
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    """The process umask (read by setting it, so set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 # -- conversion ----------------------------------------------------------------------------
