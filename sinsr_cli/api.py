@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .config import DEFAULT_SEED
 from .pipeline import SRPipeline, load_pipeline
 
 
@@ -19,7 +20,7 @@ def upscale(
     vq: str | Path | None = None,
     steps: int | None = None,
     sampler: str | None = None,
-    seed: int | None = 0,
+    seed: int | None = DEFAULT_SEED,
     tile: int = 0,
     device: str = "auto",
     dtype: str = "auto",

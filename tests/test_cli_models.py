@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,20 @@ def test_convert_official_style_pth(tmp_path):
         assert "error:" in r.output and "Traceback" not in r.output
     r = runner.invoke(app, ["convert", str(tmp_path / "SinSR_tiny.pth"), str(dst), "--force"])
     assert r.exit_code == 0
+    r = runner.invoke(app, ["convert", str(tmp_path / "SinSR_tiny.pth"), str(dst), "--force", "-q"])
+    assert r.exit_code == 0 and r.output == ""  # -q: errors only
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert dst.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_quiet_means_errors_only_in_every_command():
+    from sinsr_cli.cli.common import QUIET_HELP
+
+    for cmd in ("upscale", "bench", "distill", "download", "convert"):
+        r = runner.invoke(app, [cmd, "--help"], env={"COLUMNS": "200"})
+        assert "-q" in r.output and QUIET_HELP.split(":")[0] in r.output, cmd
+        assert "<bool>" not in r.output, cmd
 
 
 def test_convert_with_config_sidecar(tmp_path, reference_dir):

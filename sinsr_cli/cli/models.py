@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .common import EXIT_PARTIAL, console, handle_errors
+from .common import EXIT_PARTIAL, console, handle_errors, quiet_option
 
 
 def _size(n: int | None) -> str:
@@ -70,6 +70,7 @@ def models_cmd(
 def download_cmd(
     names: list[str] = typer.Argument(..., help="Zoo names, e.g. sinsr-v1 vq-f4."),
     force: bool = typer.Option(False, "--force", help="Download again even if cached."),
+    quiet: bool = quiet_option(),
     verbose: bool = typer.Option(False, "--verbose", help="Show tracebacks on errors."),
 ) -> None:
     """Download (and convert to safetensors) zoo models ahead of time."""
@@ -77,7 +78,8 @@ def download_cmd(
 
     for name in names:
         path = download(name, force=force)
-        typer.echo(f"{name}: {path}")
+        if not quiet:
+            typer.echo(f"{name}: {path}")
 
 
 @handle_errors
@@ -86,6 +88,7 @@ def export_cmd(
     names: Optional[list[str]] = typer.Argument(None, help="Zoo names to include. Default: every model."),
     force: bool = typer.Option(False, "--force", help="Replace files of an earlier export in FOLDER."),
     offline: bool = typer.Option(False, "--offline", help="Never download: every model exported must be cached already."),
+    quiet: bool = quiet_option(),
     verbose: bool = typer.Option(False, "--verbose", help="Show tracebacks on errors."),
 ) -> None:
     """Write an upload-ready Hub mirror: the converted weights, a model card and SHA256SUMS.
@@ -94,7 +97,10 @@ def export_cmd(
     """
     from ..hub import export_mirror
 
-    for path in export_mirror(folder, names or None, force=force, offline=offline or None):
+    paths = export_mirror(folder, names or None, force=force, offline=offline or None)
+    if quiet:
+        return
+    for path in paths:
         typer.echo(str(path))
     console.print(f"mirror ready: upload {folder} as a model repo and set SINSR_HUB_REPO to it", soft_wrap=True, highlight=False)
 
@@ -105,6 +111,7 @@ def convert_cmd(
     dst: Path = typer.Argument(..., help="Output .safetensors file."),
     config: Optional[Path] = typer.Option(None, "--config", help="Official YAML/JSON with model.params or autoencoder.params, for non-preset architectures."),
     force: bool = typer.Option(False, "--force", help="Overwrite DST if it exists."),
+    quiet: bool = quiet_option(),
     verbose: bool = typer.Option(False, "--verbose", help="Show tracebacks on errors."),
 ) -> None:
     """Convert an official checkpoint to a self-describing safetensors file."""
@@ -117,4 +124,5 @@ def convert_cmd(
     if src.resolve() == dst.resolve():
         raise ValueError("source and destination are the same file")
     out = convert_checkpoint(src, dst, config=config)
-    typer.echo(f"wrote {out}")
+    if not quiet:
+        typer.echo(f"wrote {out}")
