@@ -95,7 +95,7 @@ def test_convert_official_style_pth(tmp_path):
 def test_quiet_means_errors_only_in_every_command():
     from sinsr_cli.cli.common import QUIET_HELP
 
-    for cmd in ("upscale", "bench", "distill", "download", "convert"):
+    for cmd in ("upscale", "bench", "distill", "download", "export", "convert"):
         r = runner.invoke(app, [cmd, "--help"], env={"COLUMNS": "200"})
         assert "-q" in r.output and QUIET_HELP.split(":")[0] in r.output, cmd
         assert "<bool>" not in r.output, cmd
