@@ -301,17 +301,32 @@ def _import_official(root: str) -> tuple[Any, Any, Any]:
     return UNetModelSwin, VQModelTorch, create_gaussian_diffusion
 
 
+def _official_xformers() -> dict[str, bool]:
+    """Whether the imported official modules found xformers (their own module-level flags)."""
+    out = {}
+    for name in ("models.unet", "ldm.modules.diffusionmodules.model"):
+        mod = sys.modules.get(name)
+        out[name] = bool(getattr(mod, "XFORMERS_IS_AVAILBLE", False))
+    return out
+
+
 def run_official(args: argparse.Namespace, size: int, dtype_name: str, device: str) -> dict[str, Any]:
     """Time the official one-step path (``p_sample_loop(one_step=True)``) like :func:`run_config`.
 
-    Configs from the official ``configs/SinSR.yaml`` (via our presets, which mirror it); fp16
-    means what the official sampler does with ``use_fp16``: the VQ in half, the UNet in fp32.
+    Configs from the official ``configs/SinSR.yaml`` (via our presets, which mirror it). fp16 is
+    what the official ``inference.py`` runs: ``Sampler(use_fp16=True)`` sets the UNet's dtype to
+    float16 and calls ``convert_to_fp16()`` (convs and linears of its torso in half; GroupNorm
+    upcasts), and the VQ is ``.half()`` (``autoencoder.use_fp16: True``). Attention goes through
+    xformers when the official modules found it (recorded), and the noise is ``randn_like`` on
+    the latent's device, i.e. the CUDA RNG on a GPU. The TF32 and ``cudnn.benchmark`` settings
+    in force are recorded (the official code changes neither).
     """
     import dataclasses
 
     import torch
 
     from sinsr_cli.config import PRESETS, VQ_PRESETS
+    from sinsr_cli.devices import precision_flags
 
     unet_cls, vq_cls, make_diffusion = _import_official(args.official)
     torch.set_num_threads(args.threads)
@@ -334,9 +349,11 @@ def run_official(args: argparse.Namespace, size: int, dtype_name: str, device: s
         n_embed=vqc.n_embed, embed_dim=vqc.embed_dim,
     ).eval().to(dev)
     if dtype_name == "fp16":
+        unet.dtype = torch.float16  # as the official Sampler.build_model with use_fp16
+        unet.convert_to_fp16()
         vq = vq.half()
     elif dtype_name != "fp32":
-        raise ValueError("the official code runs fp32, or fp16 for the VQ (use_fp16)")
+        raise ValueError("the official code runs fp32, or fp16 (UNet convert_to_fp16, VQ .half())")
     sc = dataclasses.asdict(preset.schedule)
     diffusion = make_diffusion(
         normalize_input=True, schedule_name="exponential", sf=sc["sf"], min_noise_level=sc["min_noise_level"],
@@ -368,7 +385,13 @@ def run_official(args: argparse.Namespace, size: int, dtype_name: str, device: s
         "lq": size, "sr": size * preset.schedule.sf, "steps": args.steps, "threads": args.threads,
         "repeats": args.repeats, **clock.repeat(run, args.repeats),
         "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "official_precision": {"unet": "fp16 (convert_to_fp16)" if dtype_name == "fp16" else "fp32",
+                               "vq": "fp16 (.half())" if dtype_name == "fp16" else "fp32"},
+        "xformers": _official_xformers(),
+        "noise": f"torch.randn_like on {dev.type} (global {'CUDA' if dev.type == 'cuda' else 'CPU'} RNG)",
     }
+    if dev.type == "cuda":
+        rec["precision_flags"] = precision_flags()
     return {**rec, **_memory_fields(dev, rss_built)}
 
 

@@ -66,7 +66,7 @@ def run_one(
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from sinsr_cli.batch import model_to_image
     from sinsr_cli.config import PRESETS, VQ_PRESETS
-    from sinsr_cli.devices import resolve_device, resolve_dtype
+    from sinsr_cli.devices import resolve_device, resolve_dtype, synchronize
     from sinsr_cli.pipeline import SRPipeline, build_models
 
     torch.set_num_threads(threads)
@@ -83,6 +83,7 @@ def run_one(
     n_total = [0]
 
     def on_tile(done: int, total: int) -> None:
+        synchronize(dev)  # CUDA runs ahead of the host: a tile is done when its kernels are
         times.append(time.perf_counter())
         n_total[0] = total
         step = times[-1] - (times[-2] if len(times) > 1 else t0)
@@ -94,6 +95,7 @@ def run_one(
     try:
         y = pipe(x, seed=0, tile=tile, tile_overlap=overlap, tile_batch=batch, on_tile=on_tile)
         img = model_to_image(y)  # what `sinsr upscale` does next: [H, W, 3] float32 on the CPU
+        synchronize(dev)
         shape = list(img.shape)
     except _Stop:
         complete = False
@@ -121,7 +123,11 @@ def run_one(
         "peak_rss_mb": round(_status_kb("VmHWM") / 1024),
     }
     if dev.type == "cuda":
+        from sinsr_cli.devices import precision_flags
+
         out["peak_vram_mb"] = round(torch.cuda.max_memory_allocated(dev) / 2**20)
+        out["gpu"] = torch.cuda.get_device_name(dev)
+        out["precision"] = precision_flags()
     return out
 
 

@@ -46,6 +46,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -151,6 +152,7 @@ class UpscaleOptions:
     overwrite: bool = False
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     fp32_fallback: bool = True
+    io_threads: bool = True  # decode the next file and write the last one while the model runs
 
     def __post_init__(self) -> None:
         if not (isinstance(self.scale, (int, float)) and math.isfinite(self.scale) and self.scale > 0):
@@ -500,8 +502,11 @@ def upscale_image(
     state: _RunState | None = None,
     warn: Callable[[str], None] = lambda _: None,
     on_tile: Callable[[int, int], None] = lambda d, t: None,
+    pixels: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """A decoded image -> (colour, alpha) at ``options.scale``, ready for ``write_image(like=src)``.
+
+    ``pixels`` is ``image_to_tensor(src.rgb)`` when the caller already made it (pinned, say).
 
     Colour is ``[H, W, 3]`` float32 in [0, 1], or ``[H, W]`` luma for a grayscale source;
     alpha is ``[H, W]`` or None. ``H, W`` = :func:`output_size` of the source.
@@ -513,7 +518,8 @@ def upscale_image(
     width, height = src.size
     size = output_size(width, height, options.scale)
 
-    rgb = _run_model(pipe, image_to_tensor(src.rgb), options, state, warn=warn, on_tile=on_tile, what=what)
+    x = image_to_tensor(src.rgb) if pixels is None else pixels
+    rgb = _run_model(pipe, x, options, state, warn=warn, on_tile=on_tile, what=what)
     color: np.ndarray = rgb @ _LUMA if src.grayscale else rgb
     color = resample(color, size)
     del rgb
@@ -556,10 +562,14 @@ def run_batch(
     *,
     stop: threading.Event | None = None,
 ) -> BatchReport:
-    """Process every pending job one file at a time; never raises for a bad file.
+    """Process every pending job in order; never raises for a bad file.
 
-    ``pipe`` may be None only when no job is pending. Returns the report; a KeyboardInterrupt
-    inside a file is caught, recorded (``report.interrupted``) and ends the run.
+    The model handles one file at a time; with ``options.io_threads`` the next file is decoded
+    and the previous one encoded and written on two worker threads meanwhile (see ``_IO``), so
+    a file's ``file_finished`` may come after the next file's ``file_started``. Results and
+    ``file_finished`` calls stay in job order. ``pipe`` may be None only when no job is pending.
+    Returns the report; a KeyboardInterrupt inside a file is caught, recorded
+    (``report.interrupted``) and ends the run (a write already under way is finished first).
     """
     obs = observer or BatchObserver()
     seed = options.seed if options.seed is not None else DEFAULT_SEED
@@ -572,58 +582,189 @@ def run_batch(
     results: list[ItemResult] = []
     interrupted = False
     index = 0
-    for job in jobs:
-        if job.status != "pending":
-            result = ItemResult(job.item, job.status, job.target, job.message, error=job.error, reason=job.reason)
-        elif interrupted or (stop is not None and stop.is_set()):
-            interrupted = True
-            result = ItemResult(job.item, "cancelled", job.target, f"{job.item.path}: not started (interrupted)")
-        else:
+    in_flight: tuple[ItemResult, Future[None], float] | None = None  # the file being written
+    io = _IO(options.io_threads and pending > 1, pin=pipe is not None and pipe.device.type == "cuda")
+
+    def settle() -> None:
+        """Wait for the file being written and report it (before any later result)."""
+        nonlocal in_flight, interrupted
+        if in_flight is not None:
+            result, write, t0 = in_flight
+            in_flight = None
+            interrupted |= _finish_write(result, write, t0, pipe.device)  # type: ignore[union-attr]
+            emit(result)
+
+    def emit(result: ItemResult) -> None:
+        settle()
+        results.append(result)
+        obs.file_finished(result)
+
+    def next_pending(k: int) -> int | None:
+        return next((n for n in range(k + 1, len(jobs)) if jobs[n].status == "pending"), None)
+
+    try:
+        for k, job in enumerate(jobs):
+            if job.status != "pending":
+                emit(ItemResult(job.item, job.status, job.target, job.message, error=job.error, reason=job.reason))
+                continue
+            if interrupted or (stop is not None and stop.is_set()):
+                interrupted = True
+                emit(ItemResult(job.item, "cancelled", job.target, f"{job.item.path}: not started (interrupted)"))
+                continue
             index += 1
             obs.file_started(job, index, pending)
+            nxt = next_pending(k)
             try:
-                result = _process(pipe, job, options, state, obs)  # type: ignore[arg-type]
+                result, write, t0 = _process(
+                    pipe, job, options, state, obs, io.read(k, job, options),  # type: ignore[arg-type]
+                    lambda: io.prefetch(nxt, jobs[nxt], options) if nxt is not None else None,
+                )
             except KeyboardInterrupt as e:
                 interrupted = True
                 result = ItemResult(job.item, "cancelled", job.target, f"{job.item.path}: interrupted; nothing written")
                 _keep_error(result, e)
-        results.append(result)
-        obs.file_finished(result)
+                emit(result)
+                continue
+            settle()
+            if write is None:
+                emit(result)
+            elif io.background(result.output_size):
+                in_flight = (result, io.write(write), t0)
+            else:
+                in_flight = (result, io.write(write, inline=True), t0)
+                settle()
+        settle()
+    finally:
+        io.close()
     return BatchReport(results, time.perf_counter() - t_start, seed, interrupted, state.tile)
 
 
-def _process(pipe: SRPipeline, job: Job, options: UpscaleOptions, state: _RunState, obs: BatchObserver) -> ItemResult:
-    """Read, upscale and write one file; every failure becomes a "failed" result."""
+#: outputs up to this many pixels are written on the writer thread while the next file runs
+#: (two outputs are alive then); larger ones are written before the next file starts
+BACKGROUND_WRITE_PIXELS = 1 << 26
+
+
+class _IO:
+    """A reader thread decoding the next file and a writer thread encoding the last one, so the
+    model (the GPU) does not wait for PNG/JPEG decoding and encoding. Threads suffice: Pillow,
+    zlib and numpy release the GIL while they work. On CUDA the decoded input is copied into
+    pinned memory on the reader thread, so its upload does not block. Disabled, everything
+    runs inline in the same order."""
+
+    def __init__(self, enabled: bool, *, pin: bool) -> None:
+        self.pool = ThreadPoolExecutor(2, thread_name_prefix="sinsr-io") if enabled else None
+        self.pin = pin
+        self.reads: dict[int, Future[tuple[LoadedImage, torch.Tensor]]] = {}
+
+    def _read(self, job: Job, options: UpscaleOptions) -> tuple[LoadedImage, torch.Tensor]:
+        src = read_image(job.item.path, max_pixels=options.max_pixels)
+        pixels = image_to_tensor(src.rgb)
+        return src, pixels.pin_memory() if self.pin else pixels
+
+    def prefetch(self, k: int, job: Job, options: UpscaleOptions) -> None:
+        if self.pool is not None and k not in self.reads:
+            self.reads[k] = self.pool.submit(self._read, job, options)
+
+    def read(self, k: int, job: Job, options: UpscaleOptions) -> Callable[[], tuple[LoadedImage, torch.Tensor]]:
+        """A call giving job ``k``'s decoded image (raising its read error), prefetched or not."""
+        fut = self.reads.pop(k, None)
+        return fut.result if fut is not None else (lambda: self._read(job, options))
+
+    def background(self, size: tuple[int, int] | None) -> bool:
+        return self.pool is not None and size is not None and size[0] * size[1] <= BACKGROUND_WRITE_PIXELS
+
+    def write(self, fn: Callable[[], None], *, inline: bool = False) -> Future[None]:
+        if self.pool is not None and not inline:
+            return self.pool.submit(fn)
+        fut: Future[None] = Future()
+        try:
+            fut.set_result(fn())
+        except BaseException as e:  # noqa: BLE001 - delivered by _finish_write like a thread's
+            fut.set_exception(e)
+        return fut
+
+    def close(self) -> None:
+        if self.pool is not None:
+            for fut in self.reads.values():
+                fut.cancel()
+            self.pool.shutdown(wait=True)
+
+
+def _process(
+    pipe: SRPipeline,
+    job: Job,
+    options: UpscaleOptions,
+    state: _RunState,
+    obs: BatchObserver,
+    read: Callable[[], tuple[LoadedImage, torch.Tensor]],
+    prefetch_next: Callable[[], None],
+) -> tuple[ItemResult, Callable[[], None] | None, float]:
+    """Read and upscale one file; returns ``(result, write, t0)``: ``write`` stores the output
+    (None when the file already failed: every failure becomes a "failed" result)."""
     assert job.target is not None
+    target = job.target
     t0 = time.perf_counter()
-    result = ItemResult(job.item, "failed", job.target)
+    result = ItemResult(job.item, "failed", target)
 
     def warn(message: str) -> None:
         result.warnings.append(message)
         obs.warning(job, message)
 
+    write: Callable[[], None] | None = None
     try:
-        src = read_image(job.item.path, max_pixels=options.max_pixels)
+        src, pixels = read()
+        prefetch_next()  # decode the next file while this one is on the model
         result.input_size = src.size
-        color, alpha = upscale_image(pipe, src, options, state=state, warn=warn, on_tile=obs.tiles)
-        result.output_size = (color.shape[1], color.shape[0])
-        if alpha is not None and _is_jpeg_target(job.target, options.format) and float(alpha.min()) < 1.0:
-            warn(f"{job.item.path}: JPEG has no alpha channel; transparency dropped (use --format png to keep it)")
-        write_image(
-            job.target, color, alpha, like=src, format=options.format, quality=options.quality,
-            strip_metadata=options.strip_metadata,
+        color, alpha = upscale_image(
+            pipe, src, options, state=state, warn=warn, on_tile=obs.tiles, pixels=pixels
         )
+        result.output_size = (color.shape[1], color.shape[0])
+        if alpha is not None and _is_jpeg_target(target, options.format) and float(alpha.min()) < 1.0:
+            warn(f"{job.item.path}: JPEG has no alpha channel; transparency dropped (use --format png to keep it)")
+
+        def write() -> None:
+            write_image(
+                target, color, alpha, like=src, format=options.format, quality=options.quality,
+                strip_metadata=options.strip_metadata,
+            )
+
     except KeyboardInterrupt:
         raise
     except Exception as e:  # noqa: BLE001 - one bad file never stops the batch
         result.message = _failure_message(job.item.path, e, pipe.device)
         _keep_error(result, e)
-    else:
-        result.status = "done"
-    if result.status == "failed":  # the failed file's tensors are free now: give them back
+    if result.error is not None:  # the failed file's tensors are free now: give them back
+        prefetch_next()
         release_cached_memory(pipe.device)
+        result.seconds = time.perf_counter() - t0
+    return result, write, t0
+
+
+def _finish_write(result: ItemResult, write: Future[None], t0: float, device: torch.device) -> bool:
+    """Wait for a file's write and record how it ended; True when the run must stop.
+
+    Ctrl-C while waiting lets the (atomic) write end on its own and is reported as the end of
+    the run, with the file as it really ended; an interrupt inside the write cancels the file.
+    """
+    stop = False
+    while True:
+        try:
+            write.result()
+        except KeyboardInterrupt as e:
+            if not (write.done() and write.exception() is e):
+                stop = True  # Ctrl-C while waiting: wait for the writer, then end the run
+                continue
+            result.status, result.message = "cancelled", f"{result.item.path}: interrupted; nothing written"
+            _keep_error(result, e)
+            return True
+        except Exception as e:  # noqa: BLE001 - a failed write fails this file only
+            result.message = _failure_message(result.item.path, e, device)
+            _keep_error(result, e)
+        else:
+            result.status = "done"
+        break
     result.seconds = time.perf_counter() - t0
-    return result
+    return stop
 
 
 def _keep_error(result: ItemResult, err: BaseException) -> None:

@@ -507,3 +507,50 @@ def test_real_tiny_pipeline_with_alpha(tiny_pipeline, tmp_path):
     assert color.shape == (60, 54, 3) and alpha.shape == (60, 54)
     assert np.isfinite(color).all() and 0 <= color.min() and color.max() <= 1
     assert float(color.std()) > 0.01  # not a flat (black) image
+
+
+def test_writes_and_reads_overlap_the_model(tmp_path, monkeypatch):
+    """File a's output is written while the model runs on b, and c is decoded meanwhile; the
+    results and file_finished calls stay in job order."""
+    import sinsr_cli.batch as batch
+
+    for n in "abc":
+        _save(tmp_path / f"{n}.png")
+    model_on_b = threading.Event()
+    real_write, real_read = batch.write_image, batch.read_image
+    overlapped: list[bool] = []
+    threads: dict[str, str] = {}
+
+    def write_image(target, *a, **k):
+        threads["write " + target.name] = threading.current_thread().name
+        if target.name == "a_x4.png":
+            overlapped.append(model_on_b.wait(timeout=10))  # held until the model runs on b
+        return real_write(target, *a, **k)
+
+    def read_image(path, **k):
+        threads["read " + path.name] = threading.current_thread().name
+        return real_read(path, **k)
+
+    monkeypatch.setattr(batch, "write_image", write_image)
+    monkeypatch.setattr(batch, "read_image", read_image)
+    rec = Recorder()
+    pipe = FakePipe(on_call=lambda n: model_on_b.set() if n == 2 else None)
+    report, _ = _run(tmp_path, [tmp_path], pipe=pipe, observer=rec)
+    assert overlapped == [True] and [r.status for r in report.results] == ["done"] * 3
+    assert [e[1] for e in rec.events if e[0] == "finished"] == ["a.png", "b.png", "c.png"]
+    assert threads.pop("read a.png") == "MainThread"  # the first file has nothing to overlap
+    assert sorted(threads) == ["read b.png", "read c.png", "write a_x4.png", "write b_x4.png", "write c_x4.png"]
+    assert all(name.startswith("sinsr-io") for name in threads.values())
+    assert all((tmp_path / f"{n}_x4.png").is_file() for n in "abc")
+
+
+def test_io_threads_off_runs_everything_inline(tmp_path, monkeypatch):
+    import sinsr_cli.batch as batch
+
+    for n in "ab":
+        _save(tmp_path / f"{n}.png")
+    names: set[str] = set()
+    real = batch.write_image
+    monkeypatch.setattr(batch, "write_image", lambda *a, **k: names.add(threading.current_thread().name) or real(*a, **k))
+    report, _ = _run(tmp_path, [tmp_path], io_threads=False)
+    assert [r.status for r in report.results] == ["done", "done"] and names == {"MainThread"}

@@ -27,6 +27,7 @@ class FakePipe:
 
     scale = 4
     dtype = torch.float32
+    device = torch.device("cpu")
     preset = types.SimpleNamespace(name="fake", default_steps=4, default_sampler="onestep", one_step=False)
     resolve_sampler = SRPipeline.resolve_sampler
 
@@ -182,3 +183,56 @@ def test_tiny_model_on_set5_and_set14(data_dir: Path, tmp_path: Path, tiny_check
         assert img["sr_size"] == [96, 96] and np.isfinite(img["psnr"]) and 0 < img["ssim"] <= 1
     assert tiny["steps"] == 1 and tiny["error"] is None
     assert json.dumps(doc)  # plain JSON all the way down
+
+
+def test_peak_memory_is_read_around_sr_calls_only(tmp_path: Path, fake_models: dict, monkeypatch) -> None:
+    """Each SR call is its own window (reset before, read after); the metrics run outside every
+    window, so a learned metric's memory is never reported as the SR peak."""
+    events: list[str] = []
+
+    class Recorder:
+        kind = "cuda-max-allocated"
+
+        def __init__(self, device: object) -> None:
+            self.excluded = 0
+
+        def allocated(self) -> int:
+            return 0
+
+        def reset(self) -> None:
+            events.append("reset")
+
+        def read(self) -> int:
+            events.append("read")
+            return 100 + len(events)
+
+    real_psnr = R.M.psnr_y_numpy
+    monkeypatch.setattr(R, "PeakMemory", Recorder)
+    monkeypatch.setattr(R.M, "psnr_y_numpy", lambda *a: events.append("metric") or real_psnr(*a))
+    make_pairs(tmp_path / "d", {f"{k}.png": f"{k}.png" for k in "ab"})
+    _, doc = bench(tmp_path, tmp_path / "d", "--model", "good", "--warmup", "1")
+    model_events = events[events.index("reset"):]
+    assert model_events == ["reset", "read"] + ["reset", "read", "metric"] * 2
+    assert doc["runs"][1]["peak_memory_bytes"] == 100 + len(events) - 1  # the largest window
+
+
+def test_cuda_peak_leaves_out_the_resident_metric_models(monkeypatch):
+    from sinsr_cli.bench import resources
+
+    mem = resources.PeakMemory(torch.device("cpu"))
+    mem.kind = "cuda-max-allocated"
+    monkeypatch.setattr(resources, "synchronize", lambda d: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d=None: 5_000)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d=None: 1_200)
+    mem.excluded = 1_200
+    assert mem.allocated() == 1_200 and mem.read() == 3_800
+    mem.excluded = 9_000
+    assert mem.read() == 0
+
+
+def test_cuda_warms_up_every_lr_size_once():
+    sizes = [(32, 32), (32, 32), (48, 40), (32, 32), (48, 40), (20, 30)]
+    store = type("S", (), {"lr_size": lambda self, i: sizes[i], "__len__": lambda self: len(sizes)})()
+    assert R._warmup_images(store, torch.device("cuda"), 2) == [0, 0, 2, 5]
+    assert R._warmup_images(store, torch.device("cpu"), 2) == [0, 0]
+    assert R._warmup_images(store, torch.device("cuda"), 0) == []

@@ -739,3 +739,17 @@ def test_write_in_row_blocks_matches_whole_array_formula(tmp_path, monkeypatch, 
     expected = np.rint(np.clip(np.nan_to_num(before, nan=0.0, posinf=1.0, neginf=0.0), 0, 1) * 255).astype(np.uint8)
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "o.png")), expected)
     np.testing.assert_array_equal(rgb, before)
+
+
+@pytest.mark.parametrize("depth", [8, 16])
+def test_png_is_written_at_the_fast_level_by_default(tmp_path, depth):
+    """Level 1, as the official code's cv2.imwrite: same pixels as level 9, the default's bytes."""
+    rng = np.random.default_rng(0)
+    rgb = np.clip(rng.normal(0.5, 0.1, (40, 48, 3)), 0, 1).astype(np.float32)
+    fast = imageio.write_image(tmp_path / "default.png", rgb, bit_depth=depth)
+    one = imageio.write_image(tmp_path / "one.png", rgb, bit_depth=depth, png_compress_level=1)
+    nine = imageio.write_image(tmp_path / "nine.png", rgb, bit_depth=depth, png_compress_level=9)
+    assert imageio.PNG_COMPRESS_LEVEL == 1 and fast.read_bytes() == one.read_bytes()
+    assert np.array_equal(np.asarray(Image.open(one)), np.asarray(Image.open(nine)))
+    with pytest.raises(ValueError, match="png_compress_level"):
+        imageio.write_image(tmp_path / "bad.png", rgb, png_compress_level=10)

@@ -242,3 +242,18 @@ def test_largest_feature_map_and_the_32_bit_index_limit():
     for h in hooks:
         h.remove()
     assert biggest[0] <= largest_map_per_pixel(tiny) * 64 * 64
+
+
+def test_unet_compiles_without_graph_breaks(one_thread):
+    """``torch.compile(fullgraph=True)`` traces the whole UNet: the Swin bias/mask caches (keyed by
+    data_ptr and version counters) step aside while dynamo traces. The eager backend checks the
+    trace without compiling kernels."""
+    from conftest import make_tiny_models
+
+    unet, _ = make_tiny_models()
+    unet.eval().requires_grad_(False)
+    x, t, lq = torch.randn(1, 3, 16, 16), torch.tensor([14]), torch.rand(1, 3, 16, 16)
+    with torch.inference_mode():
+        ref = unet(x, t, lq)
+        out = torch.compile(unet, backend="eager", fullgraph=True)(x, t, lq)
+    torch.testing.assert_close(out, ref, atol=0, rtol=0)

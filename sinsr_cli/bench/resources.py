@@ -3,7 +3,9 @@
 Peak memory is measured per run:
 
 * CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` (tensors only,
-  not the caching allocator's reserve or the CUDA context) -> kind ``"cuda-max-allocated"``;
+  not the caching allocator's reserve or the CUDA context), less the ``excluded`` bytes that
+  stay resident but are not the SR path's (the learned metrics' models) -> kind
+  ``"cuda-max-allocated"``;
 * CPU/MPS on Linux: the process's peak resident set (``VmHWM``), reset between runs through
   ``/proc/self/clear_refs`` -> kind ``"peak-rss"`` (includes Python, torch and cached images);
 * elsewhere: ``getrusage`` ``ru_maxrss``, which cannot be reset, so it is the process's peak
@@ -105,6 +107,7 @@ class PeakMemory:
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
+        self.excluded = 0  # resident CUDA bytes that are not the measured work's (see read)
         if device.type == "cuda":
             self.kind = "cuda-max-allocated"
         elif _vm_hwm() is not None and os.access(_CLEAR_REFS, os.W_OK):
@@ -121,11 +124,18 @@ class PeakMemory:
             except OSError:
                 self.kind = "peak-rss-process"
 
-    def read(self) -> int:
-        """Peak bytes since :meth:`reset`."""
+    def allocated(self) -> int:
+        """Bytes of CUDA tensors alive now (0 for the RSS kinds)."""
         if self.kind == "cuda-max-allocated":
             synchronize(self.device)
-            return int(torch.cuda.max_memory_allocated(self.device))
+            return int(torch.cuda.memory_allocated(self.device))
+        return 0
+
+    def read(self) -> int:
+        """Peak bytes since :meth:`reset` (on CUDA less :attr:`excluded`)."""
+        if self.kind == "cuda-max-allocated":
+            synchronize(self.device)
+            return max(0, int(torch.cuda.max_memory_allocated(self.device)) - self.excluded)
         if self.kind == "peak-rss":
             hwm = _vm_hwm()
             if hwm is not None:

@@ -240,14 +240,17 @@ def bench_protocol(crop_border: int, memory_kind: str, paired: bool) -> dict[str
     )
     out["mean"] = "arithmetic mean over images of the per-image scores"
     out["latency"] = (
-        "per image, after the warm-up passes: CPU tensor in -> CPU tensor out, device synchronised "
+        "per image, after the warm-up passes (on CUDA one more per distinct LR size): CPU tensor in -> "
+        "CPU tensor out, device synchronised "
         "before and after; excludes file decoding, encoding and metrics"
     )
     out["throughput"] = "images/s = images / sum of latencies; output MP/s likewise in output megapixels"
     out["load"] = "load_pipeline (read checkpoint, build, move to device), device synchronised"
     mem = {
-        "cuda-max-allocated": "torch.cuda.max_memory_allocated during warm-up and inference (weights included)",
-        "peak-rss": "peak resident set size of the process (VmHWM) during warm-up and inference, reset per run",
+        "cuda-max-allocated": "torch.cuda.max_memory_allocated during warm-up and SR calls (SR weights included; "
+        "the learned metrics' models and their work excluded)",
+        "peak-rss": "peak resident set size of the process (VmHWM) during warm-up and SR calls, reset per call "
+        "(includes whatever is resident: weights, loaded metric models, cached images)",
         "peak-rss-process": "peak resident set size of the process so far (ru_maxrss; cannot be reset per run)",
     }
     out["peak_memory"] = mem.get(memory_kind, memory_kind)
@@ -350,11 +353,13 @@ def run_bench(
                 f"of the smallest SR image ({smallest} px on a side)"
             )
     pre: list[str] = []
+    memory = PeakMemory(device)
+    before_metrics = memory.allocated()
     learned = _learned(options.learned, dataset.paired, device, pre)
+    memory.excluded = memory.allocated() - before_metrics  # metric models stay resident: not SR memory
     for m in pre:
         note(m)
     scorer = _Scorer(options.crop_border, learned, dataset.paired)
-    memory = PeakMemory(device)
     results: list[RunResult] = []
     labels: set[str] = set()
 
@@ -447,6 +452,23 @@ def run_bench(
     )
 
 
+def _warmup_images(store: ImageStore, device: torch.device, warmup: int) -> list[int]:
+    """Indices of the untimed passes: ``warmup`` x the first image, and on CUDA once more for the
+    first image of every other LR size (cuDNN plans, autotuning and allocator growth happen per
+    shape; timing them would charge one image for the whole run's setup). CPU keeps the first
+    image only: its per-shape cost is small next to a call."""
+    if warmup == 0 or not len(store):
+        return []
+    out = [0] * warmup
+    if device.type == "cuda":
+        seen = {store.lr_size(0)}
+        for i in range(1, len(store)):
+            if store.lr_size(i) not in seen:
+                seen.add(store.lr_size(i))
+                out.append(i)
+    return out
+
+
 def _model_run(
     pipe: SRPipeline,
     spec: RunSpec,
@@ -481,17 +503,21 @@ def _model_run(
     def on_retry(tile: int, overlap: int) -> None:
         note(f"{what}: out of memory; retried with --tile {tile}")
 
+    peak = [0]
+
     def call(x: torch.Tensor) -> torch.Tensor:
+        """One SR call; the peak is taken around it alone, so the metrics' work is not counted."""
+        memory.reset()
         y = pipe(
             x, steps=steps, sampler=sampler, seed=options.seed, tile=options.tile,
             tile_overlap=options.tile_overlap, tile_pad=options.tile_pad, on_retry=on_retry,
-        )
-        return y.to("cpu")
+        ).to("cpu")
+        peak[0] = max(peak[0], memory.read())
+        return y
 
     try:
-        memory.reset()
-        for _ in range(options.warmup):
-            call(image_to_tensor(store.lr(0)))
+        for i in _warmup_images(store, pipe.device, options.warmup):
+            call(image_to_tensor(store.lr(i)))
         for i in range(len(store)):
             x = image_to_tensor(store.lr(i))
             watch.start()
@@ -503,7 +529,7 @@ def _model_run(
                     "scored as saved (NaN -> 0)"
                 )
             finish(run, i, to_uint8(tensor_to_image(y)), latency)
-        run.peak_memory_bytes = memory.read()
+        run.peak_memory_bytes = peak[0]
     except Exception as e:  # noqa: BLE001 - keep the other rows (OOM, a bad sampler, ...)
         run.error = _one_line(e)
         note(f"{what}: failed after {len(run.images)} image(s): {run.error}")

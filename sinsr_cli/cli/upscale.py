@@ -78,7 +78,7 @@ class _Renderer:
         # stdout and the bar share one terminal: print written paths above the bar instead
         self.paths_via_console = show_progress and sys.stdout.isatty()
         self._files = self._tiles = None
-        self._in_file = False
+        self._started: set[Path] = set()  # files between file_started and file_finished (writes overlap)
         renderer = self
 
         class Observer(BatchObserver):  # the engine's callbacks, bound to this renderer
@@ -112,7 +112,7 @@ class _Renderer:
             self._tiles = self.progress.add_task("tiles", total=None, visible=False)  # tiled files only
 
     def file_started(self, job: Job, index: int, pending: int) -> None:
-        self._in_file = True
+        self._started.add(job.item.path)
         if self.progress is not None and self._files is not None:
             name = job.item.rel.as_posix()
             self.progress.update(self._files, description=f"file {index}/{pending}: {name}")
@@ -140,9 +140,10 @@ class _Renderer:
                 self.err.print(Text(str(result.target)), soft_wrap=True, highlight=False)
             else:
                 typer.echo(str(result.target))
-        if self._in_file and self.progress is not None and self._files is not None:
+        started = result.item.path in self._started
+        self._started.discard(result.item.path)
+        if started and self.progress is not None and self._files is not None:
             self.progress.advance(self._files)
-        self._in_file = False
 
     def stop(self) -> None:
         if self.progress is not None:

@@ -48,6 +48,12 @@ def _version(t: torch.Tensor) -> int:
     return -1 if t.is_inference() else t._version
 
 
+#: True while dynamo traces: the per-instance caches below are bypassed then (a traced graph
+#: computes the bias and mask itself, no data_ptr/version keys, so ``torch.compile`` has no
+#: graph break here; the compiled graph is specialised to the shapes anyway)
+_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside ``window x window`` windows with relative-position bias."""
 
@@ -77,7 +83,7 @@ class WindowAttention(nn.Module):
         key holds the table's version counter, so loading new weights in place invalidates it.
         """
         table = self.relative_position_bias_table
-        if table.requires_grad:  # trainable: optimisers may update it in place without a version bump
+        if table.requires_grad or _compiling():  # trainable: optimisers may update it in place without a version bump
             bias = self.bias().to(dtype)[None]
             return bias if mask is None else bias + mask.to(dtype)[:, None]
         key = (
@@ -158,6 +164,8 @@ class SwinBlock(nn.Module):
             return None
         if (h, w) == (self.resolution, self.resolution) and self.attn_mask is not None:
             return self.attn_mask
+        if _compiling():
+            return shifted_window_mask(h, w, self.window, self.shift).to(ref.device)
         key = (h, w, ref.device)
         m = self._mask_cache.get(key)
         if m is None:
