@@ -66,7 +66,7 @@ from .imageio import (
     read_image,
     write_image,
 )
-from .devices import cpu_has_native_bf16, is_oom_error, release_cached_memory
+from .devices import cpu_has_native_bf16, dtype_name, is_oom_error, release_cached_memory
 from .tileplan import TilePlan, count_work, plan_tiling, rates_for
 from .tiling import OutputTooLarge, free_bytes
 
@@ -436,10 +436,6 @@ class NonFiniteOutput(RuntimeError):
 _HALF = (torch.float16, torch.bfloat16)
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}.get(dtype, str(dtype))
-
-
 @dataclass
 class _RunState:
     """Mutable run-wide state: the seed and the tile size (which shrinks after an OOM retry)."""
@@ -481,8 +477,8 @@ def _run_model(
     if not bool(torch.isfinite(y).all()):
         dtype = pipe.dtype
         if dtype not in _HALF or not options.fp32_fallback:
-            raise NonFiniteOutput(f"the model produced NaN/Inf values in {_dtype_name(dtype)}; not written")
-        warn(f"{what}: {_dtype_name(dtype)} produced NaN/Inf values; computing this file again in fp32")
+            raise NonFiniteOutput(f"the model produced NaN/Inf values in {dtype_name(dtype)}; not written")
+        warn(f"{what}: {dtype_name(dtype)} produced NaN/Inf values; computing this file again in fp32")
         del y
         pipe.to(dtype=torch.float32)
         try:

@@ -23,6 +23,11 @@ _DTYPES = {
 }
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """``fp32`` / ``fp16`` / ``bf16`` (torch's own name for any other dtype): the names users type."""
+    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
+
+
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     """``auto`` -> cuda if available, else mps, else cpu. Raises ValueError on unusable names."""
     if isinstance(name, torch.device):

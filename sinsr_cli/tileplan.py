@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import PRESETS, VQ_PRESETS, UNetConfig, VQConfig
+from .devices import dtype_name
 from .tiling import tile_starts
 
 __all__ = ["Work", "Rates", "TilePlan", "RATES", "rates_for", "count_work", "count_on_meta", "attention_work", "plan_tiling"]
@@ -75,7 +76,7 @@ RATES: dict[tuple[str, str], Rates] = {
 
 def rates_for(device: torch.device, dtype: torch.dtype, native_bf16: bool = True) -> Rates:
     """The calibrated rates for ``device``/``dtype`` (CPU fp32's shape for unknown devices)."""
-    name = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+    name = dtype_name(dtype)
     if device.type == "cpu" and name == "bf16" and not native_bf16:
         name = "bf16-emulated"
     kind = device.type if device.type in ("cpu", "cuda") else "cpu"

@@ -25,16 +25,12 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..devices import synchronize
+from ..devices import dtype_name, synchronize
 
 __all__ = ["PeakMemory", "Stopwatch", "device_name", "dtype_name", "environment"]
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
 
 
 def device_name(device: torch.device) -> str:
