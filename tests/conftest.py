@@ -83,9 +83,9 @@ def disk_full_once(monkeypatch) -> list[int]:
     """The first image encode writes partial bytes then fails with ENOSPC; later ones succeed.
 
     Returns the list of encode calls (one entry per call)."""
-    from sinsr_cli import imageio
+    from sinsr_cli.imageio import write as imageio_write
 
-    real = imageio._encode_pillow
+    real = imageio_write._encode_pillow
     calls: list[int] = []
 
     def encode(f, *args, **kwargs):
@@ -95,5 +95,5 @@ def disk_full_once(monkeypatch) -> list[int]:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(f, *args, **kwargs)
 
-    monkeypatch.setattr(imageio, "_encode_pillow", encode)
+    monkeypatch.setattr(imageio_write, "_encode_pillow", encode)
     return calls

@@ -456,7 +456,7 @@ def test_interrupt_during_write_leaves_nothing(tmp_path, monkeypatch):
         f.write(b"half an image")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(imageio, "_encode_pillow", encode)
+    monkeypatch.setattr(imageio.write, "_encode_pillow", encode)
     report, _ = _run(tmp_path, [tmp_path / "a.png"])
     assert report.interrupted and report.results[0].status == "cancelled"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]

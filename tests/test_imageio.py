@@ -490,7 +490,7 @@ def test_permission_error_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     def denied(*args: object, **kwargs: object) -> None:
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    monkeypatch.setattr(imageio.Image, "open", denied)  # what chmod 000 does for non-root users
+    monkeypatch.setattr(imageio.read.Image, "open", denied)  # what chmod 000 does for non-root users
     with pytest.raises(ImageReadError) as err:
         read_image(path)
     assert one_line(err, path).endswith(": permission denied")
@@ -551,7 +551,7 @@ def test_failed_write_leaves_nothing_and_keeps_old_file(
     def disk_full(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(imageio.os, "fsync", disk_full)
+    monkeypatch.setattr(os, "fsync", disk_full)
     with pytest.raises(ImageWriteError) as err:
         write_image(target, x)
     assert "no space left on device" in one_line(err, target)
@@ -562,7 +562,7 @@ def test_failed_write_leaves_nothing_and_keeps_old_file(
     def explode(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(imageio, "_encode_pillow", explode)
+    monkeypatch.setattr(imageio.write, "_encode_pillow", explode)
     with pytest.raises(KeyboardInterrupt):
         write_image(target, x)
     assert target.read_bytes() == b"old"
@@ -730,7 +730,7 @@ def test_real_images_smoke() -> None:
 @pytest.mark.parametrize("dirty", [False, True])
 def test_write_in_row_blocks_matches_whole_array_formula(tmp_path, monkeypatch, dirty):
     """Sanitising and quantising run in row blocks; the result and the caller's array are unchanged."""
-    monkeypatch.setattr(imageio, "_BLOCK_ELEMS", 7 * 5 * 3)  # blocks of 7 rows: not a divisor of 40
+    monkeypatch.setattr(imageio.pixels, "_BLOCK_ELEMS", 7 * 5 * 3)  # blocks of 7 rows: not a divisor of 40
     rgb = RNG.random((40, 5, 3), dtype=np.float32)
     if dirty:
         rgb[3, 1, 0], rgb[11, 2, 1], rgb[25, 4, 2], rgb[39, 0, 0] = np.nan, np.inf, -0.5, 1.7

@@ -1,0 +1,172 @@
+"""Finding inputs (files, folders, globs; images by content), placing outputs, pairing LR/HR."""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import SinsrIOError
+from .formats import EXTENSIONS, FORMAT_ALIASES, OUTPUT_FOR_CONTENT
+from .read import sniff, sniff_format
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One input image; ``rel`` is its path below the input root, mirrored under ``-o DIR``.
+
+    ``size`` is the (width, height) its header declares, when known (before EXIF rotation).
+    """
+
+    path: Path
+    rel: Path
+    size: tuple[int, int] | None = None
+
+
+def collect_inputs(
+    inputs: Sequence[str | os.PathLike[str]], *, recursive: bool = True
+) -> tuple[list[InputItem], list[tuple[Path, str]]]:
+    """Expand files, directories and glob patterns into image inputs, detected by content.
+
+    Returns ``(images, skipped)``: images sorted by path and de-duplicated (same real file once),
+    each with ``rel`` below the root it came from (a directory, a glob's fixed prefix, or just the
+    file name); skipped is ``[(path, reason)]`` for non-images ("not an image"), unreadable files
+    and inputs that do not exist or match nothing. Hidden files and directories (".name") found
+    while walking are ignored silently; a hidden file named explicitly is used.
+    """
+    found: list[InputItem] = []
+    skipped: list[tuple[Path, str]] = []
+
+    def consider(path: Path, rel: Path) -> None:
+        fmt, reason, size = sniff(path)
+        if fmt is None:
+            skipped.append((path, reason))
+        else:
+            found.append(InputItem(path=path, rel=rel, size=size))
+
+    def walk(root: Path, prefix: Path) -> None:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
+            for name in sorted(filenames):
+                if not name.startswith("."):
+                    path = Path(dirpath) / name
+                    consider(path, prefix / path.relative_to(root))
+
+    for raw in inputs:
+        given = Path(os.path.expanduser(os.fspath(raw)))
+        if given.is_dir():
+            walk(given, Path())
+        elif given.exists():
+            consider(given, Path(given.name))
+        elif _has_magic(os.fspath(given)):
+            root = _glob_root(given)
+            matches = sorted(glob.glob(os.fspath(given), recursive=True))
+            if not matches:
+                skipped.append((given, "no files match this pattern"))
+            for m in map(Path, matches):
+                if m.is_dir():
+                    walk(m, m.relative_to(root))
+                else:
+                    consider(m, m.relative_to(root))
+        else:
+            skipped.append((given, "no such file or directory"))
+
+    unique: dict[str, InputItem] = {}
+    for item in found:
+        unique.setdefault(os.path.normcase(os.path.realpath(item.path)), item)
+    return sorted(unique.values(), key=lambda i: i.path), sorted(skipped)
+
+
+def _has_magic(s: str) -> bool:
+    return any(c in s for c in "*?[")
+
+
+def _glob_root(pattern: Path) -> Path:
+    """The leading part of a glob pattern without wildcards: what matches are made relative to."""
+    return Path(*itertools.takewhile(lambda part: not _has_magic(part), pattern.parts))
+
+
+def output_path(
+    item: InputItem,
+    *,
+    output: Path | None,
+    suffix: str,
+    format: str | None,  # noqa: A002
+    single_input_file: bool,
+) -> Path:
+    """Where the result for ``item`` goes; never the input file itself (SinsrIOError).
+
+    * ``output`` None: next to the input, ``<stem><suffix><ext>``.
+    * ``output`` is a file path (only when ``single_input_file``, ``output`` is not an existing
+      directory and has an image extension): exactly ``output``.
+    * otherwise ``output`` is a directory: ``output / item.rel`` with ``<stem><suffix><ext>``.
+    ``ext`` comes from ``format`` (png|jpg|webp|tif and aliases) or else the input's real content
+    format (JPEG/MPO -> .jpg, PNG, WEBP, TIFF -> .tif; anything else -> .png).
+    """
+    if format is not None:
+        key = format.lower().lstrip(".")
+        if key not in FORMAT_ALIASES:
+            raise SinsrIOError(None, f"unknown output format {format!r}; use png, jpg, webp or tif")
+        fmt = FORMAT_ALIASES[key]
+    else:
+        fmt = OUTPUT_FOR_CONTENT.get(sniff_format(item.path) or "", "PNG")
+    ext = EXTENSIONS[fmt]
+
+    out_ext = output.suffix.lower().lstrip(".") if output is not None else ""
+    if output is None:
+        target = item.path.with_name(item.path.stem + suffix + ext)
+    elif single_input_file and not output.is_dir() and out_ext in FORMAT_ALIASES:
+        if format is not None and FORMAT_ALIASES[out_ext] != fmt:
+            raise SinsrIOError(output, f"extension does not match the requested format {format!r}")
+        target = output
+    else:
+        target = output / item.rel.parent / (item.rel.stem + suffix + ext)
+    if _same_file(target, item.path):
+        raise SinsrIOError(
+            item.path,
+            "the output would overwrite the input; use a suffix or another output directory",
+        )
+    return target
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b)):
+        return True
+    try:
+        return a.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def pair_by_stem(
+    lr_dir: str | os.PathLike[str], hr_dir: str | os.PathLike[str]
+) -> tuple[list[tuple[Path, Path]], list[Path], list[Path]]:
+    """Match LR and HR images by relative path without extension (recursive), never by position.
+
+    Returns ``(pairs, lr_only, hr_only)``, each sorted. ``a.png`` pairs with ``a.jpg``; ``x/a``
+    does not pair with ``a``. Raises SinsrIOError if a folder is missing or holds two images
+    with the same stem (e.g. ``a.png`` and ``a.jpg``), which would make pairing ambiguous.
+    """
+    sides = []
+    for d in (Path(lr_dir), Path(hr_dir)):
+        if not d.is_dir():
+            raise SinsrIOError(d, "not a directory")
+        items, _ = collect_inputs([d], recursive=True)
+        by_stem: dict[str, Path] = {}
+        for item in items:
+            key = item.rel.with_suffix("").as_posix()
+            if key in by_stem:
+                names = f"{by_stem[key].name}, {item.path.name}"
+                raise SinsrIOError(
+                    d, f"two images share the name {key!r} ({names}); pairing is ambiguous"
+                )
+            by_stem[key] = item.path
+        sides.append(by_stem)
+    lr, hr = sides
+    pairs = [(lr[k], hr[k]) for k in sorted(lr.keys() & hr.keys())]
+    lr_only = sorted(lr[k] for k in lr.keys() - hr.keys())
+    hr_only = sorted(hr[k] for k in hr.keys() - lr.keys())
+    return pairs, lr_only, hr_only

@@ -1,0 +1,55 @@
+"""The errors of image I/O, and the one-line reasons they carry."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+
+class SinsrIOError(Exception):
+    """A file cannot be read, written or placed; ``str()`` is one line: ``"<path>: <reason>"``."""
+
+    def __init__(self, path: str | os.PathLike[str] | None, reason: str) -> None:
+        self.path = None if path is None else Path(path)
+        self.reason = " ".join(str(reason).split())
+        super().__init__(self.reason if path is None else f"{os.fspath(path)}: {self.reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # survive multiprocessing
+        return (type(self), (self.path, self.reason))
+
+
+class ImageReadError(SinsrIOError):
+    """An input cannot be decoded: missing, unreadable, not an image, corrupt, too big or small."""
+
+
+class ImageWriteError(SinsrIOError):
+    """An output image cannot be encoded or saved (bad format, permission, disk full, ...)."""
+
+
+_OS_REASONS = {
+    errno.ENOENT: "no such file or directory",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENOSPC: "no space left on device (disk full)",
+    errno.EROFS: "read-only file system",
+    errno.EISDIR: "is a directory",
+    errno.ENOTDIR: "a parent path is not a directory",
+    errno.EEXIST: "a parent path is a file, not a directory",
+    errno.ENAMETOOLONG: "file name too long",
+    getattr(errno, "EDQUOT", -1): "disk quota exceeded",
+}
+
+
+def os_reason(e: OSError) -> str:
+    return _OS_REASONS.get(e.errno or 0) or e.strerror or detail(e)
+
+
+def detail(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:.0f} MP" if pixels >= 10**6 else f"{pixels} px"

@@ -1,0 +1,348 @@
+"""Reading: one image file -> upright float32 RGB in [0, 1], alpha, and what writing it back needs.
+
+See the package docstring for the policies (size limit, 16-bit, CMYK, multi-frame, EXIF).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from .errors import ImageReadError, detail, megapixels, os_reason
+from .metadata import orient, orientation_and_exif
+
+DEFAULT_MAX_PIXELS = 178_956_970  # the size at which Pillow itself refuses to open a file
+_GRAY16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+@dataclass
+class LoadedImage:
+    """A decoded image plus what is needed to write the result back in the same style."""
+
+    rgb: np.ndarray  # float32 [H, W, 3] in [0, 1]; grayscale replicated to 3 channels
+    alpha: np.ndarray | None  # float32 [H, W] in [0, 1], or None
+    grayscale: bool  # the source had no colour (1, L, LA, I;16, I, F)
+    bit_depth: int  # 8 or 16
+    format: str  # Pillow's name for the content ("PNG", "JPEG", "MPO", "WEBP", "TIFF", ...)
+    icc_profile: bytes | None
+    exif: bytes | None  # "Exif\0\0" + TIFF block, Orientation already 1
+    path: Path | None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height), as Pillow reports sizes."""
+        return self.rgb.shape[1], self.rgb.shape[0]
+
+
+def read_image(
+    path: str | os.PathLike[str], *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> LoadedImage:
+    """Decode an image file to upright float32 RGB ``[H, W, 3]`` in [0, 1] plus alpha and metadata.
+
+    The format comes from the content, not the extension. Raises ``ImageReadError`` when the file
+    is missing, unreadable, empty, not an image, declares more than ``max_pixels`` pixels
+    (checked before decoding; ``None`` disables), or is truncated
+    or corrupt (partial decodes are never returned).
+    """
+    p = Path(path)
+    _check_is_file(p)
+    with _open(p) as im:
+        w, h = im.size
+        if max_pixels is not None and w * h > max_pixels:
+            raise ImageReadError(
+                p,
+                f"declared size {w}x{h} ({megapixels(w * h)}) exceeds the limit of {megapixels(max_pixels)}; "
+                "raise it with --max-pixels",
+            )
+        fmt = im.format or "UNKNOWN"
+        rawmode = _tile_rawmode(im)
+        _load(im, p)
+        color, alpha, grayscale, bit_depth, icc = _decode(im, p, rawmode)
+        orientation, exif = orientation_and_exif(im)  # after load(): Pillow rotates TIFFs itself
+    color = orient(color, orientation)
+    if alpha is not None:
+        alpha = orient(alpha, orientation)
+    if color.shape[2] == 1:
+        color = np.repeat(color, 3, axis=2)
+    return LoadedImage(
+        rgb=np.ascontiguousarray(color, dtype=np.float32),
+        alpha=None if alpha is None else np.ascontiguousarray(alpha, dtype=np.float32),
+        grayscale=grayscale,
+        bit_depth=bit_depth,
+        format=fmt,
+        icc_profile=icc or None,
+        exif=exif,
+        path=p,
+    )
+
+
+def sniff_format(path: str | os.PathLike[str]) -> str | None:
+    """Pillow's format name for the file's content ("PNG", "JPEG", ...), or None if not an image.
+
+    Only the header is read; the extension is ignored, so a PNG named ``.jpg`` reports "PNG".
+    """
+    fmt, _, _ = sniff(Path(path))
+    return fmt
+
+
+def sniff(p: Path) -> tuple[str | None, str, tuple[int, int] | None]:
+    """(format, "", size) for an image; (None, reason, None) otherwise. Never raises for a bad file."""
+    try:
+        if p.is_dir():
+            return None, "is a directory", None
+        if p.stat().st_size == 0:
+            return None, "empty file", None
+        with _pillow_size_check_off():
+            im = Image.open(p)
+        with im:
+            return im.format, "", im.size
+    except UnidentifiedImageError:
+        return None, "not an image", None
+    except OSError as e:
+        return None, os_reason(e) if e.errno is not None else "not an image", None
+    except Exception:  # any header Pillow cannot parse means "not an image we can read"
+        return None, "not an image", None
+
+
+_PIL_LIMIT_LOCK = threading.RLock()
+
+
+@contextmanager
+def _pillow_size_check_off() -> Iterator[None]:
+    """Disable Pillow's process-wide decompression-bomb check; ``max_pixels`` is enforced by us."""
+    with _PIL_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _check_is_file(p: Path) -> None:
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise ImageReadError(p, "no such file") from None
+    except OSError as e:
+        raise ImageReadError(p, os_reason(e)) from None
+    if p.is_dir():
+        raise ImageReadError(p, "is a directory, not an image file")
+    if st.st_size == 0:
+        raise ImageReadError(p, "empty file (0 bytes)")
+
+
+def _open(p: Path) -> ImageFile.ImageFile:
+    try:
+        with _pillow_size_check_off():
+            return Image.open(p)
+    except UnidentifiedImageError:
+        claimed = _magic_format(p)
+        if claimed:
+            reason = f"truncated or corrupt {claimed} file (header cannot be parsed)"
+            raise ImageReadError(p, reason) from None
+        raise ImageReadError(p, "not an image (unrecognised file format)") from None
+    except OSError as e:
+        if e.errno is not None:
+            raise ImageReadError(p, os_reason(e)) from None
+        raise ImageReadError(p, f"truncated or corrupt image file ({detail(e)})") from None
+    except Exception as e:  # plugins raise SyntaxError, ValueError, struct.error ... on bad headers
+        raise ImageReadError(p, f"truncated or corrupt image file ({detail(e)})") from None
+
+
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF8", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+)
+
+
+def _magic_format(p: Path) -> str | None:
+    """The format a file's first bytes claim, to tell "corrupt PNG" from "not an image"."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    return next((name for magic, name in _MAGIC if head.startswith(magic)), None)
+
+
+def _load(im: ImageFile.ImageFile, p: Path) -> None:
+    """Decode all pixels now, so a truncated file raises instead of loading partially."""
+    if ImageFile.LOAD_TRUNCATED_IMAGES:  # set by other code: it would make truncation silent
+        raise ImageReadError(
+            p, "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; refusing to decode partial images"
+        )
+    w, h = im.size
+    with _PIL_LIMIT_LOCK:  # the true value, not one another thread has switched off for a moment
+        limit = Image.MAX_IMAGE_PIXELS
+    try:
+        if limit is not None and w * h > limit:  # TIFF/GIF repeat Pillow's check while decoding
+            with _pillow_size_check_off():
+                im.load()
+        else:
+            im.load()
+    except MemoryError:
+        raise ImageReadError(p, f"not enough memory to decode a {w}x{h} image") from None
+    except Exception as e:  # any decoder failure on this file means the file is bad
+        raise ImageReadError(p, f"truncated or corrupt image file ({detail(e)})") from None
+
+
+def _tile_rawmode(im: ImageFile.ImageFile) -> str | None:
+    """The raw (on-disk) pixel layout Pillow will unpack, e.g. "RGB;16B"; None if unknown."""
+    tile = getattr(im, "tile", None)
+    return _args_rawmode(tile[0][3]) if tile else None
+
+
+def _args_rawmode(args: Any) -> str | None:
+    if isinstance(args, str):
+        return args
+    if isinstance(args, tuple) and args and isinstance(args[0], str):
+        return args[0]
+    return None
+
+
+def _decode(
+    im: Image.Image, p: Path, rawmode: str | None
+) -> tuple[np.ndarray, np.ndarray | None, bool, int, bytes | None]:
+    """Loaded image -> (colour [H, W, 1|3], alpha [H, W] | None, grayscale, bit_depth, icc)."""
+    mode = im.mode
+    icc: bytes | None = im.info.get("icc_profile") or None
+    trns = im.info.get("transparency")
+    if mode in _GRAY16_MODES:
+        g = np.asarray(im).astype(np.float32)
+        alpha = (g != trns).astype(np.float32) if isinstance(trns, int) else None
+        return g[..., None] / 65535, alpha, True, 16, icc
+    if mode == "I":
+        i = np.clip(np.asarray(im), 0, 65535).astype(np.float32)
+        return i[..., None] / 65535, None, True, 16, icc
+    if mode == "F":
+        f = np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+        return np.clip(f, 0, 1)[..., None], None, True, 16, icc
+    if mode in ("1", "L"):
+        g8 = np.asarray(im.convert("L"))
+        alpha = None
+        if isinstance(trns, int):
+            alpha = (g8 != (trns * 255 if mode == "1" else trns)).astype(np.float32)
+        return g8[..., None].astype(np.float32) / 255, alpha, True, 8, icc
+    if mode in ("LA", "La"):
+        la = np.asarray(im.convert("LA")).astype(np.float32) / 255
+        return la[..., :1], la[..., 1], True, 8, icc
+    if rawmode is not None and mode in ("RGB", "RGBA"):
+        deep = _decode_16bit(im, p, rawmode)
+        if deep is not None:
+            return deep + (icc,)
+    if mode == "CMYK":
+        rgb8, icc = _cmyk_to_srgb(im, icc)
+        return rgb8.astype(np.float32) / 255, None, False, 8, icc
+    if mode == "RGB":
+        rgb8 = np.asarray(im)
+        alpha = None
+        if isinstance(trns, tuple) and len(trns) == 3:
+            alpha = np.any(rgb8 != np.array(trns), axis=2).astype(np.float32)
+        return rgb8.astype(np.float32) / 255, alpha, False, 8, icc
+    has_alpha = mode in ("RGBA", "RGBa", "PA") or trns is not None
+    try:
+        arr = np.asarray(im.convert("RGBA" if has_alpha else "RGB")).astype(np.float32) / 255
+    except ValueError:
+        raise ImageReadError(p, f"unsupported colour mode {mode}") from None
+    return arr[..., :3], (arr[..., 3] if has_alpha else None), False, 8, icc
+
+
+_SWAP_ENDIAN = {"B": "L", "L": "B", "N": "B" if sys.byteorder == "little" else "L"}
+
+
+def _decode_16bit(
+    im: Image.Image, p: Path, rawmode: str
+) -> tuple[np.ndarray, np.ndarray | None, bool, int] | None:
+    """Full 16-bit samples of a PNG/TIFF that Pillow only exposes as 8-bit RGB(A); None if not one.
+
+    Pillow keeps the high byte of each 16-bit sample. Decoding the same tiles again with the
+    opposite byte order keeps the low byte instead; high * 256 + low is exact. 16-bit gray+alpha
+    PNG ("LA;16B", 4 bytes per pixel) decoded as plain "RGBA" yields all four bytes at once.
+    """
+    if rawmode == "LA;16B":
+        raw = _redecode(p, lambda _: "RGBA")
+        if raw is None:
+            return None
+        v = raw.astype(np.uint16)
+        gray, alpha = (v[..., 0] << 8) | v[..., 1], (v[..., 2] << 8) | v[..., 3]
+        g, a = gray[..., None].astype(np.float32) / 65535, alpha.astype(np.float32) / 65535
+        return g, a, True, 16
+    base, _, depth = rawmode.partition(";")
+    if base not in ("RGB", "RGBA", "RGBX") or depth[:-1] != "16" or depth[-1:] not in _SWAP_ENDIAN:
+        return None  # 8-bit, or premultiplied "RGBa;16" whose bytes are not plain samples
+    low = _redecode(p, lambda rm: rm[:-1] + _SWAP_ENDIAN[rm[-1]])
+    if low is None:
+        return None
+    v = (np.asarray(im).astype(np.uint16) << 8) | low.astype(np.uint16)
+    alpha = None
+    if v.shape[2] == 4:
+        alpha = v[..., 3].astype(np.float32) / 65535
+    else:
+        trns = im.info.get("transparency")
+        if isinstance(trns, tuple) and len(trns) == 3:  # PNG tRNS holds 16-bit values here
+            alpha = np.any(v != np.array(trns), axis=2).astype(np.float32)
+    return v[..., :3].astype(np.float32) / 65535, alpha, False, 16
+
+
+def _redecode(p: Path, new_rawmode: Callable[[str], str]) -> np.ndarray | None:
+    """Decode ``p`` again, each tile's rawmode mapped through ``new_rawmode``; None on failure."""
+    try:
+        with _pillow_size_check_off():
+            im = Image.open(p)
+        with im:
+            tiles = []
+            for t in im.tile:
+                rm = _args_rawmode(t[3])
+                if rm is None:
+                    return None
+                args = new_rawmode(rm) if isinstance(t[3], str) else (new_rawmode(rm), *t[3][1:])
+                tiles.append(t._replace(args=args) if hasattr(t, "_replace") else (*t[:3], args))
+            im.tile = tiles
+            im.load()
+            return np.array(im)
+    except Exception:  # the first decode succeeded; if this trick fails, fall back to 8-bit
+        return None
+
+
+def _cmyk_to_srgb(im: Image.Image, icc: bytes | None) -> tuple[np.ndarray, bytes | None]:
+    """CMYK -> 8-bit sRGB, through the embedded profile when littlecms can, else naively."""
+    if icc:
+        try:
+            from PIL import ImageCms
+        except ImportError:
+            ImageCms = None  # type: ignore[assignment]  # noqa: N806
+        if ImageCms is not None:
+            try:
+                src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+                dst = ImageCms.createProfile("sRGB")
+                out = ImageCms.profileToProfile(im, src, dst, outputMode="RGB")
+                if out is not None:
+                    return np.asarray(out), _srgb_icc()
+            except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+                pass
+    return np.asarray(im.convert("RGB")), None  # the CMYK profile does not describe RGB pixels
+
+
+@lru_cache(maxsize=1)
+def _srgb_icc() -> bytes:
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
