@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .config import ModelPreset, VQConfig
 from .devices import cudnn_autotune, make_generator, resolve_device, resolve_dtype
-from .diffusion.sampler import Callback, Denoiser, SAMPLERS, randn_like, sample
+from .diffusion.sampler import SAMPLERS, Callback, Denoiser, get_sampler, randn_like
 from .diffusion.schedule import Schedule, make_schedule, respace
 from .models.swin_unet import SwinUNet
 from .models.vq_f4 import VQModel, max_image_pixels
@@ -124,7 +124,7 @@ class SRPipeline:
         if noise is None:
             noise = randn_like(z_y, generator)
         sched = self.schedule_for(steps, sampler)
-        return sample(sampler, self.denoiser(lq), z_y, sched, noise, generator, callback)
+        return get_sampler(sampler)(self.denoiser(lq), z_y, sched, noise, generator, callback)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latent -> image in [-1, 1] (quantised decode, clamped)."""

@@ -9,9 +9,10 @@ import torch
 
 from sinsr_cli.config import PRESETS
 from sinsr_cli.diffusion.sampler import (
+    SAMPLERS,
+    get_sampler,
     predict_x0,
     prior_sample,
-    sample,
     sample_ancestral,
     sample_deterministic,
     sample_onestep,
@@ -107,10 +108,19 @@ def test_ancestral_uses_generator_and_injected_noise():
     torch.testing.assert_close(d, z)
 
 
-def test_sample_dispatch_rejects_unknown():
-    s = make_schedule(PRESETS["sinsr-v1"].schedule)
-    with pytest.raises(ValueError, match="unknown sampler"):
-        sample("euler", Recorder(), torch.zeros(1, 3, 4, 4), s, torch.zeros(1, 3, 4, 4))
+def test_samplers_share_one_signature_in_one_table():
+    """Every sampler takes ``(denoiser, z_y, schedule, noise, generator, callback)``; choosing one
+    is a lookup, and an unknown name says what exists."""
+    s = respace(make_schedule(PRESETS["resshift-v1"].schedule), 3)
+    z_y, noise = torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4)
+    assert set(SAMPLERS) == {"onestep", "ancestral", "deterministic"}
+    for name, fn in SAMPLERS.items():
+        seen = []
+        z0 = get_sampler(name)(Recorder(), z_y, s, noise, torch.Generator().manual_seed(0), lambda k, n, x0, z: seen.append(n))
+        assert fn is get_sampler(name) and z0.shape == z_y.shape and z0.dtype == torch.float32
+        assert seen == ([1] if name == "onestep" else [3] * 3)
+    with pytest.raises(ValueError, match="unknown sampler 'euler' \\(choose from onestep, ancestral, deterministic\\)"):
+        get_sampler("euler")
 
 
 def test_step_table_holds_the_scalar_coefficients_bitwise():

@@ -1,9 +1,14 @@
-"""ResShift / SinSR samplers as small pure functions (k-diffusion style).
+"""ResShift / SinSR samplers as small pure functions in one table (k-diffusion style).
 
 A *denoiser* is any callable ``(x_scaled [B,C,h,w], t [B] int64) -> x0 [B,C,h,w]`` with the LR
 conditioning already bound; samplers never see models, files or devices. Latent arithmetic is
 float32 whatever dtype the denoiser runs in. Noise comes from an explicit ``torch.Generator``
 or is passed in (tests inject the official noises).
+
+Every sampler has the one signature :class:`Sampler`,
+``(denoiser, z_y, schedule, noise, generator=None, callback=None) -> z0``, and is registered in
+:data:`SAMPLERS`; choosing one is ``SAMPLERS[name]`` (:func:`get_sampler` says what exists when
+a name is unknown). Which step counts go with which sampler is decided in ``plan.make_plan``.
 """
 
 from __future__ import annotations
@@ -22,7 +27,24 @@ class Denoiser(Protocol):
 #: ``callback(step_index, num_steps, x0_pred, z_next)``
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 
-SAMPLERS = ("onestep", "ancestral", "deterministic")
+
+class Sampler(Protocol):
+    """``(denoiser, z_y, schedule, noise, generator=None, callback=None) -> z0`` (float32).
+
+    ``noise`` is the prior's ``x_T`` noise, shaped like ``z_y``; ``generator`` feeds any later
+    draws (only ``ancestral`` makes them); ``callback`` sees every step.
+    """
+
+    def __call__(
+        self,
+        denoiser: Denoiser,
+        z_y: torch.Tensor,
+        schedule: Schedule,
+        noise: torch.Tensor,
+        generator: torch.Generator | None = None,
+        callback: Callback | None = None,
+    ) -> torch.Tensor: ...
+
 
 
 def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -55,9 +77,22 @@ def predict_x0(denoiser: Denoiser, z_t: torch.Tensor, schedule: Schedule, i: int
     return denoiser(x_in, _t(schedule, i, z_t)).float()
 
 
-def sample_onestep(denoiser: Denoiser, z_y: torch.Tensor, schedule: Schedule, noise: torch.Tensor) -> torch.Tensor:
-    """SinSR: one denoiser call at the last step maps ``x_T`` straight to x0 (no clamp)."""
-    return predict_x0(denoiser, prior_sample(z_y, schedule, noise), schedule, schedule.num_steps - 1)
+def sample_onestep(
+    denoiser: Denoiser,
+    z_y: torch.Tensor,
+    schedule: Schedule,
+    noise: torch.Tensor,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """SinSR: one denoiser call at the last step maps ``x_T`` straight to x0 (no clamp).
+
+    Draws nothing from ``generator``; ``callback`` sees the one step (``x0`` is also ``z``).
+    """
+    x0 = predict_x0(denoiser, prior_sample(z_y, schedule, noise), schedule, schedule.num_steps - 1)
+    if callback is not None:
+        callback(0, 1, x0, x0)
+    return x0
 
 
 def sample_deterministic(
@@ -65,9 +100,11 @@ def sample_deterministic(
     z_y: torch.Tensor,
     schedule: Schedule,
     noise: torch.Tensor,
+    generator: torch.Generator | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
-    """SinSR eq. 4-5: ``z_{t-1} = k_t x0 + m_t z_t + j_t z_y``; a function of the initial noise."""
+    """SinSR eq. 4-5: ``z_{t-1} = k_t x0 + m_t z_t + j_t z_y``; a function of the initial noise
+    (draws nothing from ``generator``)."""
     z = prior_sample(z_y, schedule, noise)
     n = schedule.num_steps
     for step, i in enumerate(reversed(range(n))):
@@ -85,12 +122,14 @@ def sample_ancestral(
     schedule: Schedule,
     noise: torch.Tensor,
     generator: torch.Generator | None = None,
-    step_noises: Sequence[torch.Tensor] | None = None,
     callback: Callback | None = None,
+    *,
+    step_noises: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """ResShift's sampler: posterior mean plus fresh noise at every step but the last.
 
-    ``step_noises[k]`` (k = 0..T-1, used at step index T-1-k) replaces the generator's draws.
+    ``step_noises[k]`` (k = 0..T-1, used at step index T-1-k) replaces the generator's draws
+    (the parity runner replays the official noises with it; the table's callers never pass it).
     """
     z = prior_sample(z_y, schedule, noise)
     n = schedule.num_steps
@@ -108,20 +147,20 @@ def sample_ancestral(
     return z
 
 
-def sample(
-    name: str,
-    denoiser: Denoiser,
-    z_y: torch.Tensor,
-    schedule: Schedule,
-    noise: torch.Tensor,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-) -> torch.Tensor:
-    """Dispatch by sampler name (``onestep``, ``ancestral``, ``deterministic``)."""
-    if name == "onestep":
-        return sample_onestep(denoiser, z_y, schedule, noise)
-    if name == "deterministic":
-        return sample_deterministic(denoiser, z_y, schedule, noise, callback)
-    if name == "ancestral":
-        return sample_ancestral(denoiser, z_y, schedule, noise, generator, callback=callback)
-    raise ValueError(f"unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")
+#: every sampler by name; ``onestep`` is SinSR's single step
+ONE_STEP = "onestep"
+SAMPLERS: dict[str, Sampler] = {
+    ONE_STEP: sample_onestep,
+    "ancestral": sample_ancestral,
+    "deterministic": sample_deterministic,
+}
+#: the samplers that take a step count (all but ``onestep``)
+MULTI_STEP: tuple[str, ...] = tuple(name for name in SAMPLERS if name != ONE_STEP)
+
+
+def get_sampler(name: str) -> Sampler:
+    """``SAMPLERS[name]``, or a ValueError listing the names there are."""
+    try:
+        return SAMPLERS[name]
+    except KeyError:
+        raise ValueError(f"unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})") from None
