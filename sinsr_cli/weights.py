@@ -6,6 +6,8 @@ This is the seam between files/Hub (``hub``, ``models.checkpoints``) and the pur
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -35,8 +37,36 @@ def _resolve(name_or_path: str | Path, kind: str, offline: bool | None) -> Path:
     return resolve_weights(str(name_or_path), kind=kind, offline=offline)
 
 
+#: the ``torch.nn.init`` functions a layer's constructor calls (torch's and ours)
+_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_",
+                   "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_")
+
+
+@contextmanager
+def _no_init() -> Iterator[None]:
+    """Constructors skip weight initialisation: every value is about to be loaded.
+
+    Initialising meta tensors computes nothing, but torch runs those calls through its Python
+    decompositions, and the first of them imports ``torch._dynamo``: 1.2 s of every start-up
+    (transformers' ``no_init_weights`` does the same for the same reason).
+    """
+    saved = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTIONS}
+    try:
+        for name in _INIT_FUNCTIONS:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.nn.init, name, fn)
+
+
 def _build(module_cls: type, cfg: object, ckpt: Checkpoint, what: str) -> torch.nn.Module:
-    with torch.device("meta"):
+    """The module built without initialising (every value is loaded next), then loaded strictly.
+
+    Not ``load_state_dict(assign=True)``: safetensors' tensors are file mappings, and a model
+    holding them keeps both the mapping and its low-precision copy resident (+250 MiB peak).
+    """
+    with torch.device("meta"), _no_init():
         model = module_cls(cfg)
     model = model.to_empty(device="cpu")
     load_strict(model, ckpt.state_dict, what)

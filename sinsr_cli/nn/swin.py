@@ -19,28 +19,39 @@ from .norm import GroupNorm32
 _MASK_VALUE = -100.0
 
 
+def _cpu_arange(n: int) -> torch.Tensor:
+    # always on the CPU: under a meta-device build (weights loading), meta ops route through
+    # torch._refs, whose first use imports torch._dynamo (1.2 s of every start-up)
+    return torch.arange(n, device="cpu")
+
+
+def _at_default_device(t: torch.Tensor) -> torch.Tensor:
+    """A constant computed on the CPU, moved to where factory functions put tensors now."""
+    return t.to(torch.empty(0).device)
+
+
 def relative_position_index(window: int) -> torch.Tensor:
-    """``[N, N]`` int64 index into the ``(2w-1)^2`` bias table for tokens in row-major order."""
-    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+    """``[N, N]`` int64 index into the ``(2w-1)^2`` bias table for tokens in row-major order (CPU)."""
+    coords = torch.stack(torch.meshgrid(_cpu_arange(window), _cpu_arange(window), indexing="ij")).flatten(1)
     rel = coords[:, :, None] - coords[:, None, :]
     return (rel[0] + window - 1) * (2 * window - 1) + (rel[1] + window - 1)
 
 
 def shifted_window_mask(height: int, width: int, window: int, shift: int) -> torch.Tensor:
-    """``[nW, N, N]`` additive mask (0 / -100) reproducing the official shifted-window mask.
+    """``[nW, N, N]`` additive mask (0 / -100) reproducing the official shifted-window mask (CPU).
 
     Token (i, j) of window (hw, ww) gets the label R(hw*window + j), with R(p) = 0 if
     p < H - window, 1 if p < H - shift, else 2; tokens with different labels are masked.
     Only ``height`` enters the thresholds, also for non-square maps (as officially).
     """
     nh, nw = height // window, width // window
-    p = torch.arange(nh)[:, None] * window + torch.arange(window)[None, :]  # [nh, window] by j
+    p = _cpu_arange(nh)[:, None] * window + _cpu_arange(window)[None, :]  # [nh, window] by j
     label = (p >= height - window).long() + (p >= height - shift).long()  # [nh, window]
     # token n = i*window + j -> label depends on j only
     tok = label[:, None, :].expand(nh, window, window).reshape(nh, window * window)  # [nh, N]
     tok = tok[:, None, :].expand(nh, nw, window * window).reshape(nh * nw, window * window)
     diff = tok[:, None, :] - tok[:, :, None]
-    return torch.where(diff != 0, torch.tensor(_MASK_VALUE), torch.tensor(0.0)).float()
+    return torch.where(diff != 0, _MASK_VALUE, 0.0).float()
 
 
 def _version(t: torch.Tensor) -> int:
@@ -63,7 +74,7 @@ class WindowAttention(nn.Module):
         self.scale = (dim // heads) ** -0.5
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-        self.register_buffer("relative_position_index", relative_position_index(window), persistent=True)
+        self.register_buffer("relative_position_index", _at_default_device(relative_position_index(window)), persistent=True)
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
         self.proj = nn.Linear(dim, dim)
         self._bias_cache: dict[tuple, torch.Tensor] = {}
@@ -155,7 +166,7 @@ class SwinBlock(nn.Module):
         self.attn = WindowAttention(dim, window, heads)
         self.norm2 = GroupNorm32(dim)
         self.mlp = ConvMlp(dim, int(dim * mlp_ratio))
-        mask = shifted_window_mask(resolution, resolution, window, shift) if shift > 0 else None
+        mask = _at_default_device(shifted_window_mask(resolution, resolution, window, shift)) if shift > 0 else None
         self.register_buffer("attn_mask", mask, persistent=True)
         self._mask_cache: dict[tuple, torch.Tensor] = {}
 
