@@ -40,8 +40,10 @@ Policies:
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import pickle
 import threading
 import time
 import traceback
@@ -67,6 +69,7 @@ from .imageio import (
     write_image,
 )
 from .devices import cpu_has_native_bf16, dtype_name, is_oom_error, release_cached_memory
+from .distributed import deal, local_processes
 from .tileplan import TilePlan, count_work, plan_tiling, rates_for
 from .tiling import OutputTooLarge, free_bytes
 
@@ -90,9 +93,13 @@ __all__ = [
     "default_suffix",
     "model_to_image",
     "output_size",
+    "merge_reports",
     "plan_jobs",
+    "plan_key",
     "resample",
     "run_batch",
+    "sendable",
+    "shard_jobs",
     "upscale_image",
 ]
 
@@ -358,6 +365,68 @@ def _with_path(path: Path, err: BaseException) -> str:
     return f"{path}: {text}"
 
 
+# --------------------------------------------------------------------------- sharded runs
+
+
+def plan_key(jobs: Sequence[Job]) -> str:
+    """A digest of a plan (each job's input, output and status): processes that plan the same
+    run from the same files get the same key, so they can check that they agree before sharding."""
+    h = hashlib.sha256()
+    for j in jobs:
+        h.update(f"{j.item.path}\0{j.target}\0{j.status}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def shard_jobs(jobs: Sequence[Job], world: int) -> list[list[int]]:
+    """Which jobs each of ``world`` processes runs: ``shares[rank]``, indices into ``jobs``.
+
+    The pending jobs are dealt by LR pixel count so the processes end together
+    (``distributed.deal``); the jobs already decided in planning (skips, failures) go to rank
+    0, so every input is reported exactly once. The same plan gives the same split everywhere.
+    """
+    pending = [i for i, j in enumerate(jobs) if j.status == "pending"]
+    weights = [max(1, j.item.size[0] * j.item.size[1]) if j.item.size else 1 for j in (jobs[i] for i in pending)]
+    shares = [[pending[k] for k in share] for share in deal(weights, world)]
+    shares[0] = sorted(shares[0] + [i for i, j in enumerate(jobs) if j.status != "pending"])
+    return shares
+
+
+def sendable(report: BatchReport) -> BatchReport:
+    """``report`` ready to be pickled to another process: an exception that does not survive
+    pickling is replaced by a RuntimeError with its text (the traceback text is kept)."""
+    results = []
+    for r in report.results:
+        if r.error is not None:
+            try:
+                pickle.loads(pickle.dumps(r.error))
+            except Exception:  # noqa: BLE001 - any exception type may refuse
+                r = replace(r, error=RuntimeError(f"{type(r.error).__name__}: {r.error}"))
+        results.append(r)
+    return replace(report, results=results)
+
+
+def merge_reports(parts: Sequence[BatchReport], shares: Sequence[Sequence[int]]) -> BatchReport:
+    """One report of a sharded run: ``parts[rank]`` ran the jobs ``shares[rank]`` (see
+    :func:`shard_jobs`). Results in job order, as one process running them all gives them;
+    the time is the slowest process's, the tile rank 0's."""
+    n = sum(len(s) for s in shares)
+    results: list[ItemResult | None] = [None] * n
+    for part, share in zip(parts, shares, strict=True):
+        if len(part.results) != len(share):
+            raise ValueError(f"a process reported {len(part.results)} results for {len(share)} jobs")
+        for i, r in zip(share, part.results):
+            results[i] = r
+    if any(r is None for r in results):
+        raise ValueError("the shares do not cover every job exactly once")
+    return BatchReport(
+        [r for r in results if r is not None],
+        max(p.seconds for p in parts),
+        parts[0].seed,
+        any(p.interrupted for p in parts),
+        parts[0].tile,
+    )
+
+
 # --------------------------------------------------------------------------- pixels
 
 
@@ -412,9 +481,12 @@ def auto_plan(pipe: SRPipeline, height: int, width: int, *, tile_batch: int = 1)
 
     Untiled, or tiles whose model input (tile + context) is exactly a multiple of the model
     padding, chosen by ``tileplan``'s cost model of this architecture on this device and dtype,
-    within 80% of the free memory (CUDA's, or RAM) and under CUDA's 32-bit indexing limit.
+    within 80% of the free memory (CUDA's, or this process's share of the RAM: the processes of a
+    sharded run on one host split it) and under CUDA's 32-bit indexing limit.
     """
     free = free_bytes(pipe.device)
+    if free is not None and pipe.device.type != "cuda":  # a sharded run's processes share the host's RAM
+        free //= local_processes()
     itemsize = torch.empty((), dtype=pipe.dtype).element_size()
     vq_cfg = pipe.vq.cfg
     return plan_tiling(

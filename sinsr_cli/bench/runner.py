@@ -13,7 +13,7 @@ import gc
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ __all__ = [
     "RunSpec",
     "bench_protocol",
     "bicubic_upscale",
+    "merge_reports",
     "plan_runs",
     "run_bench",
     "to_uint8",
@@ -312,6 +313,7 @@ def run_bench(
     on_message: OnMessage | None = None,
     on_output: OnOutput | None = None,
     store: ImageStore | None = None,
+    images: Sequence[int] | None = None,
 ) -> BenchReport:
     """Benchmark every run over ``dataset`` and return the report.
 
@@ -323,6 +325,8 @@ def run_bench(
         on_message: each warning as it happens (all are also in ``report.messages``).
         on_output: every SR image, ``[H, W, 3]`` uint8 as scored.
         store: decoded images, when the caller already has them (else decoded here).
+        images: the indices of the images this process runs (a shard of a sharded run, see
+            :func:`merge_reports`); None: all of them.
 
     Raises:
         ValueError: bad options (unknown learned metric, crop too large, ...).
@@ -360,6 +364,7 @@ def run_bench(
     for m in pre:
         note(m)
     scorer = _Scorer(options.crop_border, learned, dataset.paired)
+    order = list(range(len(store))) if images is None else sorted(images)
     results: list[RunResult] = []
     labels: set[str] = set()
 
@@ -381,13 +386,13 @@ def run_bench(
         if on_output is not None:
             on_output(run, index, sr)
         if on_progress is not None:
-            on_progress(run.label, len(run.images), len(store))
+            on_progress(run.label, len(run.images), len(order))
 
     # -- bicubic baseline ------------------------------------------------------------------
     if any(r.is_bicubic for r in runs):
         run = RunResult(unique(BICUBIC), None, None, None)
         results.append(run)
-        for i in range(len(store)):
+        for i in order:
             lr = store.lr(i)
             t0 = time.perf_counter()
             sr = to_uint8(bicubic_upscale(lr, SCALE))
@@ -415,7 +420,7 @@ def run_bench(
             note(f"{name}: cannot load: {_one_line(e)}")
             continue
         for spec in specs:
-            run = _model_run(pipe, spec, name, load_s, options, store, memory, watch, finish, note, unique)
+            run = _model_run(pipe, spec, name, load_s, options, store, order, memory, watch, finish, note, unique)
             if run is not None:
                 results.append(run)
         del pipe
@@ -438,6 +443,7 @@ def run_bench(
         "learned_loaded": list(learned),
         "peak_memory_kind": memory.kind,
         "save_images": str(options.save_dir) if options.save_dir is not None else None,
+        "processes": 1,
     }
     return BenchReport(
         dataset=dataset,
@@ -452,17 +458,21 @@ def run_bench(
     )
 
 
-def _warmup_images(store: ImageStore, device: torch.device, warmup: int) -> list[int]:
-    """Indices of the untimed passes: ``warmup`` x the first image, and on CUDA once more for the
-    first image of every other LR size (cuDNN plans, autotuning and allocator growth happen per
-    shape; timing them would charge one image for the whole run's setup). CPU keeps the first
-    image only: its per-shape cost is small next to a call."""
-    if warmup == 0 or not len(store):
+def _warmup_images(
+    store: ImageStore, device: torch.device, warmup: int, order: Sequence[int] | None = None
+) -> list[int]:
+    """Indices of the untimed passes: ``warmup`` x the first image (of ``order``, the images
+    this process runs), and on CUDA once more for the first image of every other LR size (cuDNN
+    plans, autotuning and allocator growth happen per shape; timing them would charge one image
+    for the whole run's setup). CPU keeps the first image only: its per-shape cost is small
+    next to a call."""
+    order = list(range(len(store))) if order is None else order
+    if warmup == 0 or not order:
         return []
-    out = [0] * warmup
+    out = [order[0]] * warmup
     if device.type == "cuda":
-        seen = {store.lr_size(0)}
-        for i in range(1, len(store)):
+        seen = {store.lr_size(order[0])}
+        for i in order[1:]:
             if store.lr_size(i) not in seen:
                 seen.add(store.lr_size(i))
                 out.append(i)
@@ -476,6 +486,7 @@ def _model_run(
     load_s: float,
     options: BenchOptions,
     store: ImageStore,
+    order: Sequence[int],
     memory: PeakMemory,
     watch: Stopwatch,
     finish: Callable[[RunResult, int, np.ndarray, float], None],
@@ -516,9 +527,9 @@ def _model_run(
         return y
 
     try:
-        for i in _warmup_images(store, pipe.device, options.warmup):
+        for i in _warmup_images(store, pipe.device, options.warmup, order):
             call(image_to_tensor(store.lr(i)))
-        for i in range(len(store)):
+        for i in order:
             x = image_to_tensor(store.lr(i))
             watch.start()
             y = call(x)
@@ -534,3 +545,51 @@ def _model_run(
         run.error = _one_line(e)
         note(f"{what}: failed after {len(run.images)} image(s): {run.error}")
     return run
+
+
+# --------------------------------------------------------------------------- sharded runs
+
+
+def merge_reports(parts: Sequence[BenchReport]) -> BenchReport:
+    """One report from the processes of a sharded run (each ran :func:`run_bench` on its own
+    ``images``): every run's images from every process, in dataset order, so the summary of
+    each row (computed from its images) is that of one process scoring them all.
+
+    A row's peak memory and load time are the largest any process had (each process holds its
+    own model); its error the first reported; a model row missing some images without an error
+    (a process that could not run it) gets one. Messages are kept once each, in order; the wall
+    time is the slowest process's; the environment is rank 0's.
+    """
+    base = parts[0]
+    if len(parts) == 1:
+        return base
+    position = {item.name: k for k, item in enumerate(base.dataset.items)}
+    runs: dict[str, RunResult] = {}
+    for part in parts:
+        for run in part.runs:
+            row = runs.get(run.label)
+            if row is None:
+                runs[run.label] = replace(run, images=list(run.images))
+                continue
+            row.images += run.images
+            row.peak_memory_bytes = _most(row.peak_memory_bytes, run.peak_memory_bytes)
+            row.load_s = _most(row.load_s, run.load_s)
+            row.error = row.error or run.error
+            row.preset = row.preset or run.preset
+    total = len(base.dataset.items)
+    for row in runs.values():
+        row.images.sort(key=lambda r: position[r.name])
+        if row.error is None and len(row.images) < total:
+            row.error = f"{len(row.images)} of {total} images: the other processes did not run this row"
+    messages = list(dict.fromkeys(m for part in parts for m in part.messages))
+    return replace(
+        base,
+        runs=list(runs.values()),
+        messages=messages,
+        wall_s=max(p.wall_s for p in parts),
+        settings={**base.settings, "processes": len(parts)},
+    )
+
+
+def _most(a: float | int | None, b: float | int | None) -> float | int | None:
+    return b if a is None else a if b is None else max(a, b)

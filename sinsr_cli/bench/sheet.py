@@ -124,6 +124,18 @@ class SheetCollector:
             self.boxes[index] = detail_box(sr, self.crop)
         self.crops.setdefault(run.label, {})[index] = self._cut(sr, self.boxes[index])
 
+    def state(self) -> tuple[dict[int, tuple[int, int, int, int]], dict[str, dict[int, np.ndarray]]]:
+        """What this process collected (windows and crops), to send to rank 0 of a sharded run."""
+        return self.boxes, self.crops
+
+    def merge(self, state: tuple[dict[int, tuple[int, int, int, int]], dict[str, dict[int, np.ndarray]]]) -> None:
+        """Add another process's :meth:`state` (its images' windows and crops)."""
+        boxes, crops = state
+        for i, box in boxes.items():
+            self.boxes.setdefault(i, box)
+        for label, by_image in crops.items():
+            self.crops.setdefault(label, {}).update(by_image)
+
     # -- rendering -------------------------------------------------------------------------
 
     def render(self, report: BenchReport) -> np.ndarray:

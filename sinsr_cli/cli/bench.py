@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -22,6 +23,9 @@ from .common import EXIT_PARTIAL, console, handle_errors, quiet_option
 
 if TYPE_CHECKING:
     from ..bench.dataset import BenchDataset
+    from ..bench.runner import BenchReport
+    from ..bench.sheet import SheetCollector
+    from ..distributed import DistInfo
 
 _HELP_MODEL = (
     "Models to compare, comma-separated or repeated: zoo names or checkpoint files "
@@ -106,7 +110,8 @@ def _removes_scratch(fn: Callable[..., None]) -> Callable[..., None]:
 
 
 def _dataset(
-    input: Path, hr: Optional[Path], limit: Optional[int], make_lr: Optional[str], pairs_dir: Optional[Path]  # noqa: A002
+    input: Path, hr: Optional[Path], limit: Optional[int], make_lr: Optional[str], pairs_dir: Optional[Path],  # noqa: A002
+    *, talk: bool = True,
 ) -> "BenchDataset":
     """The benchmark's images: found as given, or (``--make-lr``) made from INPUT's HR images."""
     from ..bench.dataset import find_dataset, make_lr_dataset
@@ -121,7 +126,7 @@ def _dataset(
     if target is None:
         target = Path(tempfile.mkdtemp(prefix="sinsr-bench-"))
         _SCRATCH.append(target)
-    with console.status(f"making LR images ({make_lr})"):
+    with console.status(f"making LR images ({make_lr})") if talk else contextlib.nullcontext():
         return make_lr_dataset(input, target, make_lr.strip().lower(), limit=limit)
 
 
@@ -190,11 +195,13 @@ def bench_cmd(
     Every run is compared with a bicubic baseline row. LR and HR images are paired by file name,
     never by order; HR must be exactly 4x LR. SR images are scored as saved (8-bit).
     """
-    from ..bench.dataset import ImageStore
+    from .. import distributed
+
+    rank = distributed.from_env()
+    if not rank.main:  # errors found before the processes join are every rank's: rank 0 tells them
+        console.quiet = True
     from ..bench.report import to_csv, to_json, to_markdown, write_text
-    from ..bench.runner import SCALE, BenchOptions, plan_runs, run_bench
-    from ..bench.sheet import SheetCollector
-    from ..devices import resolve_seed
+    from ..devices import resolve_device, resolve_seed
 
     try:
         seed_value = resolve_seed(seed)
@@ -212,43 +219,24 @@ def bench_cmd(
     if sheet is None and markdown is not None and sheet_images > 0:
         sheet = markdown.with_suffix(".png")
 
-    dataset = _dataset(input, hr, limit, make_lr, pairs_dir)
-    runs = plan_runs(models, step_list)
-    options = BenchOptions(
-        vq=vq, config=None if config is None else str(config), device=device, dtype=dtype, sampler=sampler,
-        seed=seed_value, tile=tile, tile_overlap=tile_overlap, warmup=warmup, crop_border=crop_border,
-        center_crop=center_crop, learned=learned_names, save_dir=save_images, offline=offline or None,
-    )
+    wanted = resolve_device(device)
+    with distributed.process_group(wanted, timeout=distributed.SHARD_TIMEOUT) as (rank, dev):
+        if not rank.main:
+            console.quiet = False  # joined: from here on, errors are this rank's own
+        dataset = _shared_dataset(rank, input, hr, limit, make_lr, pairs_dir)
+        report, collector = _bench_sharded(
+            rank, dataset, models, step_list,
+            dict(
+                vq=vq, config=None if config is None else str(config), device=str(dev), dtype=dtype, sampler=sampler,
+                seed=distributed.broadcast(seed_value, rank), tile=tile, tile_overlap=tile_overlap, warmup=warmup,
+                crop_border=crop_border, center_crop=center_crop, learned=learned_names, save_dir=save_images,
+                offline=offline or None,
+            ),
+            show=not quiet and rank.main, sheet=(sheet_images, sheet_crop, sheet_zoom) if sheet is not None else None,
+        )
+    if not rank.main:  # rank 0 reports the whole run and carries its exit code
+        return
     show = not quiet
-    progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True, disable=not show,
-    )
-    tasks: dict[str, int] = {}
-
-    def on_progress(label: str, done: int, total: int) -> None:
-        if label not in tasks:
-            tasks[label] = progress.add_task(label, total=total)
-        progress.update(tasks[label], completed=done)
-
-    def on_message(text: str) -> None:
-        if show:
-            progress.console.print(f"[yellow]note:[/yellow] {escape(text)}", soft_wrap=True, highlight=False)
-
-    with progress:
-        reading = progress.add_task("reading images", total=len(dataset.items))
-        store = ImageStore(
-            dataset, scale=SCALE, center_crop=center_crop,
-            on_read=lambda done, total: progress.update(reading, completed=done),
-        )
-        progress.remove_task(reading)
-        collector = (
-            SheetCollector(store, images=sheet_images, crop=sheet_crop, zoom=sheet_zoom) if sheet is not None else None
-        )
-        report = run_bench(
-            dataset, runs, options, store=store, on_progress=on_progress, on_message=on_message, on_output=collector,
-        )
-
     out = Console()
     if not out.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
         out = Console(width=160)
@@ -282,3 +270,84 @@ def bench_cmd(
         console.print(f"bench took {report.wall_s:.1f} s")
     if report.failed:
         raise typer.Exit(EXIT_PARTIAL)
+
+
+def _shared_dataset(
+    rank: "DistInfo", input: Path, hr: Optional[Path], limit: Optional[int], make_lr: Optional[str],  # noqa: A002
+    pairs_dir: Optional[Path],
+) -> "BenchDataset":
+    """:func:`_dataset` on every process; a kept ``--pairs-dir`` (on a filesystem all nodes
+    share) is made by rank 0 alone and handed to the others once it is there; a temporary one is
+    each process's own."""
+    from .. import distributed
+
+    if rank.world == 1 or make_lr is None or pairs_dir is None:
+        return _dataset(input, hr, limit, make_lr, pairs_dir, talk=rank.main)
+    dataset = _dataset(input, hr, limit, make_lr, pairs_dir) if rank.main else None
+    return distributed.broadcast(dataset, rank)  # type: ignore[return-value]
+
+
+def _bench_sharded(
+    rank: "DistInfo",
+    dataset: "BenchDataset",
+    models: list[str],
+    step_list: list[Optional[int]],
+    fields: dict[str, Any],
+    *,
+    show: bool,
+    sheet: Optional[tuple[int, int, int]],
+) -> tuple["BenchReport", Optional["SheetCollector"]]:
+    """This process's share of the images through every run, then every process's report (and
+    sheet crops) merged on every rank. Alone, the share is every image."""
+    from .. import distributed
+    from ..bench.dataset import ImageStore
+    from ..bench.runner import SCALE, BenchOptions, merge_reports, plan_runs, run_bench
+    from ..bench.sheet import SheetCollector
+
+    runs = plan_runs(models, step_list)
+    options = BenchOptions(**fields)
+    center_crop = options.center_crop
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=True, disable=not show,
+    )
+    tasks: dict[str, int] = {}
+
+    def on_progress(label: str, done: int, total: int) -> None:
+        if label not in tasks:
+            tasks[label] = progress.add_task(label, total=total)
+        progress.update(tasks[label], completed=done)
+
+    def on_message(text: str) -> None:
+        if show:
+            progress.console.print(f"[yellow]note:[/yellow] {escape(text)}", soft_wrap=True, highlight=False)
+
+    with progress:
+        reading = progress.add_task("reading images", total=len(dataset.items))
+        store = ImageStore(
+            dataset, scale=SCALE, center_crop=center_crop,
+            on_read=lambda done, total: progress.update(reading, completed=done),
+        )
+        progress.remove_task(reading)
+        collector = None
+        if sheet is not None:
+            collector = SheetCollector(store, images=sheet[0], crop=sheet[1], zoom=sheet[2])
+        sizes = [store.lr_size(i) for i in range(len(store))]
+        mine = distributed.deal([w * h for w, h in sizes], rank.world)[rank.rank]
+        report = run_bench(
+            dataset, runs, options, store=store, on_progress=on_progress, on_message=on_message, on_output=collector,
+            images=mine,
+        )
+    if rank.world == 1:
+        return report, collector
+    with console.status("waiting for the other processes") if show and console.is_terminal else contextlib.nullcontext():
+        parts = distributed.all_gather((report, collector.state() if collector is not None else None), rank)
+    if collector is not None:
+        for _, state in parts[1:]:
+            collector.merge(state)  # type: ignore[arg-type]
+    merged = merge_reports([r for r, _ in parts])
+    told = set(report.messages)
+    for text in merged.messages:  # the other processes' notes, told as this one told its own
+        if text not in told:
+            on_message(text)
+    return merged, collector

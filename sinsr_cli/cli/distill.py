@@ -6,7 +6,6 @@ command runs under ``torchrun --nproc-per-node N``; only rank 0 prints.
 
 from __future__ import annotations
 
-import os
 import shlex
 from dataclasses import replace
 from pathlib import Path
@@ -113,7 +112,9 @@ def distill_cmd(
             raise ValueError("--teacher is required (a ResShift checkpoint or zoo name)")
         out = out or Path("runs/distill")
 
-    main = int(os.environ.get("RANK", "0")) == 0
+    from ..distributed import from_env
+
+    main = from_env().main
     talk = main and not quiet
     if talk:  # a schedule the run never gets through trains at a fraction of the rate, silently
         hints = {"warmup": f"lower --warmup (e.g. --warmup {max(1, cfg.steps // 10)})", "milestone": "see --halve-at"}

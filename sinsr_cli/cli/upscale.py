@@ -8,6 +8,8 @@ table. Exit codes: 0 all done, 1 some inputs failed, 2 usage error, 130 interrup
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import sys
@@ -15,6 +17,7 @@ import tempfile
 import threading
 import traceback
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -28,7 +31,10 @@ from ..config import DEFAULT_SEED
 from .common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, console, fail, handle_errors, quiet_option
 
 if TYPE_CHECKING:  # the batch engine imports torch: keep `sinsr --help` fast
-    from ..batch import BatchReport, ItemResult, Job
+    import torch
+
+    from ..batch import BatchReport, ItemResult, Job, UpscaleOptions
+    from ..distributed import DistInfo
     from ..pipeline import SRPipeline
 
 EXIT_INTERRUPTED = 130
@@ -58,10 +64,10 @@ class _Renderer:
     counted in the summary instead of listed (``verbose`` lists them).
     """
 
-    def __init__(self, err: Console, *, quiet: bool, verbose: bool, show_progress: bool) -> None:
+    def __init__(self, err: Console, *, quiet: bool, verbose: bool, show_progress: bool, paths: bool = True) -> None:
         from ..batch import BatchObserver
 
-        self.err, self.quiet, self.verbose = err, quiet, verbose
+        self.err, self.quiet, self.verbose, self.paths = err, quiet, verbose, paths
         self.progress: Progress | None = None
         if show_progress:
             self.progress = Progress(
@@ -135,7 +141,7 @@ class _Renderer:
                 self.line("skipped", "dim", result.message)
         elif result.status == "cancelled" and result.error is not None:  # the file Ctrl-C abandoned
             self.line("interrupted", "yellow", result.message)
-        elif result.status == "done" and not self.quiet:
+        elif result.status == "done" and not self.quiet and self.paths:
             if self.paths_via_console:
                 self.err.print(Text(str(result.target)), soft_wrap=True, highlight=False)
             else:
@@ -267,11 +273,17 @@ def upscale_cmd(
     strip_metadata: bool = typer.Option(False, "--strip-metadata", help="Do not carry EXIF and ICC profile to the outputs."),
     max_pixels: int = typer.Option(178_956_970, "--max-pixels", help="Refuse inputs declaring more pixels than this (decompression bombs); 0 = no limit."),
     offline: bool = typer.Option(False, "--offline", help="Never download; use cached weights only."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary (every input: status, output, time) as JSON on stdout instead of the written paths."),
     quiet: bool = quiet_option(),
     verbose: bool = typer.Option(False, "--verbose", help="Show tracebacks on errors (and every skipped input)."),
 ) -> None:
-    from ..batch import UpscaleOptions, plan_jobs, run_batch
-    from ..devices import resolve_seed
+    from .. import distributed
+    from ..batch import UpscaleOptions, plan_jobs
+
+    rank = distributed.from_env()
+    if not rank.main:  # errors found before the processes join are every rank's: rank 0 tells them
+        console.quiet = True
+    from ..devices import resolve_device, resolve_seed
     from ..diffusion.sampler import SAMPLERS
     from ..imageio import collect_inputs
 
@@ -303,46 +315,25 @@ def upscale_cmd(
     jobs = plan_jobs(items, rejected, options, explicit=given, single_input_file=single)
     if not items and not any(j.status == "failed" for j in jobs):
         raise fail(f"no images found in {', '.join(given)}", EXIT_PARTIAL)
+    wanted = resolve_device(device)
 
-    pipe = None
-    pending = sum(j.status == "pending" for j in jobs)
-    if pending:
-        from ..pipeline import load_pipeline
-
-        pipe = load_pipeline(model, vq, device=device, dtype=dtype, config=config, offline=offline or None)
-        try:  # a bad steps/sampler pair is a usage error, before any file
-            pipe.resolve_sampler(steps, sampler)
-        except ValueError as e:
-            raise ValueError(f"--steps/--sampler: {e}") from None
-        if not quiet:
-            dt = str(pipe.dtype).removeprefix("torch.")
-            console.print(
-                Text(
-                    f"{pipe.preset.name} on {pipe.device} ({dt}), {_tiling_words(pipe, tile_size, jobs, batch)}, seed {seed_value}: "
-                    f"{pending} of {len(jobs)} file(s) to upscale",
-                    style="dim",
-                ),
-                soft_wrap=True, highlight=False,
-            )
-
-    show_progress = console.is_terminal and not quiet
-    renderer = _Renderer(console, quiet=quiet, verbose=verbose, show_progress=show_progress)
-    stop = threading.Event()
-
-    def on_sigint(signum: int, frame: object) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        renderer.line("interrupt", "yellow", "stopping after the current file (press Ctrl-C again to abandon it)")
-
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, on_sigint) if in_main else None
-    try:
-        report = run_batch(pipe, jobs, options, renderer.observer, stop=stop)
-    finally:
-        renderer.stop()
-        if in_main:
-            signal.signal(signal.SIGINT, previous)
+    with distributed.process_group(wanted, timeout=distributed.SHARD_TIMEOUT) as (rank, dev):
+        if not rank.main:
+            console.quiet = False  # joined: from here on, errors are this rank's own
+        report, renderer, shares = _run_sharded(
+            rank, dev, jobs, options, model=model, vq=vq, dtype=dtype, config=config, offline=offline,
+            tile_size=tile_size, quiet=quiet or not rank.main, verbose=verbose, json_out=json_out,
+        )
+    if not rank.main:  # rank 0 reports the whole run and carries its exit code
+        raise typer.Exit(EXIT_OK)
+    mine = set(shares[0])
+    for i, result in enumerate(report.results):  # the other processes' files, told as rank 0 told its own
+        if i not in mine:
+            for message in result.warnings if not quiet else ():
+                renderer.line("warning", "yellow", message)
+            renderer.file_finished(result)
+    if json_out:
+        typer.echo(json.dumps(summary_dict(report, processes=rank.world), indent=2))
     if not quiet:
         _summary(report, console)
     if report.interrupted:
@@ -352,6 +343,115 @@ def upscale_cmd(
         )
         raise typer.Exit(EXIT_INTERRUPTED)
     raise typer.Exit(EXIT_PARTIAL if report.failed else EXIT_OK)
+
+
+def _run_sharded(
+    rank: DistInfo,
+    dev: torch.device,
+    jobs: list[Job],
+    options: UpscaleOptions,
+    *,
+    model: str,
+    vq: str,
+    dtype: str,
+    config: Path | None,
+    offline: bool,
+    tile_size: int | None,
+    quiet: bool,
+    verbose: bool,
+    json_out: bool,
+) -> tuple[BatchReport, _Renderer, list[list[int]]]:
+    """This process's share of the jobs through the model, then every process's report merged
+    (in job order) on every rank. Alone, the share is every job. Returns (report, rank 0's
+    renderer, the shares)."""
+    from .. import distributed
+    from ..batch import BatchObserver, merge_reports, plan_key, run_batch, sendable, shard_jobs
+
+    if rank.world > 1:
+        if len(set(distributed.all_gather(plan_key(jobs), rank))) > 1:
+            raise ValueError(
+                "the processes found different inputs or outputs; under torchrun every node must see the "
+                "same INPUT and --output (a shared filesystem)"
+            )
+        options = replace(options, seed=distributed.broadcast(options.seed, rank))  # `--seed random`: rank 0's
+    shares = shard_jobs(jobs, rank.world)
+    mine = [jobs[i] for i in shares[rank.rank]]
+    pipe = None
+    pending = sum(j.status == "pending" for j in jobs)
+    if pending:
+        from ..pipeline import load_pipeline
+
+        pipe = load_pipeline(model, vq, device=dev, dtype=dtype, config=config, offline=offline or None)
+        try:  # a bad steps/sampler pair is a usage error, before any file
+            pipe.resolve_sampler(options.steps, options.sampler)
+        except ValueError as e:
+            raise ValueError(f"--steps/--sampler: {e}") from None
+        if not quiet:
+            dt = str(pipe.dtype).removeprefix("torch.")
+            where = f"{pipe.device} ({dt})" if rank.world == 1 else f"{rank.world} processes ({pipe.device.type}, {dt})"
+            console.print(
+                Text(
+                    f"{pipe.preset.name} on {where}, {_tiling_words(pipe, tile_size, jobs, options.tile_batch)}, "
+                    f"seed {options.seed}: {pending} of {len(jobs)} file(s) to upscale",
+                    style="dim",
+                ),
+                soft_wrap=True, highlight=False,
+            )
+
+    show_progress = console.is_terminal and not quiet
+    renderer = _Renderer(console, quiet=quiet, verbose=verbose, show_progress=show_progress, paths=not json_out)
+    observer = renderer.observer if rank.main else BatchObserver()  # the others' results are told by rank 0
+    stop = threading.Event()
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        if rank.main:
+            renderer.line("interrupt", "yellow", "stopping after the current file (press Ctrl-C again to abandon it)")
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if in_main else None
+    try:
+        report = run_batch(pipe, mine, options, observer, stop=stop)
+    finally:
+        renderer.stop()
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
+    if rank.world == 1:
+        return report, renderer, shares
+    waiting = console.status("waiting for the other processes") if show_progress else contextlib.nullcontext()
+    with waiting:
+        parts = distributed.all_gather(sendable(report), rank)
+    return merge_reports(parts, shares), renderer, shares
+
+
+def summary_dict(report: BatchReport, *, processes: int = 1) -> dict[str, object]:
+    """``--json``: the run's counts and every input's outcome, in job order (paths as given)."""
+    def size(s: tuple[int, int] | None) -> list[int] | None:
+        return None if s is None else list(s)
+
+    return {
+        "seed": report.seed,
+        "seconds": report.seconds,
+        "processes": processes,
+        "interrupted": report.interrupted,
+        "counts": {k: report.count(k) for k in ("done", "skipped", "failed", "cancelled")},  # type: ignore[arg-type]
+        "files": [
+            {
+                "input": str(r.item.path),
+                "output": None if r.target is None else str(r.target),
+                "status": r.status,
+                "message": r.message,
+                "reason": r.reason,
+                "seconds": r.seconds,
+                "input_size": size(r.input_size),
+                "output_size": size(r.output_size),
+                "warnings": list(r.warnings),
+            }
+            for r in report.results
+        ],
+    }
 
 
 upscale_cmd.__doc__ = _HELP

@@ -38,6 +38,7 @@ from ..config import ModelPreset
 from ..devices import resolve_device
 from ..diffusion.sampler import prior_sample
 from ..diffusion.schedule import Schedule, make_schedule
+from ..distributed import DistInfo, join
 from ..models.checkpoints import unet_metadata, write_safetensors
 from ..models.swin_unet import SwinUNet
 from ..models.vq_f4 import VQModel
@@ -268,31 +269,6 @@ def prune_checkpoints(out_dir: Path, keep: int) -> None:
 # -- processes ------------------------------------------------------------------------------------
 
 
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
-    """Join the torchrun process group when ``WORLD_SIZE`` > 1 (gloo on CPU, nccl on CUDA)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo(), device
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device.type == "cuda":
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), local), device
-
-
 def _all_reduce_mean(t: Tensor, info: DistInfo) -> Tensor:
     if info.world > 1:
         dist.all_reduce(t)
@@ -383,7 +359,7 @@ def train(
     """
     out_dir = Path(out_dir)
     emit = on_event or (lambda kind, info: None)
-    info, dev = setup_distributed(resolve_device(device))
+    info, dev = join(resolve_device(device))  # torchrun: this rank and its device
     torch.manual_seed(cfg.seed + info.rank)
 
     # models: frozen teacher and VQ, the student a trainable copy of the teacher, its EMA
