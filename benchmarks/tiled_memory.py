@@ -48,12 +48,12 @@ def _tail(shape: tuple[int, ...]) -> None:
     """
     import torch
 
-    from sinsr_cli.batch import model_to_image
+    from sinsr_cli.imageio import tensor_to_image
 
     out = torch.zeros(shape)
     y = (out * 0.5 + 0.5).clamp(0, 1)
     del out
-    model_to_image(y)
+    tensor_to_image(y, in_place=True)
 
 
 def run_one(
@@ -64,7 +64,7 @@ def run_one(
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from sinsr_cli.batch import model_to_image
+    from sinsr_cli.imageio import tensor_to_image
     from sinsr_cli.config import PRESETS, VQ_PRESETS
     from sinsr_cli.devices import resolve_device, resolve_dtype, synchronize
     from sinsr_cli.pipeline import SRPipeline, build_models
@@ -94,7 +94,7 @@ def run_one(
     complete = True
     try:
         y = pipe(x, seed=0, tile=tile, tile_overlap=overlap, tile_batch=batch, on_tile=on_tile)
-        img = model_to_image(y)  # what `sinsr upscale` does next: [H, W, 3] float32 on the CPU
+        img = tensor_to_image(y, in_place=True)  # what `sinsr upscale` does next: [H, W, 3] float32 on the CPU
         synchronize(dev)
         shape = list(img.shape)
     except _Stop:

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from .config import DEFAULT_SEED
+from .imageio import image_to_tensor, tensor_to_image, to_uint8
 from .pipeline import SRPipeline, load_pipeline
 
 
@@ -29,11 +30,9 @@ def upscale(
     gives a tensor of the same rank. Pass ``pipeline`` to reuse loaded models across calls."""
     pipe = pipeline or load_pipeline(model, vq, device=device, dtype=dtype)
     if isinstance(image, Image.Image):
-        rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-        x = torch.from_numpy(rgb).permute(2, 0, 1)[None]
-        out = pipe(x, steps=steps, sampler=sampler, seed=seed, tile=tile)[0]
-        arr = (out.permute(1, 2, 0).cpu().numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
-        return Image.fromarray(arr, "RGB")
+        x = image_to_tensor(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
+        out = pipe(x, steps=steps, sampler=sampler, seed=seed, tile=tile)
+        return Image.fromarray(to_uint8(tensor_to_image(out, in_place=True)), "RGB")
     squeeze = image.ndim == 3
     x = image[None] if squeeze else image
     out = pipe(x, steps=steps, sampler=sampler, seed=seed, tile=tile)

@@ -63,9 +63,13 @@ from .imageio import (
     InputItem,
     LoadedImage,
     SinsrIOError,
+    format_named,
+    format_of,
     image_to_tensor,
+    luma,
     output_path,
     read_image,
+    tensor_to_image,
     write_image,
 )
 from .devices import cpu_has_native_bf16, dtype_name, is_oom_error, release_cached_memory
@@ -79,7 +83,6 @@ if TYPE_CHECKING:
 __all__ = [
     "ALPHA_MODES",
     "IMAGE_EXTENSIONS",
-    "OUTPUT_FORMATS",
     "SKIP_EXISTS",
     "BatchObserver",
     "BatchReport",
@@ -91,7 +94,6 @@ __all__ = [
     "auto_plan",
     "bytes_per_lr_pixel",
     "default_suffix",
-    "model_to_image",
     "output_size",
     "merge_reports",
     "plan_jobs",
@@ -105,7 +107,6 @@ __all__ = [
 
 Status = Literal["pending", "done", "skipped", "failed", "cancelled"]
 ALPHA_MODES = ("resize", "model")
-OUTPUT_FORMATS = ("png", "jpg", "jpeg", "webp", "tif", "tiff")
 #: extensions that make a file "meant to be an image": unreadable ones fail instead of skipping
 IMAGE_EXTENSIONS = frozenset(
     ".png .jpg .jpeg .jpe .jfif .webp .tif .tiff .bmp .gif .ppm .pgm .pbm .pnm .tga .ico "
@@ -113,7 +114,6 @@ IMAGE_EXTENSIONS = frozenset(
 )
 #: ``Job.reason`` / ``ItemResult.reason`` of an input skipped because its output exists
 SKIP_EXISTS = "output exists"
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # Rec. 601, as imageio and Pillow
 
 #: Peak working set of one tile, counted in full-resolution (x4) float32 feature maps of
 #: ``vq.cfg.ch`` channels (the VQ decoder's top level dominates: its input, GroupNorm/SiLU and
@@ -172,7 +172,7 @@ class UpscaleOptions:
             raise ValueError(f"--batch must be >= 1, got {self.tile_batch}")
         if self.alpha not in ALPHA_MODES:
             raise ValueError(f"--alpha must be one of {', '.join(ALPHA_MODES)}, got {self.alpha!r}")
-        if self.format is not None and self.format.lower().lstrip(".") not in OUTPUT_FORMATS:
+        if self.format is not None and format_named(self.format) is None:
             raise ValueError(f"--format must be png, jpg, webp or tif, got {self.format!r}")
         if not 1 <= self.quality <= 100:
             raise ValueError(f"--quality must be in 1..100, got {self.quality}")
@@ -456,16 +456,6 @@ def resample(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out[..., 0] if a.ndim == 2 else out
 
 
-def model_to_image(y: torch.Tensor) -> np.ndarray:
-    """Pipeline output ``[1, 3, H, W]`` -> ``[H, W, 3]`` float32 CPU array in [0, 1].
-
-    Works in place on a CPU float32 ``y`` (no copy of a large output); NaN becomes 0.
-    """
-    x = y[0].detach().to(device="cpu", dtype=torch.float32)
-    torch.nan_to_num_(x, nan=0.0, posinf=1.0, neginf=0.0).clamp_(0.0, 1.0)
-    return x.permute(1, 2, 0).numpy()
-
-
 def bytes_per_lr_pixel(pipe: SRPipeline, tile_batch: int = 1) -> float:
     """Estimated peak float32 bytes per LR pixel of a tile: ``scale^2 * vq.ch * 4 * LIVE_ACTIVATIONS``.
 
@@ -559,7 +549,7 @@ def _run_model(
             pipe.to(dtype=dtype)
         if not bool(torch.isfinite(y).all()):
             raise NonFiniteOutput("the model produced NaN/Inf values even in fp32; not written")
-    return model_to_image(y)
+    return tensor_to_image(y, in_place=True)  # y is ours: no copy of a large output
 
 
 def upscale_image(
@@ -588,7 +578,7 @@ def upscale_image(
 
     x = image_to_tensor(src.rgb) if pixels is None else pixels
     rgb = _run_model(pipe, x, options, state, warn=warn, on_tile=on_tile, what=what)
-    color: np.ndarray = rgb @ _LUMA if src.grayscale else rgb
+    color: np.ndarray = luma(rgb) if src.grayscale else rgb
     color = resample(color, size)
     del rgb
 
@@ -606,11 +596,6 @@ def upscale_image(
 
 
 # --------------------------------------------------------------------------- the run
-
-
-def _is_jpeg_target(target: Path, fmt: str | None) -> bool:
-    name = (fmt or target.suffix).lower().lstrip(".")
-    return name in ("jpg", "jpeg")
 
 
 def _failure_message(path: Path, err: BaseException, device: torch.device) -> str:
@@ -787,12 +772,12 @@ def _process(
             pipe, src, options, state=state, warn=warn, on_tile=obs.tiles, pixels=pixels
         )
         result.output_size = (color.shape[1], color.shape[0])
-        if alpha is not None and _is_jpeg_target(target, options.format) and float(alpha.min()) < 1.0:
+        if alpha is not None and not format_of(target).alpha and float(alpha.min()) < 1.0:
             warn(f"{job.item.path}: JPEG has no alpha channel; transparency dropped (use --format png to keep it)")
 
         def write() -> None:
             write_image(
-                target, color, alpha, like=src, format=options.format, quality=options.quality,
+                target, color, alpha, like=src, quality=options.quality,
                 strip_metadata=options.strip_metadata,
             )
 

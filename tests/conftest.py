@@ -97,3 +97,31 @@ def disk_full_once(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(imageio_write, "_encode_pillow", encode)
     return calls
+
+
+@pytest.fixture
+def opens(monkeypatch):
+    """Count opens of files by name; returns ``count(path) -> int``.
+
+    Catches ``builtins.open``/``io.open`` (what sinsr and Pillow's ``Image.open(path)`` call) and
+    ``os.open`` (atomic writes), on every thread, for the rest of the test."""
+    import builtins
+    import io
+
+    seen: list[str] = []
+    real_open, real_os_open = builtins.open, os.open
+
+    def counting_open(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)):
+            seen.append(os.path.realpath(file))
+        return real_open(file, *args, **kwargs)
+
+    def counting_os_open(path, *args, **kwargs):
+        if isinstance(path, (str, os.PathLike)):
+            seen.append(os.path.realpath(path))
+        return real_os_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    monkeypatch.setattr(io, "open", counting_open)
+    monkeypatch.setattr(os, "open", counting_os_open)
+    return lambda path: seen.count(os.path.realpath(path))

@@ -371,7 +371,8 @@ def test_bad_files_fail_and_the_batch_goes_on(tmp_path):
     assert by_name["a_good.png"].status == by_name["e_good.png"].status == "done"
     assert "truncated" in by_name["b_truncated.png"].message
     assert by_name["c_text.png"].status == "failed" and "not an image" in by_name["c_text.png"].message
-    assert "--max-pixels" in by_name["d_big.png"].message
+    big = by_name["d_big.png"]
+    assert "exceeds the limit" in big.message and big.error.setting == "max_pixels"  # the CLI names the flag
     for r in report.failed:
         assert "\n" not in r.message and str(r.item.path) in r.message
     assert len(pipe.calls) == 2

@@ -408,10 +408,47 @@ def test_bad_inputs_each_one_line_batch_goes_on(tmp_path, fake_model):
     assert result.exit_code == 1
     assert len(err_lines(result)) == 4 and all(str(d) in line for line in err_lines(result))
     assert "d.png: not an image" in result.stderr
+    assert [line for line in err_lines(result) if "e.png" in line][0].endswith("raise it with --max-pixels (0 = no limit)")
     assert sorted(p.name for p in written(result)) == ["a_x4.png", "f_x4.png", "g_x4.png"]
     # raising the decompression-bomb limit moves the error past the size check
     result = invoke(d / "e.png", "-o", tmp_path / "out2", "--max-pixels", str(10**9))
     assert result.exit_code == 1 and "--max-pixels" not in result.stderr
+
+
+def test_library_settings_are_named_as_flags(tmp_path, fake_model):
+    """imageio says which setting would help (``SinsrIOError.setting``); the CLI names the flag."""
+    ex = Image.Exif()
+    ex[0x010E] = "x" * 70_000  # fine in a PNG, too big for one JPEG segment
+    src = _save(tmp_path / "big_exif.png", exif=ex.tobytes())
+    result = invoke(src, "-f", "jpg")
+    assert result.exit_code == 1
+    assert err_lines(result)[0].endswith("too large for JPEG (max 65533); write it without metadata; use --strip-metadata")
+    assert invoke(src, "-f", "jpg", "--strip-metadata").exit_code == 0
+
+
+def test_one_input_is_sniffed_once_read_once_and_its_format_decided_once(tmp_path, fake_model, opens, monkeypatch):
+    """`sinsr upscale photo.jpg`: discovery opens the file once for its header (content format and
+    size travel on the InputItem, so output planning opens nothing), reading opens it once more
+    for the pixels, and the output format is chosen once, in output planning; the writer only
+    reads the target's extension."""
+    from sinsr_cli.imageio import discover, write
+
+    photo = _save(tmp_path / "photo.jpg", format="PNG")  # a PNG named .jpg: named by content
+    made = opens(photo)
+    chosen, parsed = [], []
+
+    def choose(*args, **kwargs):
+        chosen.append(real_choose(*args, **kwargs))
+        return chosen[-1]
+
+    real_choose, real_parse = discover.choose_output_format, write.parse_format
+    monkeypatch.setattr(discover, "choose_output_format", choose)
+    monkeypatch.setattr(write, "parse_format", lambda name: parsed.append(name) or real_parse(name))
+    result = invoke(photo)
+    assert result.exit_code == 0, result.output
+    assert written(result) == [tmp_path / "photo_x4.png"] and Image.open(tmp_path / "photo_x4.png").format == "PNG"
+    assert opens(photo) - made == 2  # the header at discovery, the pixels at reading
+    assert [f.name for f in chosen] == ["PNG"] and parsed == []
 
 
 def test_verbose_shows_traceback(tmp_path, fake_model):

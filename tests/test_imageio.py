@@ -211,7 +211,9 @@ def test_jpeg_refuses_oversized_exif(tmp_path: Path) -> None:
     assert write_image(tmp_path / "ok.png", img.rgb, like=img).exists()
     with pytest.raises(ImageWriteError) as err:
         write_image(tmp_path / "big.jpg", img.rgb, like=img)
-    assert "--strip-metadata" in one_line(err, tmp_path / "big.jpg")
+    msg = one_line(err, tmp_path / "big.jpg")
+    assert "too large for JPEG" in msg and "--" not in msg  # library terms; the CLI names the flag
+    assert err.value.setting == "strip_metadata"
     assert write_image(tmp_path / "big.jpg", img.rgb, like=img, strip_metadata=True).exists()
 
 
@@ -416,7 +418,8 @@ def test_declared_size_checked_before_decoding(tmp_path: Path) -> None:
     with pytest.raises(ImageReadError) as err:
         read_image(bomb)
     msg = one_line(err, bomb)
-    assert "30000x30000 (900 MP)" in msg and "limit of 179 MP" in msg and "--max-pixels" in msg
+    assert "30000x30000 (900 MP)" in msg and "limit of 179 MP" in msg and "--" not in msg
+    assert err.value.setting == "max_pixels"  # the CLI maps it to --max-pixels
     assert Image.MAX_IMAGE_PIXELS == before
     assert DEFAULT_MAX_PIXELS == 178_956_970
 
@@ -499,8 +502,8 @@ def test_permission_error_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_errors_pickle() -> None:
-    err = pickle.loads(pickle.dumps(ImageReadError(Path("a.png"), "bad\nthing")))
-    assert isinstance(err, SinsrIOError) and err.path == Path("a.png")
+    err = pickle.loads(pickle.dumps(ImageReadError(Path("a.png"), "bad\nthing", setting="max_pixels")))
+    assert isinstance(err, ImageReadError) and err.path == Path("a.png") and err.setting == "max_pixels"
     assert str(err) == "a.png: bad thing"
 
 
@@ -607,6 +610,11 @@ def test_tensor_helpers() -> None:
     assert out.dtype == np.float32 and out.shape == (1, 2, 3)
     np.testing.assert_array_equal(out[0], [[0, 0, 0.25], [1, 0.5, 1]])
     assert torch.equal(wild.nan_to_num(), kept.nan_to_num())  # input untouched
+    y = wild.float()[None]  # a model output the caller no longer needs: sanitised where it lies
+    view = tensor_to_image(y, in_place=True)
+    np.testing.assert_array_equal(view, out)
+    np.testing.assert_array_equal(y[0].permute(1, 2, 0).numpy(), out)
+    assert np.shares_memory(view, y.numpy())
     with pytest.raises(ValueError):
         tensor_to_image(torch.zeros(2, 3, 4, 4))
     with pytest.raises(ValueError):
@@ -707,6 +715,43 @@ def test_pair_by_stem_matches_names_not_positions(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- real images
+
+
+@pytest.mark.parametrize("kind", ["png8", "png16_rgb", "png16_gray_alpha", "tiff16", "jpeg_exif", "corrupt"])
+def test_read_opens_the_file_once(tmp_path: Path, opens, kind: str) -> None:
+    """Header, pixels, the second pass that recovers 16-bit colour and the format check of a
+    corrupt file all read one handle."""
+    path = tmp_path / "x.img"
+    if kind == "png8":
+        save(path, Image.fromarray(rand8(6, 9, 3)), "PNG")
+    elif kind == "png16_rgb":
+        path.write_bytes(png16_bytes(rand16(6, 9, 3)))
+    elif kind == "png16_gray_alpha":
+        path.write_bytes(png16_bytes(rand16(6, 9, 2)))
+    elif kind == "tiff16":
+        path.write_bytes(raw_tiff16_bytes(rand16(6, 9, 4), b"MM", orientation=6))
+    elif kind == "jpeg_exif":
+        save(path, Image.fromarray(rand8(6, 9, 3)), "JPEG", exif=exif_bytes(6), icc_profile=SRGB)
+    else:
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    made = opens(path)  # writing the test file
+    if kind == "corrupt":
+        with pytest.raises(ImageReadError, match="corrupt PNG"):
+            read_image(path)
+    else:
+        assert read_image(path).bit_depth == (16 if "16" in kind else 8)
+    assert opens(path) - made == 1
+
+
+def test_discovery_carries_format_and_size(tmp_path: Path, opens) -> None:
+    """collect_inputs looks at each header once; output_path then needs no file access."""
+    (tmp_path / "in").mkdir()
+    src = save(tmp_path / "in" / "a.jpg", Image.fromarray(rand8(6, 9, 3)), "PNG")  # PNG named .jpg
+    made = opens(src)
+    items, _ = collect_inputs([tmp_path / "in"])
+    assert items == [InputItem(src, Path("a.jpg"), size=(9, 6), format="PNG")]
+    target = output_path(items[0], output=None, suffix="_x4", format=None, single_input_file=True)
+    assert target == src.with_name("a_x4.png") and opens(src) - made == 1
 
 
 @needs_data

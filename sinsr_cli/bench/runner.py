@@ -23,7 +23,7 @@ from PIL import Image
 
 from ..config import DEFAULT_SEED
 from ..devices import resolve_device, resolve_dtype
-from ..imageio import image_to_tensor, tensor_to_image, write_image
+from ..imageio import image_to_tensor, tensor_to_image, to_uint8, write_image
 from ..pipeline import OneStepOnly, SRPipeline, load_pipeline
 from . import metrics as M
 from .dataset import BenchDataset, ImageStore
@@ -182,12 +182,6 @@ class BenchReport:
 
 
 # --------------------------------------------------------------------------- image operations
-
-
-def to_uint8(rgb: np.ndarray) -> np.ndarray:
-    """Float ``[H, W, 3]`` in [0, 1] -> uint8, rounded exactly as ``imageio.write_image`` does."""
-    x = np.clip(np.asarray(rgb, dtype=np.float32), 0.0, 1.0)
-    return np.rint(x * np.float32(255)).astype(np.uint8)
 
 
 def bicubic_upscale(lr: np.ndarray, scale: int = SCALE) -> np.ndarray:

@@ -38,7 +38,17 @@ if TYPE_CHECKING:  # the batch engine imports torch: keep `sinsr --help` fast
     from ..pipeline import SRPipeline
 
 EXIT_INTERRUPTED = 130
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
+#: what to tell the user for each library setting an error names (``SinsrIOError.setting``)
+_SETTING_HINTS = {
+    "max_pixels": "raise it with --max-pixels (0 = no limit)",
+    "strip_metadata": "use --strip-metadata",
+}
+
+
+def _message(result: ItemResult) -> str:
+    """The result's one line, plus the flag that changes the outcome when its error names one."""
+    hint = _SETTING_HINTS.get(getattr(result.error, "setting", None) or "")
+    return f"{result.message}; {hint}" if hint else result.message
 
 
 def parse_tile(value: str) -> int | None:
@@ -130,7 +140,7 @@ class _Renderer:
 
     def file_finished(self, result: ItemResult) -> None:
         if result.status == "failed":
-            self.line("error", "red", result.message)
+            self.line("error", "red", _message(result))
             if self.verbose and (result.traceback or result.error is not None):
                 tb = result.traceback or "".join(traceback.format_exception(result.error))
                 self.err.print(Text(tb.rstrip()), soft_wrap=True, highlight=False)
@@ -170,7 +180,7 @@ def _summary(report: BatchReport, err: Console) -> None:
     if failed:
         err.print(Text(f"{len(failed)} input(s) failed:", style="red"))
         for r in failed:
-            err.print(Text(f"  {r.message}"), soft_wrap=True, highlight=False)
+            err.print(Text(f"  {_message(r)}"), soft_wrap=True, highlight=False)
     if report.existing:
         err.print(
             Text(f"{report.existing} output(s) already exist and were kept; --overwrite replaces them", style="dim"),
@@ -180,19 +190,19 @@ def _summary(report: BatchReport, err: Console) -> None:
 
 def _check_output(output: Path | None, single_input_file: bool, n_inputs: int) -> None:
     """Usage errors about ``-o``, found before any model is loaded (ValueError, SinsrIOError: exit 2)."""
+    from ..imageio import SinsrIOError, format_named
+
     if output is None or single_input_file:
         return
     if output.exists() and not output.is_dir():
         raise ValueError(f"{output}: --output exists and is not a directory ({n_inputs} inputs need a folder)")
-    if not output.exists() and output.suffix.lower() in _IMAGE_SUFFIXES:
+    if not output.exists() and format_named(output.suffix) is not None:
         raise ValueError(f"{output}: --output looks like a file name, but the inputs are a folder or several files; give a directory")
     try:
         output.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=output, prefix=".sinsr-write-test-"):
             pass
     except OSError as e:
-        from ..imageio import SinsrIOError
-
         raise SinsrIOError(output, f"cannot write to the output directory ({e.strerror or e})") from None
 
 

@@ -33,25 +33,34 @@ from __future__ import annotations
 
 from .discover import InputItem, collect_inputs, output_path, pair_by_stem
 from .errors import ImageReadError, ImageWriteError, SinsrIOError
-from .pixels import image_to_tensor, tensor_to_image
+from .formats import FORMAT_NAMES, Format, choose_output_format, format_named, format_of, parse_format
+from .pixels import image_to_tensor, luma, tensor_to_image, to_uint8
 from .read import DEFAULT_MAX_PIXELS, LoadedImage, read_image, sniff_format
 from .write import PNG_COMPRESS_LEVEL, atomic_write_bytes, write_image
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "FORMAT_NAMES",
     "PNG_COMPRESS_LEVEL",
+    "Format",
     "ImageReadError",
     "ImageWriteError",
     "InputItem",
     "LoadedImage",
     "SinsrIOError",
     "atomic_write_bytes",
+    "choose_output_format",
     "collect_inputs",
+    "format_named",
+    "format_of",
     "image_to_tensor",
+    "luma",
     "output_path",
     "pair_by_stem",
+    "parse_format",
     "read_image",
     "sniff_format",
     "tensor_to_image",
+    "to_uint8",
     "write_image",
 ]

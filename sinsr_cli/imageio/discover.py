@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SinsrIOError
-from .formats import EXTENSIONS, FORMAT_ALIASES, OUTPUT_FOR_CONTENT
+from .formats import choose_output_format, format_named
 from .read import sniff, sniff_format
 
 
@@ -18,12 +18,15 @@ from .read import sniff, sniff_format
 class InputItem:
     """One input image; ``rel`` is its path below the input root, mirrored under ``-o DIR``.
 
-    ``size`` is the (width, height) its header declares, when known (before EXIF rotation).
+    ``size`` is the (width, height) its header declares and ``format`` Pillow's name for its
+    content ("PNG", "JPEG", ...), when known: what discovery learned from the header, carried
+    so nothing opens the file again before it is read.
     """
 
     path: Path
     rel: Path
-    size: tuple[int, int] | None = None
+    size: tuple[int, int] | None = None  # (width, height) before EXIF rotation
+    format: str | None = None
 
 
 def collect_inputs(
@@ -41,11 +44,11 @@ def collect_inputs(
     skipped: list[tuple[Path, str]] = []
 
     def consider(path: Path, rel: Path) -> None:
-        fmt, reason, size = sniff(path)
-        if fmt is None:
-            skipped.append((path, reason))
+        probe = sniff(path)
+        if probe.format is None:
+            skipped.append((path, probe.reason))
         else:
-            found.append(InputItem(path=path, rel=rel, size=size))
+            found.append(InputItem(path=path, rel=rel, size=probe.size, format=probe.format))
 
     def walk(root: Path, prefix: Path) -> None:
         for dirpath, dirnames, filenames in os.walk(root):
@@ -103,27 +106,28 @@ def output_path(
     * ``output`` is a file path (only when ``single_input_file``, ``output`` is not an existing
       directory and has an image extension): exactly ``output``.
     * otherwise ``output`` is a directory: ``output / item.rel`` with ``<stem><suffix><ext>``.
-    ``ext`` comes from ``format`` (png|jpg|webp|tif and aliases) or else the input's real content
-    format (JPEG/MPO -> .jpg, PNG, WEBP, TIFF -> .tif; anything else -> .png).
+    The output format is decided here, once (``formats.choose_output_format``: ``format``, else
+    the named output file's extension, else the input's content format, else PNG), and written
+    into the target's extension, which is all the writer looks at.
     """
-    if format is not None:
-        key = format.lower().lstrip(".")
-        if key not in FORMAT_ALIASES:
-            raise SinsrIOError(None, f"unknown output format {format!r}; use png, jpg, webp or tif")
-        fmt = FORMAT_ALIASES[key]
-    else:
-        fmt = OUTPUT_FOR_CONTENT.get(sniff_format(item.path) or "", "PNG")
-    ext = EXTENSIONS[fmt]
+    as_file = (
+        output is not None and single_input_file and not output.is_dir()
+        and format_named(output.suffix) is not None
+    )
+    content = item.format
+    if content is None and format is None and not as_file:  # an item not made by collect_inputs
+        content = sniff_format(item.path)
+    try:
+        fmt = choose_output_format(format, output_file=output if as_file else None, content=content)
+    except ValueError as e:  # an unknown ``format`` (no path to name), or a file that disagrees
+        raise SinsrIOError(output if format is not None and format_named(format) else None, str(e)) from None
 
-    out_ext = output.suffix.lower().lstrip(".") if output is not None else ""
     if output is None:
-        target = item.path.with_name(item.path.stem + suffix + ext)
-    elif single_input_file and not output.is_dir() and out_ext in FORMAT_ALIASES:
-        if format is not None and FORMAT_ALIASES[out_ext] != fmt:
-            raise SinsrIOError(output, f"extension does not match the requested format {format!r}")
+        target = item.path.with_name(item.path.stem + suffix + fmt.extension)
+    elif as_file:
         target = output
     else:
-        target = output / item.rel.parent / (item.rel.stem + suffix + ext)
+        target = output / item.rel.parent / (item.rel.stem + suffix + fmt.extension)
     if _same_file(target, item.path):
         raise SinsrIOError(
             item.path,

@@ -9,15 +9,25 @@ from typing import Any
 
 
 class SinsrIOError(Exception):
-    """A file cannot be read, written or placed; ``str()`` is one line: ``"<path>: <reason>"``."""
+    """A file cannot be read, written or placed; ``str()`` is one line: ``"<path>: <reason>"``.
 
-    def __init__(self, path: str | os.PathLike[str] | None, reason: str) -> None:
+    ``setting`` names the keyword argument that would change the outcome ("max_pixels",
+    "strip_metadata"), so a front end can say how to pass it (the CLI names its flag); the
+    message itself stays in library terms.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None, reason: str, *, setting: str | None = None) -> None:
         self.path = None if path is None else Path(path)
         self.reason = " ".join(str(reason).split())
+        self.setting = setting
         super().__init__(self.reason if path is None else f"{os.fspath(path)}: {self.reason}")
 
     def __reduce__(self) -> tuple[Any, ...]:  # survive multiprocessing
-        return (type(self), (self.path, self.reason))
+        return (_rebuild, (type(self), self.path, self.reason, self.setting))
+
+
+def _rebuild(cls: type[SinsrIOError], path: Path | None, reason: str, setting: str | None) -> SinsrIOError:
+    return cls(path, reason, setting=setting)
 
 
 class ImageReadError(SinsrIOError):

@@ -12,6 +12,11 @@ if TYPE_CHECKING:
 
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # Rec. 601, as Pillow's RGB -> L
 
+
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """``[H, W, 3]`` float -> ``[H, W]`` Rec. 601 luma (how a grayscale source's result goes out)."""
+    return rgb @ LUMA
+
 #: float elements per row block when sanitising / quantising (16 MiB of float32)
 _BLOCK_ELEMS = 1 << 22
 
@@ -50,6 +55,11 @@ def quantize(x: np.ndarray, scale: int, dtype: type) -> np.ndarray:
     return out
 
 
+def to_uint8(rgb: np.ndarray) -> np.ndarray:
+    """Float in [0, 1] (any shape; NaN -> 0) -> uint8, rounded exactly as ``write_image`` does."""
+    return quantize(as_unit_float(rgb, "rgb"), 255, np.uint8)
+
+
 def image_to_tensor(rgb: np.ndarray) -> torch.Tensor:
     """``[H, W, 3]`` float in [0, 1] -> ``[1, 3, H, W]`` float32 CPU tensor (a copy)."""
     import torch
@@ -60,8 +70,14 @@ def image_to_tensor(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))[None]
 
 
-def tensor_to_image(t: torch.Tensor) -> np.ndarray:
-    """``[1, 3, H, W]`` or ``[3, H, W]`` (any device/dtype) -> ``[H, W, 3]`` float32 in [0, 1]."""
+def tensor_to_image(t: torch.Tensor, *, in_place: bool = False) -> np.ndarray:
+    """``[1, 3, H, W]`` or ``[3, H, W]`` (any device/dtype) -> ``[H, W, 3]`` float32 in [0, 1]
+    (NaN -> 0, +inf -> 1): the one way a model's output becomes pixels.
+
+    ``in_place``: a CPU float32 ``t`` is sanitised in its own memory and returned as a
+    (non-contiguous) view, so a large output is never copied; ``t`` is then changed. Otherwise
+    the result is a contiguous copy and ``t`` is untouched.
+    """
     import torch
 
     if t.ndim == 4:
@@ -71,5 +87,8 @@ def tensor_to_image(t: torch.Tensor) -> np.ndarray:
     if t.ndim != 3 or t.shape[0] != 3:
         raise ValueError(f"expected [1, 3, H, W] or [3, H, W], got shape {tuple(t.shape)}")
     x = t.detach().to(device="cpu", dtype=torch.float32)
+    if in_place:
+        torch.nan_to_num_(x, nan=0.0, posinf=1.0, neginf=0.0).clamp_(0.0, 1.0)
+        return x.permute(1, 2, 0).numpy()
     x = torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0).clamp(0.0, 1.0)
     return x.permute(1, 2, 0).contiguous().numpy()

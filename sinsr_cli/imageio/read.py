@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -52,23 +52,28 @@ def read_image(
 
     The format comes from the content, not the extension. Raises ``ImageReadError`` when the file
     is missing, unreadable, empty, not an image, declares more than ``max_pixels`` pixels
-    (checked before decoding; ``None`` disables), or is truncated
-    or corrupt (partial decodes are never returned).
+    (checked before decoding; ``None`` disables; the error's ``setting`` is "max_pixels"), or is
+    truncated or corrupt (partial decodes are never returned). The file is opened once: every
+    decoding pass and the format check of a corrupt file read the same handle.
     """
     p = Path(path)
     _check_is_file(p)
-    with _open(p) as im:
+    try:
+        f = open(p, "rb")  # noqa: SIM115 - closed by the with below; the only open of this file
+    except OSError as e:
+        raise ImageReadError(p, os_reason(e)) from None
+    with f, _open(p, f) as im:
         w, h = im.size
         if max_pixels is not None and w * h > max_pixels:
             raise ImageReadError(
                 p,
-                f"declared size {w}x{h} ({megapixels(w * h)}) exceeds the limit of {megapixels(max_pixels)}; "
-                "raise it with --max-pixels",
+                f"declared size {w}x{h} ({megapixels(w * h)}) exceeds the limit of {megapixels(max_pixels)}",
+                setting="max_pixels",
             )
         fmt = im.format or "UNKNOWN"
         rawmode = _tile_rawmode(im)
         _load(im, p)
-        color, alpha, grayscale, bit_depth, icc = _decode(im, p, rawmode)
+        color, alpha, grayscale, bit_depth, icc = _decode(im, p, rawmode, f)
         orientation, exif = orientation_and_exif(im)  # after load(): Pillow rotates TIFFs itself
     color = orient(color, orientation)
     if alpha is not None:
@@ -92,27 +97,35 @@ def sniff_format(path: str | os.PathLike[str]) -> str | None:
 
     Only the header is read; the extension is ignored, so a PNG named ``.jpg`` reports "PNG".
     """
-    fmt, _, _ = sniff(Path(path))
-    return fmt
+    return sniff(Path(path)).format
 
 
-def sniff(p: Path) -> tuple[str | None, str, tuple[int, int] | None]:
-    """(format, "", size) for an image; (None, reason, None) otherwise. Never raises for a bad file."""
+class Probe(NamedTuple):
+    """What one look at a file's header tells: its content format and declared size, or why
+    it is not an image."""
+
+    format: str | None  # Pillow's name ("PNG", "JPEG", "MPO", ...); None: not an image
+    size: tuple[int, int] | None  # (width, height) declared, before EXIF rotation
+    reason: str = ""  # why it is not an image ("not an image", "empty file", ...)
+
+
+def sniff(p: Path) -> Probe:
+    """Open ``p`` once and read its header (no pixels). Never raises for a bad file."""
     try:
         if p.is_dir():
-            return None, "is a directory", None
+            return Probe(None, None, "is a directory")
         if p.stat().st_size == 0:
-            return None, "empty file", None
+            return Probe(None, None, "empty file")
         with _pillow_size_check_off():
             im = Image.open(p)
         with im:
-            return im.format, "", im.size
+            return Probe(im.format, im.size)
     except UnidentifiedImageError:
-        return None, "not an image", None
+        return Probe(None, None, "not an image")
     except OSError as e:
-        return None, os_reason(e) if e.errno is not None else "not an image", None
+        return Probe(None, None, os_reason(e) if e.errno is not None else "not an image")
     except Exception:  # any header Pillow cannot parse means "not an image we can read"
-        return None, "not an image", None
+        return Probe(None, None, "not an image")
 
 
 _PIL_LIMIT_LOCK = threading.RLock()
@@ -143,12 +156,13 @@ def _check_is_file(p: Path) -> None:
         raise ImageReadError(p, "empty file (0 bytes)")
 
 
-def _open(p: Path) -> ImageFile.ImageFile:
+def _open(p: Path, f: IO[bytes]) -> ImageFile.ImageFile:
+    """Pillow's view of the open file ``f`` (named ``p`` in errors); header only, no pixels."""
     try:
         with _pillow_size_check_off():
-            return Image.open(p)
+            return Image.open(f)
     except UnidentifiedImageError:
-        claimed = _magic_format(p)
+        claimed = _magic_format(f)
         if claimed:
             reason = f"truncated or corrupt {claimed} file (header cannot be parsed)"
             raise ImageReadError(p, reason) from None
@@ -171,11 +185,11 @@ _MAGIC = (
 )
 
 
-def _magic_format(p: Path) -> str | None:
+def _magic_format(f: IO[bytes]) -> str | None:
     """The format a file's first bytes claim, to tell "corrupt PNG" from "not an image"."""
     try:
-        with open(p, "rb") as f:
-            head = f.read(16)
+        f.seek(0)
+        head = f.read(16)
     except OSError:
         return None
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
@@ -219,7 +233,7 @@ def _args_rawmode(args: Any) -> str | None:
 
 
 def _decode(
-    im: Image.Image, p: Path, rawmode: str | None
+    im: Image.Image, p: Path, rawmode: str | None, f: IO[bytes]
 ) -> tuple[np.ndarray, np.ndarray | None, bool, int, bytes | None]:
     """Loaded image -> (colour [H, W, 1|3], alpha [H, W] | None, grayscale, bit_depth, icc)."""
     mode = im.mode
@@ -245,7 +259,7 @@ def _decode(
         la = np.asarray(im.convert("LA")).astype(np.float32) / 255
         return la[..., :1], la[..., 1], True, 8, icc
     if rawmode is not None and mode in ("RGB", "RGBA"):
-        deep = _decode_16bit(im, p, rawmode)
+        deep = _decode_16bit(im, f, rawmode)
         if deep is not None:
             return deep + (icc,)
     if mode == "CMYK":
@@ -269,7 +283,7 @@ _SWAP_ENDIAN = {"B": "L", "L": "B", "N": "B" if sys.byteorder == "little" else "
 
 
 def _decode_16bit(
-    im: Image.Image, p: Path, rawmode: str
+    im: Image.Image, f: IO[bytes], rawmode: str
 ) -> tuple[np.ndarray, np.ndarray | None, bool, int] | None:
     """Full 16-bit samples of a PNG/TIFF that Pillow only exposes as 8-bit RGB(A); None if not one.
 
@@ -278,7 +292,7 @@ def _decode_16bit(
     PNG ("LA;16B", 4 bytes per pixel) decoded as plain "RGBA" yields all four bytes at once.
     """
     if rawmode == "LA;16B":
-        raw = _redecode(p, lambda _: "RGBA")
+        raw = _redecode(f, lambda _: "RGBA")
         if raw is None:
             return None
         v = raw.astype(np.uint16)
@@ -288,7 +302,7 @@ def _decode_16bit(
     base, _, depth = rawmode.partition(";")
     if base not in ("RGB", "RGBA", "RGBX") or depth[:-1] != "16" or depth[-1:] not in _SWAP_ENDIAN:
         return None  # 8-bit, or premultiplied "RGBa;16" whose bytes are not plain samples
-    low = _redecode(p, lambda rm: rm[:-1] + _SWAP_ENDIAN[rm[-1]])
+    low = _redecode(f, lambda rm: rm[:-1] + _SWAP_ENDIAN[rm[-1]])
     if low is None:
         return None
     v = (np.asarray(im).astype(np.uint16) << 8) | low.astype(np.uint16)
@@ -302,11 +316,12 @@ def _decode_16bit(
     return v[..., :3].astype(np.float32) / 65535, alpha, False, 16
 
 
-def _redecode(p: Path, new_rawmode: Callable[[str], str]) -> np.ndarray | None:
-    """Decode ``p`` again, each tile's rawmode mapped through ``new_rawmode``; None on failure."""
+def _redecode(f: IO[bytes], new_rawmode: Callable[[str], str]) -> np.ndarray | None:
+    """Decode the open file ``f`` again, each tile's rawmode mapped through ``new_rawmode``;
+    None on failure."""
     try:
         with _pillow_size_check_off():
-            im = Image.open(p)
+            im = Image.open(f)
         with im:
             tiles = []
             for t in im.tile:

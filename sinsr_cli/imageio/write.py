@@ -14,9 +14,9 @@ from PIL import Image
 
 from .encoders import encode_png16, encode_tiff
 from .errors import ImageWriteError, SinsrIOError, detail, os_reason
-from .formats import output_format
+from .formats import format_of, parse_format
 from .metadata import icc_space
-from .pixels import LUMA, as_unit_float, quantize
+from .pixels import as_unit_float, luma, quantize
 from .read import LoadedImage
 
 _JPEG_MAX_EXIF = 65533  # one APP1 segment
@@ -41,14 +41,20 @@ def write_image(
 ) -> Path:
     """Atomically write float ``rgb`` ``[H, W, 3]`` (or ``[H, W]`` gray) in [0, 1], optional alpha.
 
-    ``format`` (png|jpg|jpeg|webp|tif|tiff) overrides the extension. ``like`` supplies the ICC
+    The format is the extension's (``formats.format_of``); ``format`` (png|jpg|jpeg|webp|tif|tiff)
+    overrides it. ``like`` supplies the ICC
     profile, EXIF, grayscale-ness and bit depth of the source. ``bit_depth`` (8 or 16) overrides
     ``like``; 16 is PNG/TIFF only. ``quality`` (1-100) is for JPEG/WebP. Alpha is dropped for
     JPEG. ``png_compress_level`` (0-9) trades PNG size for time. Raises ``ImageWriteError``
-    (one line) if the file cannot be written.
+    (one line) if the file cannot be written; an EXIF block too large for JPEG is one whose
+    ``setting`` is "strip_metadata".
     """
     p = Path(path)
-    fmt = output_format(p, format)
+    try:
+        kind = parse_format(format) if format is not None else format_of(p)
+    except ValueError as e:
+        raise ImageWriteError(p, str(e)) from None
+    fmt = kind.name
     if not 1 <= int(quality) <= 100:
         raise ValueError(f"quality must be in 1..100, got {quality}")
     if not 0 <= int(png_compress_level) <= 9:
@@ -58,22 +64,20 @@ def write_image(
         color = color[..., None]
     if color.ndim != 3 or color.shape[2] not in (1, 3):
         raise ValueError(f"rgb must be [H, W, 3] or [H, W], got shape {tuple(np.shape(rgb))}")
-    a = None if alpha is None or fmt == "JPEG" else as_unit_float(alpha, "alpha")
+    a = None if alpha is None or not kind.alpha else as_unit_float(alpha, "alpha")
     if a is not None and a.shape != color.shape[:2]:
         raise ValueError(f"alpha shape {a.shape} does not match image {color.shape[:2]}")
 
-    gray = color.shape[2] == 1 or (like is not None and like.grayscale)
-    if fmt == "WEBP":
-        gray = False
+    gray = kind.gray and (color.shape[2] == 1 or (like is not None and like.grayscale))
     if gray and color.shape[2] == 3:
-        color = (color @ LUMA)[..., None]
+        color = luma(color)[..., None]
     elif not gray and color.shape[2] == 1:
         color = np.repeat(color, 3, axis=2)
 
     depth = bit_depth if bit_depth is not None else (like.bit_depth if like is not None else 8)
     if depth not in (8, 16):
         raise ValueError(f"bit_depth must be 8 or 16, got {depth}")
-    if depth == 16 and fmt not in ("PNG", "TIFF"):
+    if depth == 16 and not kind.deep:
         if bit_depth == 16:
             raise ImageWriteError(p, f"{fmt} cannot store 16-bit samples; use png or tif")
         depth = 8
@@ -91,7 +95,8 @@ def write_image(
         raise ImageWriteError(
             p,
             f"EXIF block is {len(exif)} bytes, too large for JPEG (max {_JPEG_MAX_EXIF}); "
-            "use --strip-metadata",
+            "write it without metadata",
+            setting="strip_metadata",
         )
 
     try:
