@@ -452,7 +452,7 @@ def summary_dict(report: BatchReport, *, processes: int = 1) -> dict[str, object
                 "input": str(r.item.path),
                 "output": None if r.target is None else str(r.target),
                 "status": r.status,
-                "message": r.message,
+                "message": _message(r),
                 "reason": r.reason,
                 "seconds": r.seconds,
                 "input_size": size(r.input_size),
