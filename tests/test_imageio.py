@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,6 +20,7 @@ from PIL import Image, ImageCms, ImageFile, ImageOps
 
 from conftest import DATA as SHARED_DATA
 from sinsr_cli import imageio
+from sinsr_cli.imageio import encoders
 from sinsr_cli.imageio import (
     DEFAULT_MAX_PIXELS,
     ImageReadError,
@@ -362,6 +364,60 @@ def test_tiff16_colour_round_trip(tmp_path: Path, channels: int) -> None:
     np.testing.assert_array_equal(np.rint(again.rgb * 65535), a[..., :3])
     if channels == 4:
         np.testing.assert_array_equal(np.rint(again.alpha * 65535), a[..., 3])
+
+
+@pytest.mark.parametrize("ext", ["png", "tif"])
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_16bit_round_trip_keeps_alpha_icc_and_exif(tmp_path: Path, ext: str, channels: int) -> None:
+    """16-bit output (pixels by imagecodecs / tifffile, the PNG's ICC and EXIF chunks and the
+    TIFF's EXIF sub-IFD by hand): samples, alpha, profile and EXIF come back exactly."""
+    a = rand16(6, 9, channels)
+    gray = channels <= 2
+    icc = SRGB[:16] + b"GRAY" + SRGB[20:] if gray else SRGB
+    color = np.broadcast_to(a[..., :1] if gray else a[..., :3], (6, 9, 3))
+    alpha = a[..., -1].astype(np.float32) / 65535 if channels % 2 == 0 else None
+    like = LoadedImage(color.astype(np.float32) / 65535, alpha, gray, 16, "PNG", icc, exif_bytes(1), None)
+    out = write_image(tmp_path / f"o.{ext}", like.rgb, alpha, like=like)
+    back = read_image(out)
+    widened = ext == "tif" and channels == 2  # 16-bit gray+alpha TIFF goes out as RGBA
+    assert back.bit_depth == 16 and back.grayscale == (gray and not widened)
+    np.testing.assert_array_equal(np.rint(back.rgb * 65535), color)
+    if alpha is not None:
+        np.testing.assert_array_equal(back.alpha, alpha)
+    assert back.icc_profile == (None if widened else icc)
+    ex = Image.Exif()
+    ex.load(back.exif)
+    assert ex[0x010F] == "Canon" and ex.get_ifd(0x8769)[0x9003] == "2021:02:03 04:05:06"
+    if ext == "tif":  # a TIFF other readers take too
+        stored = np.concatenate([color, a[..., -1:]], axis=2) if alpha is not None else color
+        np.testing.assert_array_equal(tifffile.imread(out), stored[..., 0] if channels == 1 else stored)
+
+
+def test_bigtiff_keeps_exif(tmp_path: Path) -> None:
+    """tifffile switches to BigTIFF past 4 GB; the EXIF sub-IFDs follow it (forced here)."""
+    a = rand16(5, 7, 3)
+    ex = Image.Exif()
+    ex.load(exif_bytes(1))
+    ex[0x8825] = {1: "N", 2: (1.0, 2.0, 3.0)}  # and a GPS sub-IFD
+    with open(tmp_path / "big.tif", "wb") as f:
+        encoders.encode_tiff(f, a, SRGB, ex.tobytes(), bigtiff=True)
+    with tifffile.TiffFile(tmp_path / "big.tif") as tif:
+        assert tif.is_bigtiff and tif.pages[0].tags["ExifTag"].value["DateTimeOriginal"] == "2021:02:03 04:05:06"
+        np.testing.assert_array_equal(tif.asarray(), a)
+    back = read_image(tmp_path / "big.tif")
+    got = Image.Exif()
+    got.load(back.exif)
+    assert got[0x010F] == "Canon" and got.get_ifd(0x8825)[1] == "N" and back.icc_profile == SRGB
+
+
+def test_tiff_exif_that_cannot_be_written_is_left_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object) -> None:
+        raise TypeError("a value Pillow cannot serialise")
+
+    monkeypatch.setattr(encoders, "_append_sub_ifds", refuse)
+    img = LoadedImage(RNG.random((4, 5, 3), dtype=np.float32), None, False, 16, "TIFF", SRGB, exif_bytes(1), None)
+    back = read_image(write_image(tmp_path / "o.tif", img.rgb, like=img))
+    assert back.exif is None and back.icc_profile == SRGB and back.bit_depth == 16
 
 
 def test_bit_depth_choice(tmp_path: Path) -> None:

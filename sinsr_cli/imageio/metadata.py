@@ -1,4 +1,10 @@
-"""EXIF and ICC: orientation read and reset, metadata carried from a source to its output."""
+"""EXIF and ICC: orientation read and reset, metadata carried from a source to its output.
+
+``_reset_orientation`` sets the Orientation entry to 1 by hand, in place: Pillow's ``Exif``
+(like piexif, unmaintained since 2019) can only re-serialise the whole block, which moves the
+maker notes, whose internal offsets (Canon's, among others) then point at the wrong bytes.
+exiv2 edits in place but is a compiled dependency for one two-byte write.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,14 @@ ORIENTATION = 0x0112
 EXIF_IFD, GPS_IFD = 0x8769, 0x8825
 # IFD0 tags of a TIFF that are camera/author metadata rather than image structure.
 TIFF_EXIF_TAGS = (270, 271, 272, 274, 282, 283, 296, 305, 306, 315, 33432)
+_RESOLUTION, _RESOLUTION_UNIT = (282, 283), 296
+
+
+def _is_one(value: object) -> bool:
+    try:
+        return float(value) == 1.0  # type: ignore[arg-type]
+    except (TypeError, ValueError, ZeroDivisionError):
+        return False
 
 
 def orientation_and_exif(im: Image.Image) -> tuple[int, bytes | None]:
@@ -39,6 +53,9 @@ def _tiff_exif(exif: Image.Exif) -> bytes | None:
             sub = {}
         if sub:
             out[tag] = dict(sub)
+    if out.get(_RESOLUTION_UNIT) == 1 and all(_is_one(out.get(tag, 1)) for tag in _RESOLUTION):
+        for tag in (*_RESOLUTION, _RESOLUTION_UNIT):  # "1:1, no unit": what writers put when they
+            out.pop(tag, None)  # know nothing (TIFF requires the tags; tifffile writes them)
     if not len(out):
         return None
     if ORIENTATION in out:
