@@ -3,7 +3,8 @@
 Every caller that needs "which format does this name mean" or "which format does this output
 get" asks here: discovery places outputs with :func:`choose_output_format` (once per input),
 the writer and the batch engine look a target's format up by its extension
-(:func:`format_of`), and the option checks accept :data:`FORMAT_NAMES`.
+(:func:`format_of`), and option checks ask :func:`format_named`; :data:`FORMAT_NAMES` lists
+the names for a front end's help.
 """
 
 from __future__ import annotations
