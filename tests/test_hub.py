@@ -23,18 +23,19 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
-from sinsr_cli import hub
+from sinsr_cli import fetch, hub
+from sinsr_cli import zoo as zoo_module
 from sinsr_cli.config import PRESETS, VQ_PRESETS, tiny_unet, tiny_vq
 from sinsr_cli.hub import (
     WeightsMissing,
     WeightsUnavailable,
     cached_status,
     download,
-    export_mirror,
     resolve_weights,
     verify_cache,
     zoo_entry,
 )
+from sinsr_cli.mirror import export_mirror
 from sinsr_cli.models.swin_unet import SwinUNet
 from sinsr_cli.models.vq_f4 import VQModel
 
@@ -155,9 +156,9 @@ def env(server, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", server.base)
     monkeypatch.setenv("SINSR_HUB_REPO", REPO)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    monkeypatch.setattr(hub, "HTTP_TIMEOUT", 5.0)
+    monkeypatch.setattr(fetch, "HTTP_TIMEOUT", 5.0)
     zoo = tuple(dataclasses.replace(e, url=f"{server.base}/releases/{e.filename}") for e in hub.ZOO)
-    monkeypatch.setattr(hub, "ZOO", zoo)
+    monkeypatch.setattr(zoo_module, "ZOO", zoo)
     return tmp_path / "cache"
 
 
@@ -327,14 +328,14 @@ def test_interrupted_download_leaves_nothing_behind(env, server, vq_pth, mode):
 def test_stalled_server_times_out(env, server, vq_pth, monkeypatch):
     import socket
 
-    monkeypatch.setattr(hub, "HTTP_TIMEOUT", 0.5)
+    monkeypatch.setattr(fetch, "HTTP_TIMEOUT", 0.5)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(1)  # accepts the connection, never answers
     try:
         url = f"http://127.0.0.1:{sock.getsockname()[1]}/releases/x.pth"
-        with pytest.raises(hub._DownloadError, match="timed out"):
-            hub._fetch_url(url, env / "incoming", "x.pth", None)
+        with pytest.raises(fetch.DownloadError, match="timed out"):
+            fetch.fetch_url(url, env / "incoming", "x.pth", None)
     finally:
         sock.close()
     assert cache_files(env) == []
@@ -432,7 +433,7 @@ def test_hub_plain_safetensors_is_converted_and_revision_pinned(env, server, vq_
     body = st_save({k: v.contiguous() for k, v in sd.items()})  # no sinsr metadata
     server.hub_file("vq_f4.safetensors", body, revision=COMMIT)
     zoo = tuple(dataclasses.replace(e, revision=COMMIT) if e.name == "vq-f4" else e for e in hub.ZOO)
-    monkeypatch.setattr(hub, "ZOO", zoo)
+    monkeypatch.setattr(zoo_module, "ZOO", zoo)
     path = resolve_weights("vq-f4")
     meta = metadata(path)
     assert meta["sinsr.kind"] == "vq" and meta["sinsr.source_sha256"] == sha(body)
@@ -482,8 +483,8 @@ def test_cached_file_is_hashed_only_when_it_changed(env, server, vq_pth, monkeyp
     server.release("autoencoder_vq_f4.pth", vq_pth)
     path = resolve_weights("vq-f4")
     calls: list[Path] = []
-    real = hub._sha256
-    monkeypatch.setattr(hub, "_sha256", lambda p: calls.append(p) or real(p))
+    real = fetch.sha256_file
+    monkeypatch.setattr(fetch, "sha256_file", lambda p: calls.append(p) or real(p))
 
     for _ in range(3):
         assert resolve_weights("vq-f4") == path
@@ -535,12 +536,12 @@ def test_unreachable_hub_is_one_failed_connection_not_a_retry_loop(env, server, 
     port = closed_port()
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
     zoo = tuple(dataclasses.replace(e, url=f"http://127.0.0.1:{port}/releases/{e.filename}") for e in hub.ZOO)
-    monkeypatch.setattr(hub, "ZOO", zoo)
+    monkeypatch.setattr(zoo_module, "ZOO", zoo)
 
     def never(*args, **kwargs):
         raise AssertionError("huggingface_hub called although the Hub cannot be reached")
 
-    monkeypatch.setattr(hub, "_fetch_hub", never)
+    monkeypatch.setattr(fetch, "fetch_hub", never)
     with pytest.raises(WeightsMissing) as info:
         resolve_weights("sinsr-v1")
     msg = str(info.value)

@@ -97,7 +97,7 @@ def _suggest(err: Any, known: list[str]) -> None:
 
 
 #: (module, class) of our exceptions whose message is meant for the user
-_USER_ERRORS = (("hub", "WeightsUnavailable"), ("imageio", "SinsrIOError"), ("models.checkpoints", "CheckpointError"))
+_USER_ERRORS = (("zoo", "WeightsUnavailable"), ("imageio", "SinsrIOError"), ("models.checkpoints", "CheckpointError"))
 
 
 def _ours(names: Sequence[tuple[str, str]]) -> tuple[type[BaseException], ...]:
@@ -115,7 +115,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 def run_failures() -> tuple[type[BaseException], ...]:
     """User-facing exceptions that mean the run failed rather than the command was wrong (exit 1)."""
-    return _ours((("hub", "WeightsMissing"),))
+    return _ours((("zoo", "WeightsMissing"),))
 
 
 _USER_HF_VERBOSITY = os.environ.get("HF_HUB_VERBOSITY")

@@ -95,7 +95,7 @@ def export_cmd(
 
     Upload the folder as a Hugging Face model repo (e.g. `hf upload USER/REPO FOLDER .`) and set SINSR_HUB_REPO=USER/REPO: sinsr then fetches from the mirror before the GitHub releases.
     """
-    from ..hub import export_mirror
+    from ..mirror import export_mirror
 
     paths = export_mirror(folder, names or None, force=force, offline=offline or None)
     if quiet:
