@@ -30,7 +30,7 @@ Policies:
     Nothing non-finite is ever written (it would come out black).
   * Tiles: ``tile`` LR pixels (0 = whole image). On out-of-memory the pipeline halves the tile;
     the smaller tile is then kept for the rest of the run.
-  * Seeds: one seed for the run (``config.DEFAULT_SEED`` when not given, reported in
+  * Seeds: one seed for the run (``plan.resolve_seed``: ``DEFAULT_SEED`` when not given; reported in
     :class:`BatchReport`), used for every file, so a file's result does not depend on its
     position in the batch and a rerun gives identical pixels.
   * Interruption: when ``stop`` is set the run ends after the current file; a KeyboardInterrupt
@@ -57,7 +57,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import DEFAULT_SEED
+from .config import ModelPreset
 from .imageio import (
     DEFAULT_MAX_PIXELS,
     InputItem,
@@ -74,6 +74,8 @@ from .imageio import (
 )
 from .devices import cpu_has_native_bf16, dtype_name, is_oom_error, release_cached_memory
 from .distributed import deal, local_processes
+from .errors import SettingError
+from .plan import Plan, Tiling, check_settings, make_plan, resolve_seed
 from .tileplan import TilePlan, count_work, plan_tiling, rates_for
 from .tiling import OutputTooLarge, free_bytes
 
@@ -162,22 +164,33 @@ class UpscaleOptions:
     io_threads: bool = True  # decode the next file and write the last one while the model runs
 
     def __post_init__(self) -> None:
+        """Refuse bad values before any model is loaded; model settings by ``plan``'s rules."""
         if not (isinstance(self.scale, (int, float)) and math.isfinite(self.scale) and self.scale > 0):
-            raise ValueError(f"--scale must be a number > 0, got {self.scale!r}")
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"--steps must be >= 1, got {self.steps}")
-        if (self.tile is not None and self.tile < 0) or self.tile_overlap < 0 or self.tile_pad < 0:
-            raise ValueError("--tile and --tile-overlap must be >= 0")
-        if self.tile_batch < 1:
-            raise ValueError(f"--batch must be >= 1, got {self.tile_batch}")
+            raise SettingError("scale", f"scale must be a number > 0, got {self.scale!r}")
+        check_settings(self.steps, self.sampler)
+        self.tiling  # noqa: B018 - Tiling checks tile, tile_overlap, tile_pad and tile_batch
+        if self.seed is not None:
+            resolve_seed(self.seed)
         if self.alpha not in ALPHA_MODES:
-            raise ValueError(f"--alpha must be one of {', '.join(ALPHA_MODES)}, got {self.alpha!r}")
+            raise SettingError("alpha", f"alpha must be one of {', '.join(ALPHA_MODES)}, got {self.alpha!r}")
         if self.format is not None and format_named(self.format) is None:
-            raise ValueError(f"--format must be png, jpg, webp or tif, got {self.format!r}")
+            raise SettingError("format", f"format must be png, jpg, webp or tif, got {self.format!r}")
         if not 1 <= self.quality <= 100:
-            raise ValueError(f"--quality must be in 1..100, got {self.quality}")
+            raise SettingError("quality", f"quality must be in 1..100, got {self.quality}")
         if self.max_pixels is not None and self.max_pixels < 1:
-            raise ValueError(f"--max-pixels must be >= 1 (or 0 for no limit), got {self.max_pixels}")
+            raise SettingError("max_pixels", f"max_pixels must be >= 1 (or None for no limit), got {self.max_pixels}")
+
+    @property
+    def tiling(self) -> Tiling:
+        """The tile settings as ``plan.Tiling`` (checked on construction)."""
+        return Tiling(self.tile, self.tile_overlap, self.tile_pad, self.tile_batch)
+
+    def plan_for(self, preset: ModelPreset, dtype: torch.dtype | None = None) -> Plan:
+        """The run's :class:`plan.Plan` for a model: ``plan.make_plan`` of these settings
+        (SettingError / OneStepOnly when the model does not take them)."""
+        return make_plan(
+            preset, steps=self.steps, sampler=self.sampler, seed=self.seed, tiling=self.tiling, dtype=dtype
+        )
 
     @property
     def file_suffix(self) -> str:
@@ -570,8 +583,7 @@ def upscale_image(
     alpha is ``[H, W]`` or None. ``H, W`` = :func:`output_size` of the source.
     """
     if state is None:
-        seed = options.seed if options.seed is not None else DEFAULT_SEED
-        state = _RunState(seed, options.tile, options.tile_overlap)
+        state = _RunState(resolve_seed(options.seed), options.tile, options.tile_overlap)
     what = str(src.path) if src.path is not None else "image"
     width, height = src.size
     size = output_size(width, height, options.scale)
@@ -625,7 +637,7 @@ def run_batch(
     (``report.interrupted``) and ends the run (a write already under way is finished first).
     """
     obs = observer or BatchObserver()
-    seed = options.seed if options.seed is not None else DEFAULT_SEED
+    seed = resolve_seed(options.seed)
     state = _RunState(seed, options.tile, options.tile_overlap)
     pending = sum(j.status == "pending" for j in jobs)
     if pending and pipe is None:

@@ -238,7 +238,7 @@ class ModelPreset:
 
     ``one_step`` marks a distilled student (SinSR): its only meaningful output is the x0 of
     the single step from x_T (at t = 0 it predicts the learned inversion, i.e. noise), so
-    other step counts and samplers are refused (``SRPipeline.resolve_sampler``).
+    other step counts and samplers are refused (``plan.resolve_sampling``).
     """
 
     name: str

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from .config import DEFAULT_SEED
 
 _DTYPES = {
     "fp32": torch.float32,
@@ -102,32 +100,11 @@ def resolve_dtype(name: str | torch.dtype | None, device: torch.device) -> torch
         raise ValueError(f"unknown dtype {name!r} (use auto, fp32, fp16 or bf16)") from None
 
 
-def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
-    """A generator on ``device`` seeded with ``seed`` (random seed when None)."""
+def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator on ``device`` seeded with ``seed`` (an int: seeds are made by ``plan.resolve_seed``)."""
     g = torch.Generator(device=device)
-    if seed is None:
-        g.seed()
-    else:
-        g.manual_seed(int(seed))
+    g.manual_seed(int(seed))
     return g
-
-
-def resolve_seed(value: int | str | None) -> int:
-    """A run's noise seed: None -> ``DEFAULT_SEED`` (identical reruns), ``"random"`` -> a fresh
-    31-bit seed (report it to reproduce the run), else the integer given. ValueError otherwise."""
-    if value is None:
-        return DEFAULT_SEED
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text == "random":
-            return secrets.randbits(31)
-        try:
-            value = int(text)
-        except ValueError:
-            raise ValueError(f"the seed must be an integer or 'random', got {value!r}") from None
-    if not 0 <= int(value) < 2**63:
-        raise ValueError(f"the seed must be in 0..2^63-1, got {value}")
-    return int(value)
 
 
 def synchronize(device: torch.device) -> None:

@@ -17,18 +17,15 @@ import torch.nn.functional as F
 
 from .config import ModelPreset, VQConfig
 from .devices import cudnn_autotune, make_generator, resolve_device, resolve_dtype
-from .diffusion.sampler import SAMPLERS, Callback, Denoiser, get_sampler, randn_like
+from .diffusion.sampler import ONE_STEP, Callback, Denoiser, get_sampler, randn_like
 from .diffusion.schedule import Schedule, make_schedule, respace
 from .models.swin_unet import SwinUNet
 from .models.vq_f4 import VQModel, max_image_pixels
+from .plan import OneStepOnly, Tiling, make_plan
 from .tiling import run_tiled_with_oom_retry
 
 #: the official sampler pads the LR image to a multiple of this (``desired_min_size``)
 PAD_MULTIPLE = 64
-
-
-class OneStepOnly(ValueError):
-    """A one-step student was asked for another step count or sampler."""
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -89,7 +86,7 @@ class SRPipeline:
 
     def schedule_for(self, steps: int | None, sampler: str) -> Schedule:
         """The full schedule for one-step / T steps, else the official respacing to ``steps``."""
-        if sampler == "onestep":
+        if sampler == ONE_STEP:
             return self.schedule
         return respace(self.schedule, steps or self.preset.default_steps)
 
@@ -114,7 +111,7 @@ class SRPipeline:
         lq: torch.Tensor,
         *,
         steps: int | None = None,
-        sampler: str = "onestep",
+        sampler: str = ONE_STEP,
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
         callback: Callback | None = None,
@@ -136,7 +133,7 @@ class SRPipeline:
         lq: torch.Tensor,
         *,
         steps: int | None = None,
-        sampler: str = "onestep",
+        sampler: str = ONE_STEP,
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
         callback: Callback | None = None,
@@ -154,7 +151,7 @@ class SRPipeline:
         steps: int | None = None,
         sampler: str | None = None,
         generator: torch.Generator | None = None,
-        seed: int | None = None,
+        seed: int | str | None = None,
         tile: int = 0,
         tile_overlap: int = 32,
         tile_pad: int = 8,
@@ -165,7 +162,8 @@ class SRPipeline:
         """``[B,3,H,W]`` in [0,1] -> ``[B,3,4H,4W]`` in [0,1] (float32, on the pipeline device).
 
         ``steps=1`` (or a one-step preset by default) is SinSR's single step; more steps use
-        ``sampler`` (default: the preset's, ``ancestral`` for ResShift). ``tile`` > 0 processes
+        ``sampler`` (default: the preset's, ``ancestral`` for ResShift); ``seed`` None is
+        ``DEFAULT_SEED``, ``"random"`` a fresh one (``plan.make_plan`` checks them all). ``tile`` > 0 processes
         overlapping LR tiles of that size (each seeing at least ``tile_pad`` px of context), blended
         smoothly, so memory follows the tile. On out-of-memory the tile is halved (a whole image
         is retried in tiles); ``tile`` is capped at :meth:`max_tile`, and an image too large to
@@ -175,14 +173,17 @@ class SRPipeline:
         """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images [B,3,H,W], got {tuple(images.shape)}")
-        sampler_name = self.resolve_sampler(steps, sampler)
+        plan = make_plan(
+            self.preset, steps=steps, sampler=sampler, seed=seed,
+            tiling=Tiling(tile, tile_overlap, tile_pad, tile_batch),
+        )
         if generator is None:
-            generator = make_generator(seed, "cpu")
+            generator = make_generator(plan.seed, "cpu")
         lq = images.to(self.device, torch.float32, non_blocking=True) * 2 - 1
         b, _, h, w = lq.shape
 
         def run(x: torch.Tensor) -> torch.Tensor:
-            return self.upscale_pm1(x, steps=steps, sampler=sampler_name, generator=generator)
+            return self.upscale_pm1(x, steps=plan.steps, sampler=plan.sampler, generator=generator)
 
         whole = not tile or tile >= max(h, w)
         m = self.pad_multiple
@@ -223,30 +224,9 @@ class SRPipeline:
         return tile_pad + ((-(tile + 2 * tile_pad)) % self.pad_multiple) // 2
 
     def resolve_sampler(self, steps: int | None, sampler: str | None) -> str:
-        """steps=1 -> onestep; else the named sampler or the preset default.
-
-        A one-step student (``preset.one_step``) takes exactly one step: any other step count or
-        sampler is a ValueError (its t = 0 output is the learned inversion, roughly x_T).
-        """
-        if steps is not None and steps < 1:
-            raise ValueError("steps must be >= 1")
-        if self.preset.one_step:
-            if steps not in (None, 1):
-                raise OneStepOnly(f"{self.preset.name} is a one-step student: it takes exactly 1 step, not {steps}")
-            if sampler not in (None, "onestep"):
-                raise OneStepOnly(f"{self.preset.name} is a one-step student: it has no {sampler!r} sampler (one step only)")
-            return "onestep"
-        if steps == 1:
-            return "onestep"
-        if sampler is None:
-            if steps is None:
-                return self.preset.default_sampler
-            return "ancestral" if self.preset.default_sampler == "onestep" else self.preset.default_sampler
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r} (choose from {', '.join(SAMPLERS)})")
-        if sampler == "onestep" and steps not in (None, 1):
-            raise ValueError("the onestep sampler takes exactly one step")
-        return sampler
+        """The sampler a run of this preset at ``steps`` uses (``plan.resolve_sampling`` decides;
+        a one-step student refuses other step counts and samplers with ``OneStepOnly``)."""
+        return make_plan(self.preset, steps=steps, sampler=sampler).sampler
 
 
 def build_models(preset: ModelPreset, vq_cfg: VQConfig) -> tuple[SwinUNet, VQModel]:

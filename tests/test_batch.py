@@ -7,6 +7,7 @@ the real tiny pipeline.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import weakref
 import zlib
@@ -37,6 +38,7 @@ from sinsr_cli.batch import (
     run_batch,
     upscale_image,
 )
+from sinsr_cli.errors import SettingError
 from sinsr_cli.imageio import InputItem, collect_inputs, read_image
 
 
@@ -53,7 +55,7 @@ class FakePipe:
     def __init__(self, dtype: torch.dtype = torch.float32, *, nan_dtypes=(), raise_on=None, on_call=None):
         self.device = torch.device("cpu")
         self.dtype = dtype
-        self.preset = SimpleNamespace(name="fake")
+        self.preset = dataclasses.replace(tiny_preset(), name="fake")
         self.vq = SimpleNamespace(cfg=tiny_vq())  # the configs `--tile auto` plans with
         self.unet = SimpleNamespace(cfg=tiny_preset().unet)
         self.nan_dtypes = tuple(nan_dtypes)
@@ -69,11 +71,6 @@ class FakePipe:
         self.dtype = dtype or self.dtype
         self.dtype_history.append(self.dtype)
         return self
-
-    def resolve_sampler(self, steps, sampler):
-        if steps is not None and steps < 1:
-            raise ValueError("steps must be >= 1")
-        return "onestep" if steps in (None, 1) else (sampler or "ancestral")
 
     def __call__(self, images, *, steps=None, sampler=None, generator=None, seed=None, tile=0,
                  tile_overlap=32, tile_pad=8, tile_batch=1, on_tile=None, on_retry=None):
@@ -177,17 +174,20 @@ def test_default_suffix():
 
 
 @pytest.mark.parametrize(
-    "kw, match",
+    "kw, setting",
     [
-        (dict(scale=0), "--scale"), (dict(scale=float("nan")), "--scale"), (dict(steps=0), "--steps"),
-        (dict(tile=-1), "--tile"), (dict(tile_batch=0), "--batch"), (dict(alpha="blur"), "--alpha"),
-        (dict(format="gif"), "--format"), (dict(quality=0), "--quality"),
-        (dict(max_pixels=0), "--max-pixels"),
+        (dict(scale=0), "scale"), (dict(scale=float("nan")), "scale"), (dict(steps=0), "steps"),
+        (dict(sampler="euler"), "sampler"), (dict(seed=-1), "seed"), (dict(tile=-1), "tile"),
+        (dict(tile=8), "tile"), (dict(tile_overlap=-1), "tile_overlap"), (dict(tile_pad=-2), "tile_pad"),
+        (dict(tile_batch=0), "tile_batch"), (dict(alpha="blur"), "alpha"),
+        (dict(format="gif"), "format"), (dict(quality=0), "quality"), (dict(max_pixels=0), "max_pixels"),
     ],
 )
-def test_options_reject_bad_values(kw, match):
-    with pytest.raises(ValueError, match=match):
+def test_options_reject_bad_values_in_library_terms(kw, setting):
+    """The library names its own settings, never a flag (the CLI maps them)."""
+    with pytest.raises(SettingError) as info:
         UpscaleOptions(**kw)
+    assert info.value.setting == setting and str(info.value).startswith(setting) and "--" not in str(info.value)
 
 
 def test_bytes_per_lr_pixel_scales_with_the_tile_batch():

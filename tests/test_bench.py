@@ -152,7 +152,7 @@ def test_plan_runs_puts_bicubic_first_and_drops_repeats() -> None:
     assert runs[0].is_bicubic
     assert [(r.model, r.steps) for r in runs[1:]] == [("a", 1), ("a", 4), ("b", 1), ("b", 4)]
     assert R.plan_runs([], [None]) == [R.RunSpec(None)]
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="steps must be >= 1"):
         R.plan_runs(["a"], [0])
 
 

@@ -5,9 +5,9 @@ still costs seconds per image on a CPU)."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
-import types
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sinsr_cli.bench import runner as R
+from sinsr_cli.config import tiny_preset
 from sinsr_cli.pipeline import SRPipeline
 
 from test_bench import bench, make_pairs, read8, ref_psnr, ref_ssim
@@ -28,7 +29,7 @@ class FakePipe:
     scale = 4
     dtype = torch.float32
     device = torch.device("cpu")
-    preset = types.SimpleNamespace(name="fake", default_steps=4, default_sampler="onestep", one_step=False)
+    preset = dataclasses.replace(tiny_preset(), name="fake", default_steps=4)
     resolve_sampler = SRPipeline.resolve_sampler
 
     def __init__(self, fail_at: int | None = None, nan: bool = False) -> None:
@@ -92,7 +93,7 @@ def test_a_failing_model_keeps_the_other_rows(tmp_path: Path, fake_models: dict)
 
 def test_one_step_students_skip_other_step_counts_with_a_note(tmp_path: Path, fake_models: dict) -> None:
     student = FakePipe()
-    student.preset = types.SimpleNamespace(name="student", default_steps=1, default_sampler="onestep", one_step=True)
+    student.preset = dataclasses.replace(tiny_preset(), name="student", one_step=True)
     fake_models["student"] = student
     make_pairs(tmp_path / "d", {f"{k}.png": f"{k}.png" for k in "ab"})
     result, doc = bench(

@@ -495,11 +495,9 @@ class Slow:
     scale, pad_multiple = 4, 64
     def __init__(self):
         self.device, self.dtype = torch.device("cpu"), torch.float32
-        self.preset, self.vq, self.unet = NS(name="slow"), NS(cfg=tiny_vq()), NS(cfg=tiny_preset().unet)
+        self.preset, self.vq, self.unet = tiny_preset("slow"), NS(cfg=tiny_vq()), NS(cfg=tiny_preset().unet)
     def to(self, device=None, dtype=None):
         return self
-    def resolve_sampler(self, steps, sampler):
-        return "onestep"
     def max_input_pixels(self, batch=1):
         return 2**40
     def __call__(self, x, **kw):

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import SettingError
 from ..imageio import (
     SinsrIOError,
     collect_inputs,
@@ -106,7 +107,7 @@ def find_dataset(
         ValueError: ``limit`` < 1.
     """
     if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be at least 1, got {limit}")
+        raise SettingError("limit", f"limit must be at least 1, got {limit}")
     root = Path(os.path.expanduser(os.fspath(input)))
     if hr is not None:
         lr_dir, hr_dir = root, Path(os.path.expanduser(os.fspath(hr)))
@@ -230,7 +231,7 @@ def make_lr_dataset(
     if recipe not in LR_RECIPES:
         raise ValueError(f"unknown LR recipe {recipe!r}; use {' or '.join(LR_RECIPES)}")
     if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be at least 1, got {limit}")
+        raise SettingError("limit", f"limit must be at least 1, got {limit}")
     src = Path(os.path.expanduser(os.fspath(hr)))
     found, skipped = collect_inputs([src])
     if not found:
@@ -305,7 +306,7 @@ class ImageStore:
         on_read: Callable[[int, int], None] | None = None,
     ) -> None:
         if center_crop is not None and center_crop < 2:
-            raise ValueError(f"--center-crop must be at least 2 LR pixels, got {center_crop}")
+            raise SettingError("center_crop", f"center_crop must be at least 2 LR pixels, got {center_crop}")
         self.dataset = dataset
         self.scale = scale
         self.center_crop = center_crop

@@ -23,8 +23,10 @@ from PIL import Image
 
 from ..config import DEFAULT_SEED
 from ..devices import resolve_device, resolve_dtype
+from ..errors import SettingError
 from ..imageio import image_to_tensor, tensor_to_image, to_uint8, write_image
-from ..pipeline import OneStepOnly, SRPipeline, load_pipeline
+from ..pipeline import SRPipeline, load_pipeline
+from ..plan import OneStepOnly, Tiling, check_settings, make_plan
 from . import metrics as M
 from .dataset import BenchDataset, ImageStore
 from .resources import PeakMemory, Stopwatch, dtype_name, environment
@@ -76,8 +78,8 @@ class RunSpec:
 def plan_runs(models: Sequence[str], steps: Sequence[int | None] = (None,)) -> list[RunSpec]:
     """Bicubic first, then every model x step count, in the order given, without repeats."""
     for s in steps:
-        if s is not None and s < 1:
-            raise ValueError(f"--steps must be positive integers, got {s}")
+        if s is not None:
+            check_settings(steps=s)
     runs = [RunSpec(None)]
     for m in dict.fromkeys(models):
         runs += [RunSpec(m, s) for s in dict.fromkeys(steps or (None,))]
@@ -336,9 +338,8 @@ def run_bench(
             on_message(text)
 
     if options.warmup < 0:
-        raise ValueError(f"--warmup must be >= 0, got {options.warmup}")
-    if options.tile < 0:
-        raise ValueError(f"--tile must be >= 0, got {options.tile}")
+        raise SettingError("warmup", f"warmup must be >= 0, got {options.warmup}")
+    Tiling(options.tile, options.tile_overlap, options.tile_pad)  # checks the tile settings
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype, device)
     if store is None:
@@ -346,8 +347,8 @@ def run_bench(
     if dataset.paired:
         smallest = min(min(store.lr_size(i)) for i in range(len(store))) * SCALE
         if smallest - 2 * options.crop_border < M.SSIM_WINDOW:
-            raise ValueError(
-                f"--crop-border {options.crop_border} leaves less than {M.SSIM_WINDOW}x{M.SSIM_WINDOW} px "
+            raise SettingError(
+                "crop_border", f"crop_border {options.crop_border} leaves less than {M.SSIM_WINDOW}x{M.SSIM_WINDOW} px "
                 f"of the smallest SR image ({smallest} px on a side)"
             )
     pre: list[str] = []
@@ -492,7 +493,10 @@ def _model_run(
     # --sampler is for multi-step runs: a one-step student's own row ignores it
     asked = None if pipe.preset.one_step and spec.steps in (None, 1) else options.sampler
     try:
-        sampler = pipe.resolve_sampler(spec.steps, asked)
+        plan = make_plan(
+            pipe.preset, steps=spec.steps, sampler=asked, seed=options.seed,
+            tiling=Tiling(options.tile, options.tile_overlap, options.tile_pad), dtype=pipe.dtype,
+        )
     except OneStepOnly as e:
         note(f"{name} at {spec.steps or 'default'} step(s) skipped: {e}")
         return None
@@ -501,7 +505,7 @@ def _model_run(
         run.error = str(e)
         note(f"{run.label}: {e}")
         return run
-    steps = 1 if sampler == "onestep" else (spec.steps or pipe.preset.default_steps)
+    steps, sampler = plan.steps, plan.sampler
     run = RunResult(unique(f"{name}-{steps}step"), spec.model, steps, sampler, pipe.preset.name, load_s, options.warmup)
     what = run.label
 

@@ -201,12 +201,10 @@ def bench_cmd(
     if not rank.main:  # errors found before the processes join are every rank's: rank 0 tells them
         console.quiet = True
     from ..bench.report import to_csv, to_json, to_markdown, write_text
-    from ..devices import resolve_device, resolve_seed
+    from ..devices import resolve_device
+    from ..plan import resolve_seed
 
-    try:
-        seed_value = resolve_seed(seed)
-    except ValueError as e:
-        raise ValueError(f"--seed: {e}") from None
+    seed_value = resolve_seed(seed)
     models = _split(model) or ["sinsr-v1"]
     if [m.lower() for m in models] == ["none"]:
         models = []

@@ -16,6 +16,8 @@ import typer
 from rich.console import Console
 from typer.core import TyperCommand
 
+from ..errors import SettingError
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: exit codes: 0 all done, 1 some inputs failed, 2 usage / configuration error
@@ -136,6 +138,20 @@ def one_line(err: BaseException) -> str:
     return text[:500]
 
 
+#: library settings whose flag is not ``--`` + the name with dashes
+SETTING_FLAGS = {"tile_batch": "--batch"}
+
+
+def flag_message(err: SettingError) -> str:
+    """The library's message with the setting's flag in place of its name
+    (``steps must be >= 1`` -> ``--steps must be >= 1``), or before it."""
+    flag = SETTING_FLAGS.get(err.setting, "--" + err.setting.replace("_", "-"))
+    text = one_line(err)
+    if text.startswith(err.setting) and text[len(err.setting) : len(err.setting) + 1] in (" ", ":"):
+        return flag + text[len(err.setting) :]
+    return f"{flag}: {text}"
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> "typer.Exit":
     """Print ``error: message`` on stderr and return the Exit to raise."""
     console.print(f"[red]error:[/red] {message}", soft_wrap=True)
@@ -165,7 +181,8 @@ def handle_errors(fn: F) -> F:
         except user_errors() as e:
             if verbose:
                 traceback.print_exc(file=sys.stderr)
-            raise fail(one_line(e), EXIT_PARTIAL if isinstance(e, run_failures()) else EXIT_USAGE) from None
+            text = flag_message(e) if isinstance(e, SettingError) else one_line(e)
+            raise fail(text, EXIT_PARTIAL if isinstance(e, run_failures()) else EXIT_USAGE) from None
         except Exception as e:  # noqa: BLE001 - last line of defence: never a bare traceback
             if verbose:
                 traceback.print_exc(file=sys.stderr)

@@ -52,7 +52,10 @@ def _message(result: ItemResult) -> str:
 
 
 def parse_tile(value: str) -> int | None:
-    """``--tile``: ``auto`` -> None (resolved once the model is loaded), else an int >= 0."""
+    """``--tile``: ``auto`` -> None (planned per image once the model is loaded), else an int
+    in the range ``plan.Tiling`` takes (SettingError otherwise)."""
+    from ..plan import Tiling
+
     text = str(value).strip().lower()
     if text == "auto":
         return None
@@ -60,11 +63,7 @@ def parse_tile(value: str) -> int | None:
         tile = int(text)
     except ValueError:
         raise ValueError(f"--tile must be a number of LR pixels, 0 (off) or 'auto', got {value!r}") from None
-    if tile < 0:
-        raise ValueError(f"--tile must be >= 0, got {tile}")
-    if 0 < tile < 16:
-        raise ValueError(f"--tile {tile} is too small; use at least 16 (or 0 to disable tiling)")
-    return tile
+    return Tiling(tile=tile).tile
 
 
 class _Renderer:
@@ -293,9 +292,9 @@ def upscale_cmd(
     rank = distributed.from_env()
     if not rank.main:  # errors found before the processes join are every rank's: rank 0 tells them
         console.quiet = True
-    from ..devices import resolve_device, resolve_seed
-    from ..diffusion.sampler import SAMPLERS
+    from ..devices import resolve_device
     from ..imageio import collect_inputs
+    from ..plan import resolve_seed
 
     given = [*(inputs or []), *(input_opt or [])]
     if not given:
@@ -303,12 +302,7 @@ def upscale_cmd(
     if skip_existing and overwrite:
         raise ValueError("--skip-existing and --overwrite cannot be used together")
     tile_size = parse_tile(tile)
-    if sampler is not None and sampler not in SAMPLERS:
-        raise ValueError(f"--sampler must be one of {', '.join(s for s in SAMPLERS if s != 'onestep')}, got {sampler!r}")
-    try:
-        seed_value = resolve_seed(seed)
-    except ValueError as e:
-        raise ValueError(f"--seed: {e}") from None
+    seed_value = resolve_seed(seed)  # "random" becomes a number here, shown in the header
     device, dtype = _real_esrgan_options(device, gpu_id, dtype, fp32)
     fmt_name = None if fmt.strip().lower() == "auto" else fmt
     options = UpscaleOptions(
@@ -392,10 +386,8 @@ def _run_sharded(
         from ..pipeline import load_pipeline
 
         pipe = load_pipeline(model, vq, device=dev, dtype=dtype, config=config, offline=offline or None)
-        try:  # a bad steps/sampler pair is a usage error, before any file
-            pipe.resolve_sampler(options.steps, options.sampler)
-        except ValueError as e:
-            raise ValueError(f"--steps/--sampler: {e}") from None
+        # a steps/sampler pair this model does not take is a usage error, before any file
+        options.plan_for(pipe.preset)
         if not quiet:
             dt = str(pipe.dtype).removeprefix("torch.")
             where = f"{pipe.device} ({dt})" if rank.world == 1 else f"{rank.world} processes ({pipe.device.type}, {dt})"
