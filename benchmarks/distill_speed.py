@@ -41,12 +41,12 @@ sys.path.insert(0, str(ROOT))
 
 from sinsr_cli.config import PRESETS, VQ_PRESETS  # noqa: E402
 from sinsr_cli.diffusion.sampler import prior_sample  # noqa: E402
-from sinsr_cli.diffusion.schedule import make_schedule  # noqa: E402
 from sinsr_cli.distill.degradations import degrade  # noqa: E402
-from sinsr_cli.distill.losses import distill_terms, encode_latents, teacher_x0  # noqa: E402
+from sinsr_cli.distill.losses import LossWeights, distill_terms, encode_latents, teacher_x0  # noqa: E402
 from sinsr_cli.distill.trainer import DistillConfig, ema_update, train  # noqa: E402
 from sinsr_cli.models.swin_unet import SwinUNet  # noqa: E402
 from sinsr_cli.models.vq_f4 import VQModel  # noqa: E402
+from sinsr_cli.pipeline import SRPipeline  # noqa: E402
 
 
 def _rss_peak_mib() -> float | None:
@@ -88,7 +88,8 @@ def calibrate(teacher: SwinUNet, dev: torch.device) -> dict[str, float]:
 
 def breakdown(teacher: SwinUNet, vq: VQModel, preset, batch: int, crop: int, dev: torch.device) -> dict[str, float]:
     """One iteration's stages, each timed once (after the loop has warmed everything up)."""
-    sched = make_schedule(preset.schedule)
+    pipe = SRPipeline(teacher, vq, preset)
+    sched = pipe.schedule
     student = copy.deepcopy(teacher).train().requires_grad_(True)
     ema = copy.deepcopy(teacher)
     opt = torch.optim.AdamW(student.parameters(), lr=5e-5)
@@ -98,9 +99,9 @@ def breakdown(teacher: SwinUNet, vq: VQModel, preset, batch: int, crop: int, dev
     box: dict[str, torch.Tensor] = {}
     out["degradation"] = _timed(lambda: box.__setitem__("lq", degrade(hr, None, g) * 2 - 1), dev)
     lq, gt = box["lq"], hr * 2 - 1
-    out["vq_encode_lq_and_hr"] = _timed(lambda: box.update(zip(("z_y", "z_gt"), encode_latents(vq, lq, gt))), dev)
+    out["vq_encode_lq_and_hr"] = _timed(lambda: box.update(zip(("z_y", "z_gt"), encode_latents(pipe, lq, gt))), dev)
     noise = torch.randn(box["z_y"].shape, device=dev, generator=g)
-    out["teacher_15_steps"] = _timed(lambda: box.__setitem__("x0", teacher_x0(teacher, box["z_y"], lq, sched, noise)), dev)
+    out["teacher_15_steps"] = _timed(lambda: box.__setitem__("x0", teacher_x0(pipe, box["z_y"], lq, noise)), dev)
     z_t = prior_sample(box["z_y"], sched, noise)
 
     def student_fwd_bwd() -> None:
@@ -127,6 +128,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--amp", default="no", choices=("no", "bf16", "fp16"))
+    ap.add_argument("--tad", action="store_true", help="TAD-SR's objective (HSD + time-aware discriminator)")
     ap.add_argument("--no-breakdown", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -145,7 +147,8 @@ def main() -> None:
             Image.fromarray((rng.random((args.crop + 64, args.crop + 32, 3)) * 255).astype(np.uint8)).save(data / f"{i}.png")
         steps = args.warmup + args.iters
         cfg = DistillConfig(teacher="random", data=str(data), batch=args.batch, crop=args.crop, steps=steps,
-                            workers=0, log_every=1, ckpt_every=10**9, amp=args.amp)
+                            workers=0, log_every=1, ckpt_every=10**9, amp=args.amp,
+                            weights=LossWeights.tad() if args.tad else LossWeights())
         t0 = time.perf_counter()
         res = train(cfg, teacher, vq, preset, Path(tmp) / "run", device=dev)
         wall = time.perf_counter() - t0
@@ -155,7 +158,7 @@ def main() -> None:
     fwd_now = (before["unet_forward_s"] + after["unet_forward_s"]) / 2
     median = statistics.median(per_it)
     out = {
-        "what": "sinsr distill, one optimiser step", "device": str(dev), "threads": args.threads, "amp": args.amp,
+        "what": "sinsr distill, one optimiser step" + (" (TAD-SR)" if args.tad else ""), "device": str(dev), "threads": args.threads, "amp": args.amp,
         "batch": args.batch, "hr_crop": args.crop, "latent": args.crop // 4, "unet_params": n_params,
         "median_s_per_it": round(median, 3), "s_per_it": [round(x, 3) for x in per_it],
         "unet_forwards_per_it": round(median / fwd_now, 1),

@@ -1,5 +1,6 @@
 """`sinsr distill` building blocks: parity of the loss terms with the official code, the student
-calls, the TAD-SR extras, data, schedule, EMA, config, checkpoints and the NaN guard.
+calls, TAD-SR's HSD and time-aware discriminator, data, schedule, EMA, config, checkpoints and the
+NaN guard.
 
 The training runs themselves (convergence, resume, DDP, CLI) are in ``test_distill_train.py``.
 """
@@ -18,23 +19,25 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sinsr_cli.config import ModelPreset, ScheduleConfig, UNetConfig, VQConfig, tiny_preset
-from sinsr_cli.diffusion.sampler import prior_sample
+from sinsr_cli.diffusion.forward import eps_from_x0, predict_x0_at, q_sample
+from sinsr_cli.diffusion.sampler import predict_x0, prior_sample
 from sinsr_cli.diffusion.schedule import make_schedule
-from sinsr_cli.distill import tad
+from sinsr_cli.distill import discriminator as D
+from sinsr_cli.distill import hsd
 from sinsr_cli.distill.data import HRCrops, PairCrops, StreamSampler, find_pairs, load_val_pairs, mix_seed
-from sinsr_cli.distill.losses import LossWeights, distill_losses, distill_terms, encode_latents, teacher_x0
+from sinsr_cli.distill.losses import LEGACY_TAD, LossWeights, distill_losses, distill_terms, encode_latents, student_x0, teacher_x0
+from sinsr_cli.distill.step import Models, discriminator_loss, prepare, student_losses
 from sinsr_cli.distill.trainer import (
     DistillConfig,
-    Models,
     TrainingDiverged,
     ema_update,
     learning_rate,
     list_checkpoints,
-    micro_batch_losses,
     read_checkpoint_state,
     save_checkpoint,
     train,
 )
+from sinsr_cli.pipeline import SRPipeline
 from sinsr_cli.imageio import SinsrIOError
 from sinsr_cli.models.checkpoints import load_strict, split_prefixed
 from sinsr_cli.models.swin_unet import SwinUNet
@@ -59,6 +62,11 @@ def tiny_teacher(seed: int = 0) -> tuple[SwinUNet, VQModel, ModelPreset]:
         vq.quantize.embedding.weight.normal_(0, 0.5)
     preset = ModelPreset("tiny-teacher", TINY_UNET, tiny_preset(steps=4).schedule, 4, "ancestral", "test teacher")
     return unet, vq, preset
+
+
+def teacher_pipe(unet: SwinUNet, vq: VQModel, schedule_cfg: ScheduleConfig, name: str = "teacher") -> SRPipeline:
+    """The frozen teacher + VQ as the pipeline distill uses (its encode, denoiser and schedule)."""
+    return SRPipeline(unet, vq, ModelPreset(name, unet.cfg, schedule_cfg, schedule_cfg.steps, "ancestral", "test"))
 
 
 def smooth_images(seed: int, n: int, size: int) -> torch.Tensor:
@@ -106,7 +114,8 @@ def distill_fixture(reference_dir):
         models[prefix] = m
     vq = VQModel(VQConfig.from_official(meta["vq_params"]))
     load_strict(vq, split_prefixed(T, "vq."), "fixture vq.*")
-    return T, models["student"], models["teacher"].eval(), vq.eval(), make_schedule(sched_cfg)
+    pipe = teacher_pipe(models["teacher"], vq, sched_cfg)
+    return T, models["student"], pipe, make_schedule(sched_cfg)
 
 
 def _rel(ours: torch.Tensor, ref: torch.Tensor) -> float:
@@ -116,8 +125,8 @@ def _rel(ours: torch.Tensor, ref: torch.Tensor) -> float:
 
 def test_loss_terms_and_gradients_match_official(distill_fixture):
     """mse / mse_xT / mse_gt / loss within 1e-4 relative (and the gradients), from the fixture's inputs."""
-    T, student, _, vq, sched = distill_fixture
-    z_y, z_gt = encode_latents(vq, T["lq"], T["gt"])
+    T, student, pipe, sched = distill_fixture
+    z_y, z_gt = encode_latents(pipe, T["lq"], T["gt"])
     torch.testing.assert_close(z_y, T["z_y"], atol=1e-4, rtol=0)
     torch.testing.assert_close(z_gt, T["z_start_gt"], atol=1e-4, rtol=0)  # encode(gt) WITHOUT upsampling
     torch.testing.assert_close(prior_sample(z_y, sched, T["noise"]), T["z_t"], atol=1e-4, rtol=0)
@@ -141,7 +150,7 @@ def test_loss_terms_and_gradients_match_official(distill_fixture):
 
 def test_student_calls_match_official_inputs(distill_fixture):
     """The four student calls see exactly the fixture's scaled inputs and timesteps (NOTES §10)."""
-    T, student, _, _, sched = distill_fixture
+    T, student, _, sched = distill_fixture
     calls = []
 
     def spy(x, t, lq):
@@ -162,9 +171,9 @@ def test_teacher_deterministic_chain_matches_official(distill_fixture):
 
     Bound: 10x the reference's own 1-vs-2-thread drift of ddim_z0 (3e-5), floored at 1e-4.
     """
-    T, _, teacher, vq, sched = distill_fixture
-    z_y, _ = encode_latents(vq, T["lq"], T["gt"])
-    x0 = teacher_x0(teacher, z_y, T["lq"], sched, T["noise"])
+    T, _, pipe, sched = distill_fixture
+    z_y, _ = encode_latents(pipe, T["lq"], T["gt"])
+    x0 = teacher_x0(pipe, z_y, T["lq"], T["noise"])
     assert not x0.requires_grad
     err = float((x0 - T["z_start_teacher"]).abs().max())
     assert err <= 3e-4, err
@@ -237,113 +246,235 @@ def test_gradient_reaches_student_through_three_calls_only():
     torch.testing.assert_close(st.scale.grad, expected)
 
 
-# -- TAD-SR extras --------------------------------------------------------------------------------
+# -- TAD-SR: the forward process, HSD, the time-aware discriminator ----------------------------------
+
+#: a two-level UNet (8x8 and 4x4 maps): the discriminator's multi-scale features have two levels + middle
+TWO_LEVEL_UNET = dataclasses.replace(TINY_UNET, num_res_blocks=(1, 1), channel_mult=(1, 2), window_size=4)
 
 
-def test_tad_is_off_by_default():
+def _tiny_setup(seed: int = 0):
+    teacher, vq, preset = tiny_teacher(seed)
+    pipe = SRPipeline(teacher, vq, preset)
+    return teacher, vq, preset, pipe, pipe.schedule
+
+
+def test_tad_is_off_by_default_and_tad_weights_are_the_papers_objective():
     cfg = DistillConfig(data="x")
-    assert cfg.weights.hf == 0 and cfg.weights.adv == 0
-    assert tad.PAPER_WEIGHTS == {"hf": 1.0, "adv": 0.02}
+    assert cfg.weights == LossWeights(1, 1, 1, 0, 0)  # SinSR: no HSD, no adversarial term
+    assert LossWeights.tad() == LossWeights(distill=1, inverse=0, gt=0, hsd=1, adv=0.02)  # L_distill + 1 L_HSD + 0.02 L_adv
+    # the authors' configs/TAD-SR.yaml and code: t' in steps 1..3, the teacher's x0 as reference, omega 1, D at the student's rate
+    assert (cfg.hsd_t_max, cfg.hsd_reference, cfg.hsd_omega, cfg.disc_lr, cfg.disc_channels) == (3, "teacher", "one", 5e-5, 64)
+    for bad in (dict(hsd_reference="x"), dict(hsd_omega="sqrt"), dict(hsd_t_max=0), dict(disc_lr=0.0)):
+        with pytest.raises(ValueError):
+            DistillConfig(data="x", **bad)
 
 
-def test_high_pass_kills_constants_and_keeps_shape():
-    z = torch.full((2, 3, 8, 8), 0.7)
-    assert tad.high_pass(z).abs().max() < 1e-6
-    x = torch.randn(2, 3, 8, 8)
-    hp = tad.high_pass(x)
-    assert hp.shape == x.shape
-    assert tad.high_pass(x + 5.0).sub(hp).abs().max() < 1e-5  # DC removed
-    assert torch.isclose(tad.gaussian_kernel2d().sum(), torch.tensor(1.0))
-
-
-def test_q_sample_endpoints():
+def test_forward_process_at_per_sample_steps():
     sched = make_schedule(tiny_preset(steps=4).schedule)
     x0, zy, n = torch.randn(3, 2, 3, 4, 4).unbind(0)
-    t = torch.full((2,), 3)
-    torch.testing.assert_close(tad.q_sample(x0, zy, sched, t, n), prior_sample(zy, sched, n) + (1 - sched.etas[-1].float()) * (x0 - zy), atol=1e-5, rtol=0)
-    torch.testing.assert_close(tad.input_divisor(sched, t, x0).flatten(), sched.input_divisor(3).expand(2))
-
-
-def test_hf_score_distillation_shapes_and_gradients():
-    teacher, _, preset = tiny_teacher()
-    teacher.eval().requires_grad_(False)
-    sched = make_schedule(preset.schedule)
-    x0 = torch.randn(2, 3, 8, 8, requires_grad=True)
-    z_y, lq, eps = torch.randn(2, 3, 8, 8), torch.rand(2, 3, 8, 8) * 2 - 1, torch.randn(2, 3, 8, 8)
-    t = tad.sample_small_t(2, 3, torch.Generator().manual_seed(0), torch.device("cpu"))
-    assert ((t >= 1) & (t <= 3)).all()
-    loss = tad.hf_score_distill_loss(x0, teacher, z_y, lq, sched, t, eps)
-    assert loss.shape == (2,) and torch.isfinite(loss).all() and loss.min() > 0
-    loss.sum().backward()
-    assert x0.grad is not None and x0.grad.abs().sum() > 0
-    assert all(p.grad is None for p in teacher.parameters())
-
-
-def test_encoder_features_are_the_first_half_of_forward():
-    teacher, _, _ = tiny_teacher()
-    x, lq = torch.randn(2, 3, 8, 8), torch.rand(2, 3, 8, 8) * 2 - 1
-    t = torch.tensor([0, 3])
-    seen = {}
-    handle = teacher.middle_block.register_forward_hook(lambda m, i, o: seen.setdefault("mid", o))
-    teacher(x, t, lq)
-    handle.remove()
-    feat, emb = tad.unet_encoder_features(teacher, x, t, lq)
-    torch.testing.assert_close(feat, seen["mid"])
-    assert emb.shape == (2, TINY_UNET.time_embed_dim)
-
-
-def test_discriminator_shapes_hinge_and_gradient_paths():
-    teacher, _, preset = tiny_teacher()
-    teacher.eval().requires_grad_(False)
-    sched = make_schedule(preset.schedule)
-    disc = tad.LatentDiscriminator.for_unet(teacher, hidden=32)
-    fake = torch.randn(2, 3, 8, 8, requires_grad=True)
-    real, z_y, lq, eps = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8), torch.rand(2, 3, 8, 8) * 2 - 1, torch.randn(2, 3, 8, 8)
+    last = torch.full((2,), 3)
+    torch.testing.assert_close(q_sample(x0, zy, sched, last, n), prior_sample(zy, sched, n) + (1 - sched.etas[-1].float()) * (x0 - zy), atol=1e-5, rtol=0)
     t = torch.tensor([0, 2])
-    feat, emb = tad.disc_features(teacher, fake, z_y, lq, sched, t, eps)
-    logits = disc(feat, emb)
-    assert logits.shape == (2, 1, 8, 8)
-    # time-aware: the same features at another t give other logits
-    assert not torch.allclose(disc(feat, tad.unet_encoder_features(teacher, feat.new_zeros(2, 3, 8, 8), t + 1, lq)[1]), logits)
-    g = tad.hinge_g_loss(logits)
-    g.sum().backward()
-    assert fake.grad is not None and fake.grad.abs().sum() > 0  # through the frozen teacher encoder
-    assert all(p.grad is None for p in teacher.parameters())
-    r = torch.full((2, 1, 4, 4), 2.0)
-    f = torch.full((2, 1, 4, 4), -2.0)
-    assert torch.equal(tad.hinge_d_loss(r, f), torch.zeros(2))  # both sides beyond the margin
-    assert torch.equal(tad.hinge_d_loss(-r, -f), torch.full((2,), 6.0))
+    torch.testing.assert_close(eps_from_x0(q_sample(x0, zy, sched, t, n), x0, zy, sched, t), n, atol=1e-4, rtol=0)  # it inverts q_sample
+
+    def den(x, tt):  # records what the denoiser sees; a non-trivial map
+        return x * 0.5 + tt.view(-1, 1, 1, 1).float()
+
+    got = predict_x0_at(den, x0, sched, t)
+    for i in range(2):  # one step per sample == the sampler's predict_x0 at that step
+        torch.testing.assert_close(got[i : i + 1], predict_x0(den, x0[i : i + 1], sched, int(t[i])))
 
 
-def test_micro_batch_with_tad_keeps_student_and_discriminator_gradients_apart():
-    teacher, vq, preset = tiny_teacher()
-    teacher.eval().requires_grad_(False)
-    vq.eval().requires_grad_(False)
+def test_hsd_draws_t_prime_in_the_papers_range():
+    t = hsd.sample_steps(3000, 3, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert set(t.tolist()) == {0, 1, 2}  # 0-based indices of ResShift's steps 1, 2, 3 (authors: randint(0, 3))
+    t = D.sample_disc_steps(3000, 4, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert set(t.tolist()) == {0, 1, 2}  # the discriminator's t: 0..T-2 (authors: randint(0, T-1))
+
+
+def test_hsd_score_difference_matches_its_closed_form_for_a_linear_teacher():
+    """Same noise on both branches: Δε = (1-η)(1 - c(1-η)/d)(x̂0 - x0_ref)/(κ√η) for D(x_in) = c x_in."""
+    sched = make_schedule(tiny_preset(steps=4).schedule)
+    c = 0.7
+    xs, xr, zy, n = torch.randn(4, 3, 3, 4, 4).unbind(0)
+    t = torch.tensor([0, 1, 2])
+    delta = hsd.score_difference(lambda x, tt: c * x, xs, xr, zy, sched, t, n)
+    eta = sched.etas[t].float().view(-1, 1, 1, 1)
+    d = sched.on("cpu").input_divisor[t].view(-1, 1, 1, 1)
+    expected = (1 - eta) * (1 - c * (1 - eta) / d) * (xs - xr) / (sched.kappa * eta.sqrt())
+    torch.testing.assert_close(delta, expected, atol=1e-4, rtol=1e-4)
+    # plain SDS: the reference score is the noise itself
+    sds = hsd.score_difference(lambda x, tt: c * x, xs, None, zy, sched, t, n)
+    x_s = q_sample(xs, zy, sched, t, n)
+    torch.testing.assert_close(sds, eps_from_x0(x_s, c * x_s / d, zy, sched, t) - n)
+
+
+@pytest.mark.parametrize("omega", ["one", "x0"])
+def test_hsd_gradient_equals_its_closed_form_on_a_tiny_model(omega):
+    """d(λ L_HSD)/dθ = J^T (λ ω(t') (ε̂(x^s) - ε̂(x^r)) / (C h w)): the loss's autograd gradient on a
+    tiny student equals the vector-Jacobian product with the closed-form direction, and the
+    teacher gets none."""
+    teacher, vq, preset, pipe, sched = _tiny_setup()
     import copy
 
     student = copy.deepcopy(teacher).train().requires_grad_(True)
-    disc = tad.LatentDiscriminator.for_unet(teacher, hidden=32)
-    m = Models(student, student, teacher, vq, disc, make_schedule(preset.schedule))
-    hr = smooth_images(3, 2, TINY_CROP) * 2 - 1
-    lq = F.avg_pool2d(hr, 4)
-    w = LossWeights(hf=1.0, adv=0.02)
-    terms = micro_batch_losses(m, hr, lq, w, torch.Generator().manual_seed(0))
-    assert set(terms) == {"distill", "inverse", "gt", "hf", "adv", "disc", "loss"}
+    g = torch.Generator().manual_seed(3)
+    z_y, noise, eps = (torch.randn(2, 3, 8, 8, generator=g) for _ in range(3))
+    lq = torch.rand(2, 3, 8, 8, generator=g) * 2 - 1
+    z_t = prior_sample(z_y, sched, noise)
+    ref = teacher_x0(pipe, z_y, lq, noise)
+    t = torch.tensor([0, 2])
+    lam = 0.8
+    x0 = student_x0(student, z_t, lq, sched)
+    delta = hsd.score_difference(pipe.denoiser(lq), x0, ref, z_y, sched, t, eps)
+    w = hsd.omega(sched, t, omega, x0)
+    if omega == "x0":
+        torch.testing.assert_close(w.flatten(), (sched.kappa * sched.sqrt_etas[t] / (1 - sched.etas[t])).float())
+    loss = lam * hsd.hsd_loss(x0, w * delta)
+    torch.testing.assert_close(loss, lam * 0.5 * (w * delta).pow(2).flatten(1).mean(1))  # its value: ½ mean(g²)
+    params = [p for p in student.parameters()]
+    got = torch.autograd.grad(loss.sum(), params, retain_graph=True)
+    # the closed form, built by hand: ε̂ from the teacher's x0 at each re-noised latent
+    x_s, x_r = q_sample(x0.detach(), z_y, sched, t, eps), q_sample(ref, z_y, sched, t, eps)
+    div = sched.on("cpu").input_divisor[t].view(-1, 1, 1, 1)
+    with torch.no_grad():
+        d_s = teacher(x_s / div, t, lq)
+        d_r = teacher(x_r / div, t, lq)
+    closed = eps_from_x0(x_s, d_s, z_y, sched, t) - eps_from_x0(x_r, d_r, z_y, sched, t)
+    torch.testing.assert_close(delta, closed, atol=1e-5, rtol=1e-5)
+    direction = lam * w * closed / x0[0].numel()
+    want = torch.autograd.grad(x0, params, grad_outputs=direction)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_encoder_features_are_the_encoders_multiscale_outputs():
+    torch.manual_seed(0)
+    unet = SwinUNet(TWO_LEVEL_UNET)
+    assert unet.level_ends == (2, 3)  # [conv, res, down | res]: the last block of each level
+    x, lq, t = torch.randn(2, 3, 8, 8), torch.rand(2, 3, 8, 8) * 2 - 1, torch.tensor([0, 3])
+    seen = []
+    hooks = [unet.input_blocks[i].register_forward_hook(lambda m, i, o: seen.append(o)) for i in unet.level_ends]
+    hooks.append(unet.middle_block.register_forward_hook(lambda m, i, o: seen.append(o)))
+    out = unet(x, t, lq)
+    for h in hooks:
+        h.remove()
+    feats = unet.encoder_features(x, t, lq)
+    assert [tuple(f.shape) for f in feats] == [(2, 32, 4, 4), (2, 64, 4, 4), (2, 64, 4, 4)]
+    assert [f.shape[1] for f in feats] == list(unet.level_channels())
+    for f, s_ in zip(feats, seen):
+        torch.testing.assert_close(f, s_)
+    assert out.shape == x.shape
+
+
+def test_time_aware_discriminator_shapes_time_conditioning_and_gradient_paths():
+    torch.manual_seed(0)
+    teacher = SwinUNet(TWO_LEVEL_UNET).eval().requires_grad_(False)
+    sched = make_schedule(tiny_preset(steps=4).schedule)
+    disc = D.TimeAwareDiscriminator.for_unet(teacher, out_channels=8)
+    fake = torch.randn(2, 3, 8, 8, requires_grad=True)
+    z_y, lq, eps = torch.randn(2, 3, 8, 8), torch.rand(2, 3, 8, 8) * 2 - 1, torch.randn(2, 3, 8, 8)
+    t = torch.tensor([0, 2])
+    feats = D.teacher_features(teacher, fake, z_y, lq, sched, t, eps)
+    logits = disc(feats, t)
+    assert logits.shape == (2, 8 * (16 + 16 + 16))  # 8 logits per position of each of the three maps
+    with torch.no_grad():  # the 3x3 convs start at zero (as the authors'); give them weights to see the conditioning
+        for head in disc.heads:
+            head.conv.weight.normal_(0, 0.1)
+    a, b = disc([f.detach() for f in feats], t), disc([f.detach() for f in feats], t + 1)
+    assert not torch.allclose(a, b)  # time-aware: the same features at another t give other logits
+    D.hinge_g_loss(disc(feats, t)).sum().backward()
+    assert fake.grad is not None and fake.grad.abs().sum() > 0  # through the frozen teacher encoder
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_hinge_losses():
+    r, f = torch.tensor([[2.0, 0.5, -1.0]]), torch.tensor([[-3.0, 0.0, 0.25]])
+    # D: mean relu(1 - real) + mean relu(1 + fake)
+    torch.testing.assert_close(D.hinge_d_loss(r, f), torch.tensor([(0 + 0.5 + 2) / 3 + (0 + 1 + 1.25) / 3]))
+    torch.testing.assert_close(D.hinge_g_loss(f), torch.tensor([-(-3.0 + 0.0 + 0.25) / 3]))
+    assert torch.equal(D.hinge_d_loss(torch.full((2, 4), 2.0), torch.full((2, 4), -2.0)), torch.zeros(2))  # beyond the margins
+
+
+def _tad_batch(m: Models, cfg: DistillConfig, seed: int = 0):
+    hr = smooth_images(3, 2, TINY_CROP)
+    return prepare(m, hr, F.avg_pool2d(hr, 4), cfg, torch.Generator().manual_seed(seed))
+
+
+def _tad_models(out_channels: int = 8):
+    teacher, vq, preset, pipe, sched = _tiny_setup()
+    import copy
+
+    student = copy.deepcopy(teacher).train().requires_grad_(True)
+    disc = D.TimeAwareDiscriminator.for_unet(teacher, out_channels)
+    with torch.no_grad():
+        for head in disc.heads:
+            head.conv.weight.normal_(0, 0.1)
+    return Models(student, student, pipe, disc), teacher
+
+
+def test_discriminator_loss_is_the_hinge_of_real_hr_and_fake_student_latents():
+    m, teacher = _tad_models()
+    cfg = DistillConfig(data="x", weights=LossWeights.tad())
+    mb = _tad_batch(m, cfg)
+    sched = m.teacher.schedule
+    got = discriminator_loss(m, mb)
+    with torch.no_grad():
+        fake = student_x0(m.raw, mb.z_t, mb.lq, sched)
+    real_f = D.teacher_features(teacher, mb.z_gt, mb.z_y, mb.lq, sched, mb.disc_t, mb.disc_noise)
+    fake_f = D.teacher_features(teacher, fake, mb.z_y, mb.lq, sched, mb.disc_t, mb.disc_noise)
+    torch.testing.assert_close(got, D.hinge_d_loss(m.disc(real_f, mb.disc_t), m.disc(fake_f, mb.disc_t)))
+    got.mean().backward()
+    assert all(p.grad is not None for p in m.disc.parameters() if p.requires_grad)
+    assert all(p.grad is None for p in m.raw.parameters())  # the discriminator's loss never reaches the student
+
+
+@pytest.mark.parametrize("weights", [LossWeights.tad(), LossWeights(0.5, 2.0, 0.0, 3.0, 0.1), LossWeights(1, 1, 1, 0, 0)])
+def test_student_objective_has_the_terms_and_weights_the_flags_say(weights):
+    m, _ = _tad_models()
+    m.disc.requires_grad_(False)
+    cfg = DistillConfig(data="x", weights=weights)
+    calls = []
+    real = m.student
+
+    def spy(x, t, lq):
+        calls.append(int(t[0]))
+        return real(x, t, lq)
+
+    m.student = spy
+    terms = student_losses(m, _tad_batch(m, cfg), cfg)
+    expect_terms = {"distill", "inverse", "gt", "loss"} | ({"hsd"} if weights.hsd else set()) | ({"adv"} if weights.adv else set())
+    assert set(terms) == expect_terms
     assert all(v.shape == (2,) and torch.isfinite(v).all() for v in terms.values())
+    total = sum(getattr(weights, k) * terms[k] for k in expect_terms - {"loss"})
+    torch.testing.assert_close(terms["loss"], total)
+    # a zero weight skips that term's student calls: TAD-SR's objective is one student call
+    assert len(calls) == 1 + (weights.inverse > 0) + 2 * (weights.gt > 0)
+    if weights.inverse == 0:
+        assert torch.equal(terms["inverse"], torch.zeros(2))
     terms["loss"].mean().backward()
-    g_with = {n: p.grad.clone() for n, p in student.named_parameters()}
-    assert all(p.grad is not None for p in disc.parameters())
-    # the discriminator's loss adds nothing to the student's gradient
-    student.zero_grad()
-    disc.zero_grad()
-    terms = micro_batch_losses(m, hr, lq, w, torch.Generator().manual_seed(0))
-    (terms["loss"] - terms["disc"]).mean().backward()
-    for n, p in student.named_parameters():
-        torch.testing.assert_close(p.grad, g_with[n], atol=1e-6, rtol=1e-5)
-    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in disc.parameters())
-    # and with TAD off no extra terms (and no discriminator) are involved
-    m_off = Models(student, student, teacher, vq, None, m.schedule)
-    assert set(micro_batch_losses(m_off, hr, lq, LossWeights(), torch.Generator().manual_seed(0))) == {"distill", "inverse", "gt", "loss"}
+    assert all(p.grad is None for p in m.disc.parameters())  # the student's step never trains the discriminator
+    assert m.raw.out[2].weight.grad is not None
+
+
+def test_tad_adversarial_gradient_reaches_the_student():
+    m, _ = _tad_models()
+    m.disc.requires_grad_(False)
+    cfg = DistillConfig(data="x", weights=LossWeights(0, 0, 0, 0, 1.0))
+    student_losses(m, _tad_batch(m, cfg), cfg)["loss"].mean().backward()
+    assert m.raw.out[2].weight.grad.abs().sum() > 0  # only the adversarial term is on
+
+
+def test_earlier_tad_checkpoints_are_refused_and_plain_ones_still_load():
+    old_plain = {**DistillConfig(data="x").to_dict(), "tad_t_max": 3, "disc_hidden": 128,
+                 "weights": {"distill": 1, "inverse": 1, "gt": 1, "hf": 0, "adv": 0}}
+    old_plain.pop("hsd_t_max"), old_plain.pop("hsd_reference"), old_plain.pop("hsd_omega"), old_plain.pop("disc_channels")
+    assert DistillConfig.from_dict(old_plain).weights == LossWeights()
+    old_tad = {**old_plain, "weights": {"distill": 1, "inverse": 1, "gt": 1, "hf": 1, "adv": 0.02}}
+    with pytest.raises(ValueError, match="earlier TAD-SR approximation"):
+        DistillConfig.from_dict(old_tad)
+    assert "cannot be resumed" in LEGACY_TAD
 
 
 # -- schedule, EMA, config ------------------------------------------------------------------------------
@@ -385,7 +516,7 @@ def test_config_validation_and_round_trip():
         DistillConfig(data="a", amp="fp8")
     with pytest.raises(ValueError, match="crop"):
         DistillConfig(data="a", crop=30)
-    cfg = DistillConfig(data="a", weights=LossWeights(hf=1, adv=0.02), halve_at=(10, 20))
+    cfg = DistillConfig(data="a", weights=LossWeights.tad(), halve_at=(10, 20), hsd_reference="gt", hsd_omega="x0")
     back = DistillConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert back == cfg
 
@@ -492,7 +623,7 @@ def test_checkpoints_are_atomic_pruned_and_complete(tmp_path, hr_dir):
 def test_nan_steps_are_skipped_counted_and_stop_the_run(tmp_path, hr_dir, monkeypatch):
     import sinsr_cli.distill.trainer as tr
 
-    real = tr.micro_batch_losses
+    real = tr.student_losses
     calls = {"n": 0}
 
     def flaky(*a, **k):  # the second step's loss is NaN
@@ -502,7 +633,7 @@ def test_nan_steps_are_skipped_counted_and_stop_the_run(tmp_path, hr_dir, monkey
             terms["loss"] = terms["loss"] * float("nan")
         return terms
 
-    monkeypatch.setattr(tr, "micro_batch_losses", flaky)
+    monkeypatch.setattr(tr, "student_losses", flaky)
     teacher, vq, preset = tiny_teacher()
     seen = []
     res = train(_cfg(hr_dir, steps=3, ckpt_every=10), teacher, vq, preset, tmp_path / "a", device="cpu",
@@ -515,7 +646,7 @@ def test_nan_steps_are_skipped_counted_and_stop_the_run(tmp_path, hr_dir, monkey
         terms["loss"] = terms["loss"] * float("nan")
         return terms
 
-    monkeypatch.setattr(tr, "micro_batch_losses", always_nan)
+    monkeypatch.setattr(tr, "student_losses", always_nan)
     teacher, vq, preset = tiny_teacher()
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     with pytest.raises(TrainingDiverged, match="3 non-finite steps in a row"):
@@ -540,16 +671,34 @@ def _one_thread(one_thread):
     """Tiny models are per-op-overhead bound: every test here runs on one thread."""
 
 
-def test_tad_run_checkpoints_and_resumes_the_discriminator(tmp_path, hr_dir):
+def test_tad_run_alternates_checkpoints_and_resumes_exactly(tmp_path, hr_dir, monkeypatch):
+    """A TAD-SR run: discriminator step, then student step, every iteration (separate optimisers);
+    the discriminator and its optimiser are checkpointed and a resumed run repeats the curve."""
+    import sinsr_cli.distill.trainer as tr
+
+    order = []
+    real_d, real_g = tr.discriminator_step, tr.optimizer_step
+    monkeypatch.setattr(tr, "discriminator_step", lambda *a, **k: (order.append("D"), real_d(*a, **k))[1])
+    monkeypatch.setattr(tr, "optimizer_step", lambda *a, **k: (order.append("G"), real_g(*a, **k))[1])
     teacher, vq, preset = tiny_teacher()
-    cfg = _cfg(hr_dir, steps=2, ckpt_every=1, weights=LossWeights(hf=1.0, adv=0.02), disc_hidden=32)
-    res = train(cfg, teacher, vq, preset, tmp_path / "tad", device="cpu")
-    assert {"hf", "adv", "disc"} <= set(res.records[-1])
-    state = read_checkpoint_state(tmp_path / "tad")
-    assert state["disc"] is not None and state["disc_optimizer"]["state"]
+    cfg = _cfg(hr_dir, steps=3, ckpt_every=2, batch=4, micro_batch=2, weights=LossWeights.tad(), disc_channels=8)
+    full = train(cfg, teacher, vq, preset, tmp_path / "full", device="cpu")
+    assert order == ["D", "G"] * 3
+    assert {"hsd", "adv", "disc"} <= set(full.records[-1]) and full.records[-1]["inverse"] == 0
+    state = read_checkpoint_state(tmp_path / "full")
+    assert state["disc"] is not None
+    assert {int(s["step"]) for s in state["disc_optimizer"]["state"].values()} == {3}  # one D step per iteration
+    assert DistillConfig.from_dict(state["config"]).weights == LossWeights.tad()
+    # stop after step 2 (checkpoint), resume: the same losses at step 3 and the same weights
     teacher, vq, preset = tiny_teacher()
-    res = train(dataclasses.replace(cfg, steps=3), teacher, vq, preset, tmp_path / "tad", device="cpu", resume=tmp_path / "tad")
-    assert res.step == 3 and math.isfinite(res.records[-1]["disc"])
+    train(dataclasses.replace(cfg, steps=2), teacher, vq, preset, tmp_path / "cut", device="cpu")
+    teacher, vq, preset = tiny_teacher()
+    res = train(cfg, teacher, vq, preset, tmp_path / "cut", device="cpu", resume=tmp_path / "cut")
+    assert res.step == 3
+    for k in ("loss", "distill", "hsd", "adv", "disc"):
+        assert res.records[-1][k] == pytest.approx(full.records[-1][k], rel=1e-5, abs=1e-7), k
+    for k, v in full.ema.state_dict().items():
+        torch.testing.assert_close(res.ema.state_dict()[k], v, atol=1e-6, rtol=1e-5)
     # a checkpoint without a discriminator cannot silently start one
     teacher, vq, preset = tiny_teacher()
     train(_cfg(hr_dir, steps=1), teacher, vq, preset, tmp_path / "plain", device="cpu")
@@ -558,21 +707,38 @@ def test_tad_run_checkpoints_and_resumes_the_discriminator(tmp_path, hr_dir):
 
 
 def test_optimizer_step_clips_and_skips_non_finite():
-    from sinsr_cli.distill.trainer import DistInfo, _optimizer_step
+    from sinsr_cli.distill.step import optimizer_step
 
     p = torch.nn.Parameter(torch.zeros(4))
     opt = torch.optim.SGD([p], lr=1.0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     p.grad = torch.tensor([3.0, 4.0, 0.0, 0.0])
-    finite, stepped, gnorm = _optimizer_step(opt, None, scaler, [p], None, 1.0, 0.5, DistInfo())
+    finite, stepped, gnorm = optimizer_step(opt, scaler, [p], 1.0, 0.5)
     assert finite and stepped and gnorm == pytest.approx(5.0)  # the norm before clipping is reported
     torch.testing.assert_close(p.detach(), torch.tensor([-0.6, -0.8, 0.0, 0.0]))  # step of the clipped gradient
     p.grad = torch.tensor([float("inf"), 0.0, 0.0, 0.0])
-    finite, stepped, _ = _optimizer_step(opt, None, scaler, [p], None, 0.0, 0.5, DistInfo())
+    finite, stepped, _ = optimizer_step(opt, scaler, [p], 0.0, 0.5)
     assert not finite and not stepped and p.grad is None
     torch.testing.assert_close(p.detach(), torch.tensor([-0.6, -0.8, 0.0, 0.0]))  # untouched
     p.grad = torch.ones(4)
-    assert _optimizer_step(opt, None, scaler, [p], None, 0.0, float("nan"), DistInfo())[:2] == (False, False)
+    assert optimizer_step(opt, scaler, [p], 0.0, float("nan"))[:2] == (False, False)
+
+
+def test_discriminator_step_skips_non_finite():
+    from sinsr_cli.distributed import DistInfo
+    from sinsr_cli.distill.step import discriminator_step
+
+    lin = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(lin.parameters(), lr=1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    w0 = lin.weight.detach().clone()
+    lin(torch.ones(1, 2)).sum().backward()
+    assert discriminator_step(opt, scaler, lin, 0.3, DistInfo())
+    assert not torch.equal(lin.weight, w0) and lin.weight.grad is None
+    w1 = lin.weight.detach().clone()
+    lin(torch.ones(1, 2)).sum().backward()
+    assert not discriminator_step(opt, scaler, lin, float("inf"), DistInfo())
+    assert torch.equal(lin.weight, w1) and lin.weight.grad is None
 
 
 def test_no_grad_student_call_sees_the_updated_weights():

@@ -25,9 +25,10 @@ from sinsr_cli.cli.app import app
 from sinsr_cli.diffusion.sampler import sample_onestep
 from sinsr_cli.diffusion.schedule import make_schedule
 from sinsr_cli.distill.degradations import degrade
-from sinsr_cli.distill.losses import bind, distill_losses, encode_latents, teacher_x0
+from sinsr_cli.distill.losses import LossWeights, distill_losses, encode_latents, teacher_x0
 from sinsr_cli.distill.trainer import DistillConfig, read_checkpoint_state, train
 from sinsr_cli.models.checkpoints import unet_metadata, vq_metadata, write_safetensors
+from sinsr_cli.pipeline import SRPipeline
 
 from test_distill import TINY_CROP, smooth_images, tiny_teacher, write_hr_dir, write_pair_dir
 
@@ -83,14 +84,15 @@ def test_student_moves_towards_the_teachers_multistep_output(tmp_path, hr_dir):
     hr = smooth_images(99, 4, TINY_CROP)  # held out: other images, other noise
     lq = degrade(hr, None, torch.Generator().manual_seed(5)) * 2 - 1
     hr = hr * 2 - 1
-    z_y, z_gt = encode_latents(vq, lq, hr)
+    pipe = SRPipeline(copy.deepcopy(teacher), vq, preset)
+    z_y, z_gt = encode_latents(pipe, lq, hr)
     noise = torch.randn(z_y.shape, generator=torch.Generator().manual_seed(97))
-    target = teacher_x0(teacher, z_y, lq, sched, noise)
+    target = teacher_x0(pipe, z_y, lq, noise)
     z_t = sched.prior_std() * noise + z_y
 
     def evaluate(unet):
         with torch.no_grad():
-            gap = F.mse_loss(sample_onestep(bind(unet, lq), z_y, sched, noise), target).item()
+            gap = F.mse_loss(sample_onestep(SRPipeline(unet, vq, preset).denoiser(lq), z_y, sched, noise), target).item()
             terms = distill_losses(unet, target, z_t, z_gt, lq, sched)
         return gap, {k: v.mean().item() for k, v in terms.items()}
 
@@ -242,6 +244,8 @@ def test_cli_resume_keeps_its_config_and_exports_without_training(tmp_path, hr_d
     assert r.exit_code == 2 and "--lr differs from the checkpoint" in r.output
     r = CliRunner().invoke(app, ["distill", "--resume", str(out), "--tad"])
     assert r.exit_code == 2 and "loss weight differs" in r.output
+    r = CliRunner().invoke(app, ["distill", "--resume", str(out), "--hsd-reference", "gt"])
+    assert r.exit_code == 2 and "--hsd-reference differs" in r.output
     export = tmp_path / "s.safetensors"
     r = CliRunner().invoke(app, ["distill", "--resume", str(out), "--export", str(export), "-q"])
     assert r.exit_code == 0, r.output
@@ -266,11 +270,43 @@ def test_cli_usage_errors_are_one_line(args, message):
     assert message in r.output and "Traceback" not in r.output
 
 
+def test_cli_tad_run_end_to_end(tmp_path, hr_dir, teacher_files):
+    """`sinsr distill --tad`: the paper's objective (no SinSR inverse/GT terms), HSD and the
+    discriminator logged, the discriminator checkpointed, an exported student that loads; and
+    `--tad --lambda-inverse 1 --lambda-gt 1` keeps the SinSR-style terms on top."""
+    from sinsr_cli.pipeline import load_pipeline
+
+    out, export = tmp_path / "tad", tmp_path / "tad.safetensors"
+    r = CliRunner().invoke(app, _cli_args(teacher_files, hr_dir, out, 2, "--tad", "--disc-channels", "8", "--export", str(export)))
+    assert r.exit_code == 0, r.output
+    state = read_checkpoint_state(out)
+    cfg = DistillConfig.from_dict(state["config"])
+    assert cfg.weights == LossWeights.tad() and (cfg.hsd_t_max, cfg.hsd_reference, cfg.disc_channels) == (3, "teacher", 8)
+    assert state["disc"] is not None and state["disc_optimizer"]["state"]
+    recs = _records(out / "log.jsonl")
+    assert sorted(recs) == [1, 2]
+    for rec in recs.values():
+        assert rec["inverse"] == 0 and rec["gt"] == 0 and all(rec[k] == rec[k] for k in ("hsd", "adv", "disc"))  # finite
+        assert rec["loss"] == pytest.approx(rec["distill"] + rec["hsd"] + 0.02 * rec["adv"], rel=1e-5)
+    assert load_pipeline(export, teacher_files[1], device="cpu", dtype="fp32").preset.one_step
+    both = tmp_path / "both"
+    r = CliRunner().invoke(app, _cli_args(teacher_files, hr_dir, both, 1, "--tad", "--lambda-inverse", "1", "--lambda-gt", "1",
+                                          "--lambda-adv", "0", "--hsd-reference", "noise", "--hsd-omega", "x0"))
+    assert r.exit_code == 0, r.output
+    cfg = DistillConfig.from_dict(read_checkpoint_state(both)["config"])
+    assert cfg.weights == LossWeights(1, 1, 1, 1, 0) and (cfg.hsd_reference, cfg.hsd_omega) == ("noise", "x0")
+    rec = _records(both / "log.jsonl")[1]
+    assert "disc" not in rec and rec["loss"] == pytest.approx(rec["distill"] + rec["inverse"] + rec["gt"] + rec["hsd"], rel=1e-5)
+    r = CliRunner().invoke(app, _cli_args(teacher_files, hr_dir, tmp_path / "bad", 1, "--tad", "--hsd-reference", "hr"))
+    assert r.exit_code == 2 and "unknown HSD reference" in r.output
+
+
 def test_cli_help_lists_the_options():
     r = CliRunner().invoke(app, ["distill", "--help"], env={"COLUMNS": "200"})
     assert r.exit_code == 0
     for opt in ("--teacher", "--data", "--pairs", "--val", "--micro-batch", "--amp", "--clip-grad", "--resume",
-                "--export", "--lambda-inverse", "--tad", "--official-lr-quirk"):
+                "--export", "--lambda-inverse", "--tad", "--lambda-hsd", "--lambda-adv", "--hsd-t-max",
+                "--hsd-reference", "--hsd-omega", "--disc-lr", "--disc-channels", "--official-lr-quirk"):
         assert opt in r.output
 
 
@@ -316,7 +352,7 @@ def test_twenty_step_run_with_the_default_warmup_warns(tmp_path, hr_dir, teacher
 def test_ctrl_c_says_what_was_saved_and_how_to_resume_or_export(tmp_path, hr_dir, teacher_files, monkeypatch):
     from sinsr_cli.distill import trainer
 
-    real = trainer._optimizer_step
+    real = trainer.optimizer_step
     calls = []
 
     def step(*args, **kwargs):
@@ -325,7 +361,7 @@ def test_ctrl_c_says_what_was_saved_and_how_to_resume_or_export(tmp_path, hr_dir
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "_optimizer_step", step)
+    monkeypatch.setattr(trainer, "optimizer_step", step)
     out = tmp_path / "run"
     r = CliRunner().invoke(app, _cli_args(teacher_files, hr_dir, out, 10))
     assert r.exit_code == 130, r.output
@@ -334,7 +370,7 @@ def test_ctrl_c_says_what_was_saved_and_how_to_resume_or_export(tmp_path, hr_dir
     assert f"interrupted at step 2; saved {saved}" in r.output
     assert f"resume: sinsr distill --resume {out}" in r.output
     assert f"sinsr distill --resume {out} --steps 2 --export student.safetensors" in r.output
-    monkeypatch.setattr(trainer, "_optimizer_step", real)
+    monkeypatch.setattr(trainer, "optimizer_step", real)
     export = tmp_path / "student.safetensors"
     r = CliRunner().invoke(app, ["distill", "--resume", str(out), "--steps", "2", "--export", str(export), "-q"])
     assert r.exit_code == 0 and export.is_file() and read_checkpoint_state(out)["step"] == 2

@@ -24,7 +24,7 @@ _RUN_CONTROL = {
 }
 #: CLI parameter name -> DistillConfig field, where they differ
 _FIELD = {"ema": "ema_rate"}
-_WEIGHTS = {"lambda_distill": "distill", "lambda_inverse": "inverse", "lambda_gt": "gt", "lambda_hf": "hf", "lambda_adv": "adv"}
+_WEIGHTS = {"lambda_distill": "distill", "lambda_inverse": "inverse", "lambda_gt": "gt", "lambda_hsd": "hsd", "lambda_adv": "adv"}
 
 
 @handle_errors
@@ -53,13 +53,16 @@ def distill_cmd(
     clip_grad: float = typer.Option(0.0, "--clip-grad", help="Clip the gradient norm to this (0 = off, as officially)."),
     max_nan_steps: int = typer.Option(10, "--max-nan-steps", help="Stop after this many non-finite steps in a row (each is skipped)."),
     lambda_distill: float = typer.Option(1.0, "--lambda-distill", help="Weight of L_distill = |S(x_T) - teacher x0|^2."),
-    lambda_inverse: float = typer.Option(1.0, "--lambda-inverse", help="Weight of L_inverse = |S(teacher x0, t=0) - x_T|^2 (0 skips it)."),
-    lambda_gt: float = typer.Option(1.0, "--lambda-gt", help="Weight of L_gt = |S(sg[S(z_gt, 0)]) - z_gt|^2 (0 skips it)."),
-    tad: bool = typer.Option(False, "--tad", help="TAD-SR extras with the paper's weights (--lambda-hf 1 --lambda-adv 0.02)."),
-    lambda_hf: Optional[float] = typer.Option(None, "--lambda-hf", help="Weight of TAD-SR high-frequency score distillation (default 0, or 1 with --tad)."),
-    lambda_adv: Optional[float] = typer.Option(None, "--lambda-adv", help="Weight of the TAD-SR time-aware discriminator's generator loss (default 0, or 0.02 with --tad)."),
-    tad_t_max: int = typer.Option(3, "--tad-t-max", help="HF score distillation draws t' uniformly in [1, this]."),
-    disc_lr: float = typer.Option(1e-4, "--disc-lr", help="Learning rate of the discriminator head."),
+    lambda_inverse: Optional[float] = typer.Option(None, "--lambda-inverse", help="Weight of SinSR's L_inverse = |S(teacher x0, t=0) - x_T|^2; 0 skips it (default 1, or 0 with --tad)."),
+    lambda_gt: Optional[float] = typer.Option(None, "--lambda-gt", help="Weight of SinSR's L_gt = |S(sg[S(z_gt, 0)]) - z_gt|^2; 0 skips it (default 1, or 0 with --tad)."),
+    tad: bool = typer.Option(False, "--tad", help="TAD-SR's objective: L_distill + 1 L_HSD + 0.02 L_adv, without SinSR's inverse and GT terms (each --lambda-* given still wins)."),
+    lambda_hsd: Optional[float] = typer.Option(None, "--lambda-hsd", help="Weight of TAD-SR's high-frequency score distillation (default 0, or 1 with --tad)."),
+    lambda_adv: Optional[float] = typer.Option(None, "--lambda-adv", help="Weight of TAD-SR's time-aware adversarial term for the student (default 0, or 0.02 with --tad)."),
+    hsd_t_max: int = typer.Option(3, "--hsd-t-max", help="HSD re-noises at t' drawn uniformly from ResShift's steps 1..this (paper: 3)."),
+    hsd_reference: str = typer.Option("teacher", "--hsd-reference", help="What the student's score is compared with: teacher (HSD: the teacher's x0), gt (the HR latent) or noise (plain SDS)."),
+    hsd_omega: str = typer.Option("one", "--hsd-omega", help="HSD weight per step: one (the authors' code) or x0 (kappa sqrt(eta)/(1-eta): the x0-space residual)."),
+    disc_lr: float = typer.Option(5e-5, "--disc-lr", help="AdamW rate of the discriminator (constant; the authors use the student's rate)."),
+    disc_channels: int = typer.Option(64, "--disc-channels", help="Logits per position of each discriminator head (the authors' c_dim)."),
     seed: int = typer.Option(123456, "--seed", help="Seed of every random draw (data, noise, degradation)."),
     log_every: int = typer.Option(10, "--log-every", help="Write a log.jsonl record every N steps."),
     ckpt_every: int = typer.Option(1000, "--ckpt-every", help="Write a checkpoint every N steps (and at the end)."),
@@ -79,7 +82,6 @@ def distill_cmd(
     import torch
 
     from ..distill.losses import LossWeights
-    from ..distill.tad import PAPER_WEIGHTS
     from ..distill.trainer import DistillConfig, read_checkpoint_state, schedule_warnings, train
     from ..weights import load_unet, load_vq
 
@@ -87,18 +89,17 @@ def distill_cmd(
         torch.set_num_threads(threads)
     if export is not None and export.suffix != ".safetensors":
         raise ValueError(f"{export}: --export must end in .safetensors")
-    weights = LossWeights(
-        lambda_distill, lambda_inverse, lambda_gt,
-        lambda_hf if lambda_hf is not None else (PAPER_WEIGHTS["hf"] if tad else 0.0),
-        lambda_adv if lambda_adv is not None else (PAPER_WEIGHTS["adv"] if tad else 0.0),
-    )
+    base = LossWeights.tad() if tad else LossWeights()  # then every --lambda-* given wins
+    asked = dict(distill=lambda_distill, inverse=lambda_inverse, gt=lambda_gt, hsd=lambda_hsd, adv=lambda_adv)
+    weights = LossWeights(**{k: (getattr(base, k) if v is None else v) for k, v in asked.items()})
     given = {k: v for k, v in ctx.params.items() if _from_command_line(ctx, k)}
     fields: dict[str, Any] = dict(
         teacher=_abs(teacher) if teacher else "", vq=_abs(vq), data=_abs(data), pairs=_abs(pairs), val=_abs(val),
         name=name, steps=500_000 if steps is None else steps, batch=batch, micro_batch=micro_batch, crop=crop,
         crop_mode=crop_mode, pool=pool, workers=workers, lr=lr, weight_decay=weight_decay, warmup=warmup,
         halve_at=tuple(halve_at), official_lr_quirk=official_lr_quirk, ema_rate=ema, amp=amp, clip_grad=clip_grad,
-        max_nan_steps=max_nan_steps, weights=weights, tad_t_max=tad_t_max, disc_lr=disc_lr, seed=seed,
+        max_nan_steps=max_nan_steps, weights=weights, hsd_t_max=hsd_t_max, hsd_reference=hsd_reference,
+        hsd_omega=hsd_omega, disc_lr=disc_lr, disc_channels=disc_channels, seed=seed,
         log_every=log_every, ckpt_every=ckpt_every, keep=keep, val_every=val_every, val_max=val_max,
     )
     if resume is not None:
@@ -195,8 +196,8 @@ def _resumed_config(stored: Any, fields: dict[str, Any], given: dict[str, Any]) 
                 "a resumed run keeps its configuration (start a new run to change it)"
             )
     asked = {_WEIGHTS[p]: getattr(fields["weights"], _WEIGHTS[p]) for p in given if p in _WEIGHTS}
-    if "tad" in given:
-        asked = {"hf": fields["weights"].hf, "adv": fields["weights"].adv, **asked}
+    if "tad" in given:  # --tad asks for the whole TAD-SR objective (but the --lambda-* given)
+        asked = {**fields["weights"].to_dict(), **asked}
     for term, value in asked.items():
         if value != getattr(stored.weights, term):
             raise ValueError(
@@ -206,7 +207,7 @@ def _resumed_config(stored: Any, fields: dict[str, Any], given: dict[str, Any]) 
     return replace(stored, **over)
 
 
-_SHORT = {"loss": "L", "distill": "dist", "inverse": "inv", "gt": "gt", "hf": "hf", "adv": "adv", "disc": "D"}
+_SHORT = {"loss": "L", "distill": "dist", "inverse": "inv", "gt": "gt", "hsd": "hsd", "adv": "adv", "disc": "D"}
 
 
 class _Render:

@@ -31,8 +31,7 @@ from torch import Tensor
 
 from ..diffusion.sampler import sample_deterministic
 from ..diffusion.schedule import Schedule
-from ..models.vq_f4 import VQModel
-from ..pipeline import bicubic_up
+from ..pipeline import SRPipeline
 
 #: ``(x_scaled, t, lq) -> x0``
 Student = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -40,13 +39,22 @@ Student = Callable[[Tensor, Tensor, Tensor], Tensor]
 #: the per-sample terms every call returns, in this order
 TERMS = ("distill", "inverse", "gt", "loss")
 
+#: the message for a checkpoint of the earlier TAD-SR approximation (0.x: ``hf`` weight, one-scale head)
+LEGACY_TAD = (
+    "this checkpoint was trained with the earlier TAD-SR approximation (high-pass MSE term, one-scale "
+    "discriminator), which this version replaced by the paper's HSD and time-aware discriminator; "
+    "it cannot be resumed (export it with the version that wrote it, or start a new run)"
+)
+
 
 @dataclass(frozen=True)
 class LossWeights:
-    """lambda_0..2 of SinSR (all 1 officially) and the optional TAD-SR extras (0 = off).
+    """The weights of the objective's terms (0 = off).
 
-    ``hf``: high-frequency score distillation (TAD-SR's lambda_1 = 1); ``adv``: the time-aware
-    discriminator's generator loss (TAD-SR's lambda_2 = 0.02). See ``distill/tad.py``.
+    SinSR: lambda_0..2 = ``distill``, ``inverse``, ``gt`` (all 1 officially). TAD-SR (He et al.):
+    ``hsd`` (high-frequency score distillation, ``distill/hsd.py``) and ``adv`` (the time-aware
+    discriminator's generator loss, ``distill/discriminator.py``); :meth:`tad` is the paper's
+    objective ``L_distill + 1 * L_HSD + 0.02 * L_adv``, without SinSR's inverse and GT terms.
     An inverse or gt weight of 0 skips that term's student calls (the term then reads 0); the
     distill term is always computed: its student call is the one-step output itself.
     """
@@ -54,7 +62,7 @@ class LossWeights:
     distill: float = 1.0
     inverse: float = 1.0
     gt: float = 1.0
-    hf: float = 0.0
+    hsd: float = 0.0
     adv: float = 0.0
 
     def __post_init__(self) -> None:
@@ -62,11 +70,22 @@ class LossWeights:
             if not v >= 0:  # also rejects NaN
                 raise ValueError(f"loss weight {k} must be >= 0, got {v}")
 
+    @classmethod
+    def tad(cls) -> "LossWeights":
+        """TAD-SR's objective: ``L_distill + 1 * L_HSD + 0.02 * L_adv`` (the authors' ``hsd_weight``, ``GAN_weight``)."""
+        return cls(distill=1.0, inverse=0.0, gt=0.0, hsd=1.0, adv=0.02)
+
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "LossWeights":
+        """From :meth:`to_dict`; a plain SinSR run of an earlier version (``hf`` and ``adv`` 0) reads
+        as the same run, one of the earlier TAD-SR approximation is refused (:data:`LEGACY_TAD`)."""
+        d = dict(d)
+        if "hf" in d:
+            if float(d.pop("hf")) or float(d.get("adv", 0)):
+                raise ValueError(LEGACY_TAD)
         return cls(**{k: float(v) for k, v in d.items()})
 
 
@@ -75,40 +94,35 @@ def mean_flat(x: Tensor) -> Tensor:
     return x.float().flatten(1).mean(dim=1)
 
 
-def encode_latents(vq: VQModel, lq: Tensor, gt: Tensor, scale: int = 4) -> tuple[Tensor, Tensor]:
+def encode_latents(pipe: SRPipeline, lq: Tensor, gt: Tensor) -> tuple[Tensor, Tensor]:
     """``lq [B,3,h,w]``, ``gt [B,3,sh,sw]`` in [-1,1] -> ``(z_y, z_gt)`` float32 ``[B,C,h,w]``.
 
-    ``z_y = VQ(bicubic_x4(lq))`` as the pipeline encodes; ``z_gt = VQ(gt)`` without upsampling.
-    The VQ is frozen: no graph is kept.
+    ``z_y`` is the pipeline's own ``encode`` (bicubic x4, VQ encoder, not quantised); ``z_gt`` is
+    the HR image through the VQ encoder without upsampling. The VQ is frozen: no graph is kept.
     """
     with torch.no_grad():
-        z_y = vq.encode(bicubic_up(lq.float(), scale)).float()  # as SRPipeline.encode
-        z_gt = vq.encode(gt.to(vq.dtype)).float()
-    return z_y, z_gt
+        return pipe.encode(lq), pipe.vq.encode(gt.to(pipe.vq.dtype)).float()
 
 
-def bind(model: Student, lq: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
-    """A sampler denoiser ``(x, t) -> x0`` (float32) with the LR conditioning bound."""
-
-    def fn(x: Tensor, t: Tensor) -> Tensor:
-        return model(x, t, lq).float()
-
-    return fn
-
-
-def teacher_x0(teacher: Student, z_y: Tensor, lq: Tensor, schedule: Schedule, noise: Tensor) -> Tensor:
+def teacher_x0(pipe: SRPipeline, z_y: Tensor, lq: Tensor, noise: Tensor) -> Tensor:
     """The teacher's deterministic sampler (SinSR eq. 4-5) from ``x_T = z_y + kappa sqrt(eta_T) noise``.
 
-    No gradient; ``[B,C,h,w]`` float32. This is the core sampler, not a copy of it.
+    No gradient; ``[B,C,h,w]`` float32. The core sampler with the pipeline's denoiser, not a copy.
     """
     with torch.no_grad():
-        return sample_deterministic(bind(teacher, lq), z_y, schedule, noise)
+        return sample_deterministic(pipe.denoiser(lq), z_y, pipe.schedule, noise)
 
 
 def _timesteps(schedule: Schedule, z: Tensor) -> tuple[Tensor, Tensor]:
     b = z.shape[0]
     t_last = schedule.timestep_map[-1].to(z.device).expand(b).contiguous()
     return t_last, torch.zeros(b, dtype=torch.long, device=z.device)
+
+
+def student_x0(student: Student, z_t: Tensor, lq: Tensor, schedule: Schedule) -> Tensor:
+    """The student's one-step output ``x0 = S(x_T / d_{T-1}, T-1)`` ``[B,C,h,w]`` float32 (call 0 below)."""
+    d = schedule.input_divisor(schedule.num_steps - 1).to(z_t.device)
+    return student(z_t / d, _timesteps(schedule, z_t)[0], lq).float()
 
 
 def distill_terms(
@@ -129,7 +143,7 @@ def distill_terms(
         z_gt: ``[B,C,h,w]`` the VQ latent of the HR image.
         lq: ``[B,3,h,w]`` in [-1,1], the UNet's conditioning.
         schedule: the full T-step schedule.
-        weights: lambda_distill/inverse/gt; the extras (hf/adv) are added by the caller.
+        weights: lambda_distill/inverse/gt; the TAD-SR terms (hsd/adv) are added by the caller.
 
     Returns:
         ``({"distill", "inverse", "gt", "loss"}: [B] float32 each, x0_student [B,C,h,w])`` where
@@ -140,7 +154,7 @@ def distill_terms(
     zero = z_t.new_zeros(z_t.shape[0], dtype=torch.float32)
 
     # call 0: the one-step prediction x0 = S(x_T, T-1)
-    x0_student = student(z_t / d, t_last, lq).float()
+    x0_student = student_x0(student, z_t, lq, schedule)
     distill = mean_flat((teacher_x0 - x0_student) ** 2)
 
     # call 1: the inversion S(x0_teacher, 0) should give back x_T
@@ -179,11 +193,12 @@ def distill_losses(
 __all__ = [
     "Student",
     "TERMS",
+    "LEGACY_TAD",
     "LossWeights",
     "mean_flat",
     "encode_latents",
-    "bind",
     "teacher_x0",
+    "student_x0",
     "distill_terms",
     "distill_losses",
 ]

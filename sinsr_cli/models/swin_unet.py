@@ -78,7 +78,25 @@ class SwinUNet(nn.Module):
         """Spatial sizes must be multiples of this (downsampling levels x window)."""
         return 2 ** (len(self.cfg.channel_mult) - 1) * self.cfg.window_size
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, lq: torch.Tensor | None = None) -> torch.Tensor:
+    @property
+    def level_ends(self) -> tuple[int, ...]:
+        """Index in ``input_blocks`` of the last block of each resolution level (its downsampling
+        block where there is one): the encoder's multi-scale outputs, one per level."""
+        ends, i = [], 0
+        for level, n in enumerate(self.cfg.num_res_blocks):
+            i += n + (level != len(self.cfg.channel_mult) - 1)
+            ends.append(i)
+        return tuple(ends)
+
+    def level_channels(self) -> tuple[int, ...]:
+        """Channels of the :meth:`encoder_features` maps: one per level, then the middle block's."""
+        mc, mult = self.cfg.model_channels, self.cfg.channel_mult
+        return (*(mc * m for m in mult), mc * mult[-1])
+
+    def encode(
+        self, x: torch.Tensor, t: torch.Tensor, lq: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """The first half of :meth:`forward`: ``(middle-block output, skips, time embedding)``."""
         te = timestep_embedding(t.reshape(-1).expand(x.shape[0]), self.cfg.model_channels)
         emb = self.time_embed(te.to(self.time_embed[0].weight.dtype))
         if self.cfg.lq_channels:
@@ -94,7 +112,17 @@ class SwinUNet(nn.Module):
         for block in self.input_blocks:
             h = block(h, emb)
             skips.append(h)
-        h = self.middle_block(h, emb)
+        return self.middle_block(h, emb), skips, emb
+
+    def encoder_features(self, x: torch.Tensor, t: torch.Tensor, lq: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The encoder's multi-scale maps (the last block of each level, then the middle block),
+        without running the decoder: what TAD-SR's discriminator looks at. Channels:
+        :meth:`level_channels`; sizes ``h / 2^level`` (the middle block at the coarsest)."""
+        h, skips, _ = self.encode(x, t, lq)
+        return [skips[i] for i in self.level_ends] + [h]
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, lq: torch.Tensor | None = None) -> torch.Tensor:
+        h, skips, emb = self.encode(x, t, lq)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
         out_dtype = self.out[2].weight.dtype
