@@ -27,7 +27,7 @@ import torch
 from .. import __version__
 from ..devices import dtype_name, synchronize
 
-__all__ = ["PeakMemory", "Stopwatch", "device_name", "dtype_name", "environment"]
+__all__ = ["PeakMemory", "Stopwatch", "device_name", "environment"]
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")

@@ -22,14 +22,14 @@ import torch
 from PIL import Image
 
 from ..config import DEFAULT_SEED
-from ..devices import resolve_device, resolve_dtype
+from ..devices import dtype_name, resolve_device, resolve_dtype
 from ..errors import SettingError
 from ..imageio import image_to_tensor, tensor_to_image, to_uint8, write_image
 from ..pipeline import SRPipeline, load_pipeline
 from ..plan import OneStepOnly, Tiling, check_settings, make_plan
 from . import metrics as M
 from .dataset import BenchDataset, ImageStore
-from .resources import PeakMemory, Stopwatch, dtype_name, environment
+from .resources import PeakMemory, Stopwatch, environment
 
 __all__ = [
     "BICUBIC",
