@@ -47,3 +47,16 @@ def test_kernel_choice_and_chunk_bounds():
     assert query_chunk(16384) == 256 and query_chunk(512 * 512) * 512 * 512 <= 1 << 25
     with pytest.raises(ValueError, match="unknown attention kernel"):
         global_attention(*(torch.zeros(1, 1, 4, 4),) * 3, kernel="xformers")
+
+
+def test_chunked_bf16_equals_the_unbuffered_form_bitwise():
+    """Reused score buffers change nothing: every chunk (the short last one too, batch > 1) as plain ops."""
+    g = torch.Generator().manual_seed(3)
+    n = 2 * query_chunk(600) + 37
+    q, k, v = (torch.randn(2, 1, n, 32, generator=g).bfloat16() for _ in range(3))
+    out = chunked_attention(q, k, v)
+    step, ref = query_chunk(n), []
+    for s in range(0, n, step):
+        scores = (q[..., s : s + step, :] * 32**-0.5) @ k.transpose(-2, -1)
+        ref.append(torch.softmax(scores, dim=-1) @ v)
+    assert torch.equal(out, torch.cat(ref, dim=-2))
