@@ -9,21 +9,26 @@ from pathlib import Path
 
 import torch
 
+from .errors import one_line
 
-_DTYPES = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "half": torch.float16,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-}
+#: the dtype names users type (``--dtype``, ``--amp``, reports): the one table of them
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
 
 
 def dtype_name(dtype: torch.dtype) -> str:
     """``fp32`` / ``fp16`` / ``bf16`` (torch's own name for any other dtype): the names users type."""
-    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
+    return next((name for name, d in DTYPES.items() if d == dtype), str(dtype))
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    """The dtype a name in :data:`DTYPES` (or torch's spelling: ``float16``, ``half``...) means;
+    ``ValueError`` naming the choices of ``--dtype`` otherwise (the one free-text use)."""
+    key = name.lower()
+    try:
+        return DTYPES[_ALIASES.get(key, key)]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r} (use auto, fp32, fp16 or bf16)") from None
 
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
@@ -94,10 +99,7 @@ def resolve_dtype(name: str | torch.dtype | None, device: torch.device) -> torch
         if device.type == "cpu" and cpu_has_native_bf16():
             return torch.bfloat16
         return torch.float32
-    try:
-        return _DTYPES[name.lower()]
-    except KeyError:
-        raise ValueError(f"unknown dtype {name!r} (use auto, fp32, fp16 or bf16)") from None
+    return dtype_from_name(name)
 
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -242,7 +244,7 @@ def precision_flags() -> dict[str, object]:
         out["cuda_matmul_allow_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
         out["cudnn_allow_tf32"] = bool(torch.backends.cudnn.allow_tf32)
     except RuntimeError as e:  # torch refuses to read flags set through both APIs
-        out["tf32"] = f"unreadable: {str(e).splitlines()[0][:80]}"
+        out["tf32"] = f"unreadable: {one_line(e, 80)}"
     return out
 
 

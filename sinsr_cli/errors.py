@@ -2,12 +2,13 @@
 
 The lowest layer (no torch, no other sinsr module): the library raises :class:`SettingError`
 naming a setting in its own terms (``steps``, ``tile``, ``seed``), and the CLI puts its flag
-(``--steps``) in the name's place (``cli.common.flag_message``).
+(``--steps``) in the name's place (``cli.common.flag_message``). :func:`one_line` is the one
+way an exception becomes part of a message (a report row, a JSON field, a terminal line).
 """
 
 from __future__ import annotations
 
-__all__ = ["SettingError"]
+__all__ = ["SettingError", "one_line"]
 
 
 class SettingError(ValueError):
@@ -21,3 +22,15 @@ class SettingError(ValueError):
 
     def __reduce__(self) -> tuple[object, ...]:  # survive multiprocessing
         return (type(self), (self.setting, str(self)))
+
+
+def one_line(err: BaseException | str, limit: int = 300, *, typed: bool = False) -> str:
+    """``err`` as one line of at most ``limit`` characters, for a message that must stay one
+    line (torch and PIL errors span several): white space folded, an exception with no text
+    named by its type, ``typed`` puts the type in front (``OSError: ...``), a longer text cut
+    with ``...``."""
+    text = " ".join(str(err).split())
+    if isinstance(err, BaseException):
+        name = type(err).__name__
+        text = f"{name}: {text}" if typed and text else text or name
+    return text if len(text) <= limit else text[: limit - 3] + "..."

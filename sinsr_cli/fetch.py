@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .zoo import WeightsUnavailable, ZooEntry, one_line
+from .errors import one_line
+from .zoo import WeightsUnavailable, ZooEntry
 
 Progress = Callable[[int, int | None], None]
 

@@ -31,9 +31,10 @@ from typing import Any
 import torch
 
 from .config import ModelPreset, ScheduleConfig, UNetConfig, VQConfig
-from .devices import exact_fp32, resolve_device
+from .devices import DTYPES, dtype_from_name, exact_fp32, resolve_device
 from .diffusion.sampler import predict_x0, prior_sample, sample_ancestral, sample_deterministic, sample_onestep
 from .diffusion.schedule import make_schedule
+from .errors import one_line
 from .models.checkpoints import load_strict, split_prefixed
 from .models.swin_unet import SwinUNet
 from .models.vq_f4 import VQModel
@@ -43,9 +44,6 @@ TOL_LATENT = 1e-4
 TOL_IMAGE = 1e-3
 #: end-to-end multi-step latents: this many times the reference's own thread drift
 DRIFT_FACTOR = 10.0
-
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
 
 def load_fixture(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     from safetensors.torch import load_file
@@ -294,16 +292,16 @@ def _chopping(T, meta, pipe: SRPipeline, rep: Report, tol_img) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sinsr_cli.parity", description=__doc__.splitlines()[0])
     ap.add_argument("fixture", type=Path)
-    ap.add_argument("--dtype", choices=sorted(_DTYPES), default="fp32")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (the fixtures used 2)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        result = run_fixture(args.fixture, _DTYPES[args.dtype], args.device)
+        result = run_fixture(args.fixture, dtype_from_name(args.dtype), args.device)
     except (OSError, ValueError, KeyError) as e:
-        print(json.dumps({"fixture": str(args.fixture), "ok": False, "error": str(e).splitlines()[0]}))
+        print(json.dumps({"fixture": str(args.fixture), "ok": False, "error": one_line(e, 500)}))
         return 2
     print(json.dumps(result, sort_keys=True))
     return 0 if result["ok"] else 1

@@ -8,6 +8,8 @@ from __future__ import annotations
 import urllib.parse
 from dataclasses import dataclass
 
+from .errors import one_line
+
 _SINSR = "CC BY-NC-SA 4.0"
 _SLAB = "S-Lab License 1.0"
 _SINSR_REL = "https://github.com/wyf0912/SinSR/releases/download/v1.0/"
@@ -112,9 +114,4 @@ def zoo_entry(name: str) -> ZooEntry:
     raise ValueError(f"unknown model {name!r}; known models: {', '.join(e.name for e in ZOO)}")
 
 
-def one_line(text: str, limit: int = 300) -> str:
-    s = " ".join(str(text).split())
-    return s if len(s) <= limit else s[: limit - 3] + "..."
-
-
-__all__ = ["HF_LICENCE", "LICENCE_URLS", "ZOO", "WeightsMissing", "WeightsUnavailable", "ZooEntry", "one_line", "zoo_entry"]
+__all__ = ["HF_LICENCE", "LICENCE_URLS", "ZOO", "WeightsMissing", "WeightsUnavailable", "ZooEntry", "zoo_entry"]

@@ -92,3 +92,15 @@ def test_cudnn_autotune_is_scoped():
 def test_release_cached_memory_runs_on_any_device():
     release_cached_memory("cpu")
     release_cached_memory(torch.device("cpu"))
+
+
+def test_dtype_names_come_from_one_table() -> None:
+    from sinsr_cli.devices import DTYPES, dtype_from_name, dtype_name, resolve_dtype
+
+    for name, dtype in DTYPES.items():
+        assert dtype_name(dtype) == name and dtype_from_name(name) is dtype
+    assert dtype_from_name("Half") is torch.float16 and dtype_from_name("bfloat16") is torch.bfloat16
+    assert dtype_name(torch.float64) == "torch.float64"
+    assert resolve_dtype("float32", torch.device("cpu")) is torch.float32
+    with pytest.raises(ValueError, match="unknown dtype 'int8'"):
+        resolve_dtype("int8", torch.device("cpu"))

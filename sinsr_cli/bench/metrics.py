@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import one_line
+
 __all__ = [
     "FULL_REFERENCE",
     "LEARNED_METRICS",
@@ -272,11 +274,6 @@ class LearnedMetric:
         return scores.to(device=_compute_device(sr), dtype=torch.float64)
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
 def load_learned_metrics(
     names: Sequence[str], device: torch.device | str
 ) -> tuple[dict[str, LearnedMetric], list[str]]:
@@ -306,9 +303,9 @@ def load_learned_metrics(
     except ModuleNotFoundError as e:
         if e.name is not None and e.name.split(".")[0] == "pyiqa":
             return {}, [f"pyiqa is not installed: {_INSTALL_HINT} {skipping}"]
-        return {}, [f"pyiqa could not be imported ({_one_line(e)}) {skipping}"]
+        return {}, [f"pyiqa could not be imported ({one_line(e, typed=True)}) {skipping}"]
     except Exception as e:  # pyiqa imports torchvision, timm, ...: any of them may be broken
-        return {}, [f"pyiqa could not be imported ({_one_line(e)}) {skipping}"]
+        return {}, [f"pyiqa could not be imported ({one_line(e, typed=True)}) {skipping}"]
 
     dev = torch.device(device)
     metrics: dict[str, LearnedMetric] = {}
@@ -317,7 +314,7 @@ def load_learned_metrics(
         try:
             model = pyiqa.create_metric(name, device=dev)
         except Exception as e:  # download / file / checkpoint errors all mean "no weights"
-            messages.append(f"{name}: weights unavailable (offline?): {_one_line(e)}")
+            messages.append(f"{name}: weights unavailable (offline?): {one_line(e, typed=True)}")
             continue
         metrics[name] = LearnedMetric(
             name=name,

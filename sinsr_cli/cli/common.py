@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperCommand
 
-from ..errors import SettingError
+from ..errors import SettingError, one_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -133,11 +133,6 @@ def library_logging(verbose: bool) -> None:
         logging.getLogger("huggingface_hub").setLevel(logging.INFO if verbose else logging.ERROR)
 
 
-def one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return text[:500]
-
-
 #: library settings whose flag is not ``--`` + the name with dashes
 SETTING_FLAGS = {"tile_batch": "--batch"}
 
@@ -146,7 +141,7 @@ def flag_message(err: SettingError) -> str:
     """The library's message with the setting's flag in place of its name
     (``steps must be >= 1`` -> ``--steps must be >= 1``), or before it."""
     flag = SETTING_FLAGS.get(err.setting, "--" + err.setting.replace("_", "-"))
-    text = one_line(err)
+    text = one_line(err, 500)
     if text.startswith(err.setting) and text[len(err.setting) : len(err.setting) + 1] in (" ", ":"):
         return flag + text[len(err.setting) :]
     return f"{flag}: {text}"
@@ -181,11 +176,11 @@ def handle_errors(fn: F) -> F:
         except user_errors() as e:
             if verbose:
                 traceback.print_exc(file=sys.stderr)
-            text = flag_message(e) if isinstance(e, SettingError) else one_line(e)
+            text = flag_message(e) if isinstance(e, SettingError) else one_line(e, 500)
             raise fail(text, EXIT_PARTIAL if isinstance(e, run_failures()) else EXIT_USAGE) from None
         except Exception as e:  # noqa: BLE001 - last line of defence: never a bare traceback
             if verbose:
                 traceback.print_exc(file=sys.stderr)
-            raise fail(f"{type(e).__name__}: {one_line(e)} (rerun with --verbose for details)", 1) from None
+            raise fail(f"{type(e).__name__}: {one_line(e, 500)} (rerun with --verbose for details)", 1) from None
 
     return wrapper  # type: ignore[return-value]

@@ -97,14 +97,12 @@ class Schedule:
 
     def ddim(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Deterministic step ``i`` (SinSR eq. 4-5): (k, m, j) in float32, from float32 pieces."""
-        e = self.f32(self.etas, i)
         ep = self.f32(self.etas_prev, i)
         c1 = self.f32(self.etas_prev * self.etas, i)
         c2 = self.f32(self.etas_prev / self.etas, i)
         k = 1 - ep + torch.sqrt(c1) - torch.sqrt(c2)
         m = torch.sqrt(c2)
         j = ep - torch.sqrt(c1)
-        del e
         return k, m, j
 
 

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from ..errors import one_line
+
 #: ``on_event(kind, info)``: kinds "start", "step", "log", "val", "ckpt", "skip", "warning", "end"
 EventFn = Callable[[str, dict], None]
 
@@ -62,7 +64,7 @@ class RunLog:
 
                     self.tb = SummaryWriter(str(out_dir / "tb"))
                 except Exception as e:  # tensorboard not installed
-                    emit("warning", {"message": f"TensorBoard disabled: {type(e).__name__}: {e}"})
+                    emit("warning", {"message": f"TensorBoard disabled: {one_line(e, typed=True)}"})
 
     def write(self, rec: dict, kind: str = "log") -> None:
         if not self.main:

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ..devices import dtype_from_name
 from ..distributed import DistInfo
 
 
@@ -54,8 +55,9 @@ def no_sync(module: nn.Module, skip: bool) -> contextlib.AbstractContextManager:
 
 def autocast(dev: torch.device, amp: str) -> contextlib.AbstractContextManager:
     """``--amp bf16|fp16`` autocast on ``dev`` (``no``: a no-op)."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    return torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    if amp == "no":
+        return contextlib.nullcontext()
+    return torch.autocast(dev.type, dtype=dtype_from_name(amp))
 
 
 __all__ = ["wrap_ddp", "all_reduce_mean", "all_reduce_grads", "no_sync", "autocast"]

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..config import ModelPreset
+from ..errors import one_line
 from ..models.swin_unet import SwinUNet
 from .config import DistillConfig
 from ..distributed import DistInfo, barrier
@@ -118,7 +119,7 @@ def read_checkpoint_state(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated / not a checkpoint
-        raise ValueError(f"{path}: not a readable training checkpoint ({str(e).splitlines()[0][:160]})") from e
+        raise ValueError(f"{path}: not a readable training checkpoint ({one_line(e, 160)})") from e
     if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT:
         raise ValueError(f"{path}: not a sinsr distill checkpoint")
     state["path"] = str(path)

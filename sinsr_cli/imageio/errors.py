@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..errors import one_line
+
 
 class SinsrIOError(Exception):
     """A file cannot be read, written or placed; ``str()`` is one line: ``"<path>: <reason>"``.
@@ -53,12 +55,7 @@ _OS_REASONS = {
 
 
 def os_reason(e: OSError) -> str:
-    return _OS_REASONS.get(e.errno or 0) or e.strerror or detail(e)
-
-
-def detail(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
+    return _OS_REASONS.get(e.errno or 0) or e.strerror or one_line(e, 160)
 
 
 def megapixels(pixels: int) -> str:

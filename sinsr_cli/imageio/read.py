@@ -19,7 +19,8 @@ from typing import IO, Any, NamedTuple
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from .errors import ImageReadError, detail, megapixels, os_reason
+from ..errors import one_line
+from .errors import ImageReadError, megapixels, os_reason
 from .metadata import orient, orientation_and_exif
 
 DEFAULT_MAX_PIXELS = 178_956_970  # the size at which Pillow itself refuses to open a file
@@ -170,9 +171,9 @@ def _open(p: Path, f: IO[bytes]) -> ImageFile.ImageFile:
     except OSError as e:
         if e.errno is not None:
             raise ImageReadError(p, os_reason(e)) from None
-        raise ImageReadError(p, f"truncated or corrupt image file ({detail(e)})") from None
+        raise ImageReadError(p, f"truncated or corrupt image file ({one_line(e, 160)})") from None
     except Exception as e:  # plugins raise SyntaxError, ValueError, struct.error ... on bad headers
-        raise ImageReadError(p, f"truncated or corrupt image file ({detail(e)})") from None
+        raise ImageReadError(p, f"truncated or corrupt image file ({one_line(e, 160)})") from None
 
 
 _MAGIC = (
@@ -215,7 +216,7 @@ def _load(im: ImageFile.ImageFile, p: Path) -> None:
     except MemoryError:
         raise ImageReadError(p, f"not enough memory to decode a {w}x{h} image") from None
     except Exception as e:  # any decoder failure on this file means the file is bad
-        raise ImageReadError(p, f"truncated or corrupt image file ({detail(e)})") from None
+        raise ImageReadError(p, f"truncated or corrupt image file ({one_line(e, 160)})") from None
 
 
 def _tile_rawmode(im: ImageFile.ImageFile) -> str | None:

@@ -12,8 +12,9 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image
 
+from ..errors import one_line
 from .encoders import encode_png16, encode_tiff
-from .errors import ImageWriteError, SinsrIOError, detail, os_reason
+from .errors import ImageWriteError, SinsrIOError, os_reason
 from .formats import format_of, parse_format
 from .metadata import icc_space
 from .pixels import as_unit_float, luma, quantize
@@ -112,7 +113,7 @@ def write_image(
     except OSError as e:
         raise ImageWriteError(p, f"cannot write: {os_reason(e)}") from None
     except ValueError as e:  # Pillow rejects an option or a metadata block
-        raise ImageWriteError(p, f"cannot encode as {fmt}: {detail(e)}") from None
+        raise ImageWriteError(p, f"cannot encode as {fmt}: {one_line(e, 160)}") from None
     return p
 
 
