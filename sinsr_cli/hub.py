@@ -28,77 +28,37 @@ mean no network at all.
 
 Nothing here prints: progress goes through ``progress(done_bytes, total_bytes_or_None)``.
 
-(About 460 lines, over the usual 400: one concept, the cache's states and the order in which a
-model is adopted, verified, fetched, converted and pinned; split further, that order would be
-read across files.)
+The layout itself (paths, sidecar files, links) is ``cache.py``; this module is the order in
+which a model is adopted, verified, fetched, converted and pinned.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import shutil
 import tempfile
 import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import fetch
+from .cache import (
+    SIDECAR_FORMAT,
+    CachePaths,
+    cache_root,
+    link_or_copy,
+    read_sidecar,
+    safetensors_metadata,
+    weights_path,
+    write_json,
+)
 from . import zoo as _zoo
 from .fetch import HTTP_TIMEOUT, Progress, http_timeout
 from .zoo import ZOO, WeightsMissing, WeightsUnavailable, ZooEntry, zoo_entry
 
-_SIDECAR_FORMAT = 1
 _TRUE = {"1", "true", "yes", "on"}
-
-
-# -- cache paths -----------------------------------------------------------------------------
-
-
-def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """``cache_dir``, else ``SINSR_CACHE``, else ``$XDG_CACHE_HOME/sinsr``, else ``~/.cache/sinsr``."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("SINSR_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    if xdg and os.path.isabs(xdg):
-        return Path(xdg) / "sinsr"
-    return Path.home() / ".cache" / "sinsr"
-
-
-@dataclass(frozen=True)
-class CachePaths:
-    """Where one zoo model's files live in a cache (see the module docstring)."""
-
-    root: Path
-    entry: ZooEntry
-
-    @property
-    def weights(self) -> Path:
-        return self.root / "models" / f"{self.entry.name}.safetensors"
-
-    @property
-    def sidecar(self) -> Path:
-        return self.root / "models" / f"{self.entry.name}.json"
-
-    @property
-    def incoming(self) -> Path:
-        return self.root / "incoming" / self.entry.filename
-
-    @property
-    def hub_cache(self) -> Path:
-        return self.root / "hub"
-
-
-def weights_path(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Where the converted weights of zoo model ``name`` live (whether or not they exist yet)."""
-    return CachePaths(cache_root(cache_dir), zoo_entry(name)).weights
 
 
 # -- public API ------------------------------------------------------------------------------
@@ -312,7 +272,8 @@ def _missing(p: CachePaths, state: str, details: Sequence[str]) -> WeightsMissin
 def _install(p: CachePaths, src: Path, *, source: str, source_sha256: str, linkable: bool = False) -> Path:
     """Convert (or, for a sinsr safetensors from the Hub, hard-link) ``src`` into the cache and
     record its sidecar. ``src`` is left in place."""
-    from .models.checkpoints import CheckpointError, convert_checkpoint
+    from .models.checkpoints import CheckpointError
+    from .models.convert import convert_checkpoint
 
     e = p.entry
     _check_pin(p, source, source_sha256)
@@ -321,7 +282,7 @@ def _install(p: CachePaths, src: Path, *, source: str, source_sha256: str, linka
     os.close(fd)
     tmp = Path(name)
     try:
-        if linkable and (_safetensors_metadata(src) or {}).get("sinsr.kind") == e.kind:
+        if linkable and (safetensors_metadata(src) or {}).get("sinsr.kind") == e.kind:
             link_or_copy(src, tmp)
         else:
             meta = {
@@ -334,11 +295,11 @@ def _install(p: CachePaths, src: Path, *, source: str, source_sha256: str, linka
                 convert_checkpoint(src, tmp, hint=e.preset, extra_metadata=meta)
             except CheckpointError as err:
                 raise WeightsUnavailable(f"{e.name}: {src.name} from {source} is not usable: {err}") from None
-        got_kind = (_safetensors_metadata(tmp) or {}).get("sinsr.kind")
+        got_kind = (safetensors_metadata(tmp) or {}).get("sinsr.kind")
         if got_kind != e.kind:
             raise WeightsUnavailable(f"{e.name}: {source} holds a {got_kind} checkpoint, expected {e.kind}")
         record = {
-            "format": _SIDECAR_FORMAT,
+            "format": SIDECAR_FORMAT,
             "name": e.name,
             "kind": e.kind,
             "file": p.weights.name,
@@ -351,7 +312,7 @@ def _install(p: CachePaths, src: Path, *, source: str, source_sha256: str, linka
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         # sidecar first: the weights file never appears without a sidecar that matches it
-        _write_json(p.sidecar, record)
+        write_json(p.sidecar, record)
         os.replace(tmp, p.weights)
     finally:
         tmp.unlink(missing_ok=True)
@@ -397,54 +358,9 @@ def _verify(p: CachePaths, rec: dict[str, Any], *, full: bool = False) -> bool:
         return False
     if rec.get("stat") != key:
         with contextlib.suppress(OSError):
-            _write_json(p.sidecar, {**rec, "stat": key})
+            write_json(p.sidecar, {**rec, "stat": key})
     return True
 
-
-# -- small file helpers ----------------------------------------------------------------------
-
-
-def _safetensors_metadata(path: Path) -> dict[str, str] | None:
-    """The ``__metadata__`` of a safetensors file (header only), or None if it is not one."""
-    try:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if not 1 < n < 100_000_000:
-                return None
-            header = json.loads(f.read(n))
-        meta = header.get("__metadata__") if isinstance(header, dict) else None
-        return dict(meta) if isinstance(meta, dict) else {}
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-
-
-def link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link ``src`` to ``dst`` (no second copy on disk), copying where links are impossible."""
-    dst.unlink(missing_ok=True)
-    try:
-        os.link(os.path.realpath(src), dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
-def read_sidecar(path: Path) -> dict[str, Any] | None:
-    try:
-        rec = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return rec if isinstance(rec, dict) else None
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 __all__ = [
     "HTTP_TIMEOUT",

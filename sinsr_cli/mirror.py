@@ -11,7 +11,8 @@ from pathlib import Path
 
 from . import __version__
 from .fetch import Progress, sha256_file
-from .hub import CachePaths, cache_root, link_or_copy, read_sidecar, resolve_weights
+from .cache import CachePaths, cache_root, link_or_copy, read_sidecar
+from .hub import resolve_weights
 from .zoo import HF_LICENCE, LICENCE_URLS, ZOO, ZooEntry, zoo_entry
 
 

@@ -1,7 +1,8 @@
 """Turn a zoo name or a checkpoint file into a loaded model (strict, with one-line errors).
 
-This is the seam between files/Hub (``hub``, ``models.checkpoints``) and the pure modules in
-``models``: the models know nothing of files, the pipeline knows nothing of formats.
+This is the seam between files/Hub (``hub``; ``models.checkpoints``, ``detect``, ``convert``) and
+the pure modules in ``models``: the models know nothing of files, the pipeline knows nothing of
+formats.
 """
 
 from __future__ import annotations
@@ -12,16 +13,10 @@ from pathlib import Path
 
 import torch
 
-from .config import PRESETS, VQ_PRESETS, ModelPreset, ScheduleConfig, UNetConfig, VQConfig
-from .models.checkpoints import (
-    Checkpoint,
-    CheckpointError,
-    detect_preset,
-    load_strict,
-    read_checkpoint,
-    read_config_file,
-    vq_config_of,
-)
+from .config import PRESETS, VQ_PRESETS, ModelPreset, VQConfig
+from .models.checkpoints import Checkpoint, CheckpointError, load_strict, read_checkpoint
+from .models.convert import read_config_file, vq_with_config, with_config
+from .models.detect import detect_preset, vq_config_of
 from .models.swin_unet import SwinUNet
 from .models.vq_f4 import VQModel
 
@@ -87,11 +82,7 @@ def load_unet(
     if zoo_hint and preset.name != zoo_hint and "sinsr.preset" not in ckpt.metadata:
         preset = PRESETS[zoo_hint]
     if config is not None:
-        cfg = read_config_file(config)
-        if "unet" in cfg:
-            arch = UNetConfig.from_official(cfg["unet"])
-            sched = ScheduleConfig.from_official(cfg["diffusion"]) if "diffusion" in cfg else preset.schedule
-            preset = ModelPreset(f"custom-{path.stem}", arch, sched, preset.default_steps, preset.default_sampler, "from --config")
+        preset = with_config(preset, read_config_file(config), path.stem)
     model = _build(SwinUNet, preset.unet, ckpt, str(path))
     return model, preset  # type: ignore[return-value]
 
@@ -106,9 +97,7 @@ def load_vq(
         raise CheckpointError(f"{path}: this is a {ckpt.kind} checkpoint, not a VQ autoencoder (--vq)")
     cfg: VQConfig = vq_config_of(ckpt)
     if config is not None:
-        c = read_config_file(config)
-        if "vq" in c:
-            cfg = VQConfig.from_official(c["vq"])
+        cfg = vq_with_config(cfg, read_config_file(config))
     return _build(VQModel, cfg, ckpt, str(path))  # type: ignore[return-value]
 
 

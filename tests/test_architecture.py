@@ -1,11 +1,13 @@
-"""The architecture as tests: the import contracts of pyproject.toml ([tool.importlinter]).
+"""The architecture as tests: the import contracts of pyproject.toml ([tool.importlinter]) and
+the size of modules.
 
-They run here, not only as ``lint-imports``, so that ``python -m pytest`` holds the one-way
-imports of docs/architecture.md in CI.
+The contracts run here, not only as ``lint-imports``, so that ``python -m pytest`` holds the
+one-way imports of docs/architecture.md in CI.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -27,3 +29,34 @@ def test_import_contracts_are_kept() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "0 broken" in done.stdout
+
+
+#: a module longer than this says why at the top: a line of its docstring starting "Size:"
+MAX_LINES = 400
+#: TODO(engine split): being split by issue 12's engine work; drop each entry when it lands
+EXEMPT = {"sinsr_cli/batch.py", "sinsr_cli/cli/upscale.py"}
+
+
+def _size_reason(source: str) -> str | None:
+    doc = ast.get_docstring(ast.parse(source)) or ""
+    lines = [line.strip() for line in doc.splitlines()]
+    reasons = [line[len("Size:"):].strip() for line in lines if line.startswith("Size:")]
+    return next((r for r in reasons if r), None)
+
+
+def test_no_module_is_long_without_a_reason_at_its_top() -> None:
+    long = []
+    for path in sorted((ROOT / "sinsr_cli").rglob("*.py")):
+        name = path.relative_to(ROOT).as_posix()
+        source = path.read_text(encoding="utf-8")
+        lines = len(source.splitlines())
+        if lines > MAX_LINES and name not in EXEMPT and _size_reason(source) is None:
+            long.append(f"{name}: {lines} lines")
+    assert not long, f"over {MAX_LINES} lines with no 'Size: <reason>' line in the docstring: {long}"
+
+
+def test_a_size_reason_is_a_docstring_line_with_text() -> None:
+    assert _size_reason('"""Tables.\n\nSize: one table, read top to bottom."""') == "one table, read top to bottom."
+    assert _size_reason('"""Tables.\n\nSize:\n"""') is None
+    assert _size_reason('# Size: a comment is not the docstring\n"""Tables."""') is None
+    assert _size_reason("x = 1") is None

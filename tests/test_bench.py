@@ -18,11 +18,12 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from sinsr_cli.bench import runner as R
+from sinsr_cli.bench.protocol import bicubic_upscale
+from sinsr_cli.bench.results import RunSpec, plan_runs
 from sinsr_cli.bench.dataset import ImageStore, find_dataset
 from sinsr_cli.bench.sheet import detail_box
 from sinsr_cli.cli.app import app
-from sinsr_cli.imageio import SinsrIOError
+from sinsr_cli.imageio import SinsrIOError, to_uint8
 
 skimage_metrics = pytest.importorskip("skimage.metrics")
 ndimage = pytest.importorskip("scipy.ndimage")
@@ -148,12 +149,12 @@ def test_help_lists_the_options() -> None:
 
 
 def test_plan_runs_puts_bicubic_first_and_drops_repeats() -> None:
-    runs = R.plan_runs(["a", "b", "a"], [1, 4, 1])
+    runs = plan_runs(["a", "b", "a"], [1, 4, 1])
     assert runs[0].is_bicubic
     assert [(r.model, r.steps) for r in runs[1:]] == [("a", 1), ("a", 4), ("b", 1), ("b", 4)]
-    assert R.plan_runs([], [None]) == [R.RunSpec(None)]
+    assert plan_runs([], [None]) == [RunSpec(None)]
     with pytest.raises(ValueError, match="steps must be >= 1"):
-        R.plan_runs(["a"], [0])
+        plan_runs(["a"], [0])
 
 
 @pytest.mark.parametrize(
@@ -270,7 +271,7 @@ def test_bicubic_row_equals_an_independent_computation(data_dir: Path, tmp_path:
 
 def test_bicubic_upscale_keeps_16_bit_precision() -> None:
     ramp = np.linspace(0, 1, 8 * 8 * 3, dtype=np.float32).reshape(8, 8, 3)
-    up = R.bicubic_upscale(ramp)
+    up = bicubic_upscale(ramp)
     assert up.shape == (32, 32, 3) and up.dtype == np.float32
     assert len(np.unique(up)) > 256  # not quantised on the way
 
@@ -281,7 +282,7 @@ def test_to_uint8_matches_what_write_image_saves(tmp_path: Path) -> None:
     x = np.random.default_rng(0).random((16, 16, 3), dtype=np.float32)
     x[0, 0] = [0.5 / 255, 1.5 / 255, 2.5 / 255]  # ties: round half to even, both ways
     write_image(tmp_path / "x.png", x)
-    assert np.array_equal(R.to_uint8(x), read8(tmp_path / "x.png"))
+    assert np.array_equal(to_uint8(x), read8(tmp_path / "x.png"))
 
 
 # ----------------------------------------------------------------------------- modes and metrics

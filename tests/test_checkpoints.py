@@ -8,18 +8,9 @@ import pytest
 import torch
 
 from sinsr_cli.config import PRESETS, VQ_PRESETS, tiny_preset, tiny_unet, tiny_vq
-from sinsr_cli.models.checkpoints import (
-    CheckpointError,
-    canonicalize,
-    convert_checkpoint,
-    detect_kind,
-    detect_preset,
-    infer_unet_config,
-    infer_vq_config,
-    load_strict,
-    read_checkpoint,
-    read_config_file,
-)
+from sinsr_cli.models.checkpoints import CheckpointError, canonicalize, detect_kind, load_strict, read_checkpoint
+from sinsr_cli.models.convert import convert_checkpoint, read_config_file
+from sinsr_cli.models.detect import detect_preset, infer_unet_config, infer_vq_config
 from sinsr_cli.models.swin_unet import SwinUNet
 from sinsr_cli.models.vq_f4 import VQModel
 from sinsr_cli.weights import load_unet, load_vq

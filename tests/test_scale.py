@@ -23,7 +23,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from sinsr_cli.batch import BatchReport, ItemResult, UpscaleOptions, merge_reports, plan_jobs, shard_jobs
-from sinsr_cli.bench.runner import merge_reports as merge_bench
+from sinsr_cli.bench.results import merge_reports as merge_bench
 from sinsr_cli.cli.app import app
 from sinsr_cli.distributed import DistInfo, all_gather, broadcast, deal, from_env, local_processes
 from sinsr_cli.imageio import collect_inputs
@@ -183,7 +183,8 @@ def test_shards_cover_every_job_once_and_merge_back_in_job_order(inputs):
 def test_bench_shards_merge_into_the_one_process_report(tmp_path):
     """run_bench on two halves of the images (as two ranks would), merged, = run_bench on all."""
     from sinsr_cli.bench.dataset import find_dataset
-    from sinsr_cli.bench.runner import BenchOptions, plan_runs, run_bench
+    from sinsr_cli.bench.results import BenchOptions, plan_runs
+    from sinsr_cli.bench.runner import run_bench
 
     make_pairs(tmp_path / "d", {f"{k}.png": f"{k}.png" for k in "abcde"}, size=32)
     ds = find_dataset(tmp_path / "d")

@@ -168,7 +168,7 @@ LR_RECIPES: dict[str, str] = {
     ),
 }
 _IMAGENET_SIZE = 256
-_SCALE = 4
+_SCALE = 4  # same as protocol.SCALE: kept here so reading a dataset does not import torch
 
 
 def recipe_seed(name: str, recipe: str) -> int:

@@ -1,4 +1,4 @@
-"""Render a :class:`~sinsr_cli.bench.runner.BenchReport`: JSON, CSV, Markdown, and the summary
+"""Render a :class:`~sinsr_cli.bench.results.BenchReport`: JSON, CSV, Markdown, and the summary
 table the CLI shows with rich.
 
 * JSON (``schema: "sinsr-bench/1"``): dataset, protocol, environment, settings, and per run a
@@ -23,7 +23,7 @@ from typing import Any
 from ..imageio import atomic_write_bytes
 from .dataset import LR_RECIPES
 from .metrics import LOWER_IS_BETTER
-from .runner import BenchReport, RunResult
+from .results import BenchReport, RunResult
 
 __all__ = [
     "METRIC_LABELS",

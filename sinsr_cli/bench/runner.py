@@ -4,7 +4,8 @@ For each run and image: LR -> SR (timed), SR quantised to 8 bits exactly as a sa
 be, then scored against HR (PSNR/SSIM on Y, LPIPS) and on its own (CLIPIQA, MUSIQ, NIQE). The
 bicubic baseline row is always first. Models are loaded once for all their step counts; a model
 that fails to load or run marks its rows failed and the others still run. Nothing here prints:
-progress, messages and every SR image go to callbacks.
+progress, messages and every SR image go to callbacks. The data it fills in is ``results.py``;
+the baseline and the protocol lines are ``protocol.py``.
 """
 
 from __future__ import annotations
@@ -13,190 +14,28 @@ import gc
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
-from ..config import DEFAULT_SEED
 from ..devices import dtype_name, resolve_device, resolve_dtype
-from ..errors import SettingError
+from ..errors import SettingError, one_line
 from ..imageio import image_to_tensor, tensor_to_image, to_uint8, write_image
 from ..pipeline import SRPipeline, load_pipeline
-from ..plan import OneStepOnly, Tiling, check_settings, make_plan
+from ..plan import OneStepOnly, Tiling, make_plan
 from . import metrics as M
 from .dataset import BenchDataset, ImageStore
+from .protocol import BICUBIC, SCALE, bench_protocol, bicubic_upscale
 from .resources import PeakMemory, Stopwatch, environment
+from .results import BenchOptions, BenchReport, ImageResult, RunResult, RunSpec
 
-__all__ = [
-    "BICUBIC",
-    "SCALE",
-    "BenchOptions",
-    "BenchReport",
-    "ImageResult",
-    "RunResult",
-    "RunSpec",
-    "bench_protocol",
-    "bicubic_upscale",
-    "merge_reports",
-    "plan_runs",
-    "run_bench",
-    "to_uint8",
-]
-
-SCALE = 4
-BICUBIC = "bicubic"
-SCHEMA = "sinsr-bench/1"
-
-#: what the bicubic baseline row is, written into every report
-BICUBIC_PROTOCOL = (
-    "Pillow Image.resize(BICUBIC) x4 of the LR, per channel on float32 ('F' mode): Keys cubic "
-    "a=-0.5 (as MATLAB imresize), no antialiasing when enlarging, edge taps renormalised; "
-    "clipped to [0, 1] and quantised to 8 bits like the model outputs"
-)
+__all__ = ["OnMessage", "OnOutput", "OnProgress", "run_bench"]
 
 OnProgress = Callable[[str, int, int], None]  # (run label, images done, images total)
 OnMessage = Callable[[str], None]
 OnOutput = Callable[["RunResult", int, np.ndarray], None]  # (run, image index, SR uint8 [H, W, 3])
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One row to benchmark: ``model`` None is the bicubic baseline; ``steps`` None the default."""
-
-    model: str | None
-    steps: int | None = None
-
-    @property
-    def is_bicubic(self) -> bool:
-        return self.model is None
-
-
-def plan_runs(models: Sequence[str], steps: Sequence[int | None] = (None,)) -> list[RunSpec]:
-    """Bicubic first, then every model x step count, in the order given, without repeats."""
-    for s in steps:
-        if s is not None:
-            check_settings(steps=s)
-    runs = [RunSpec(None)]
-    for m in dict.fromkeys(models):
-        runs += [RunSpec(m, s) for s in dict.fromkeys(steps or (None,))]
-    return runs
-
-
-@dataclass(frozen=True)
-class BenchOptions:
-    """Everything but the data and the runs. ``learned`` None: every learned metric available."""
-
-    vq: str | None = None
-    config: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    sampler: str | None = None
-    seed: int = DEFAULT_SEED
-    tile: int = 0
-    tile_overlap: int = 32
-    tile_pad: int = 8
-    warmup: int = 1
-    crop_border: int = 0
-    center_crop: int | None = None
-    learned: tuple[str, ...] | None = None
-    save_dir: Path | None = None
-    hr_cache_bytes: int = 1 << 30
-    offline: bool | None = None  # None: the environment decides (SINSR_OFFLINE / HF_HUB_OFFLINE)
-
-
-@dataclass
-class ImageResult:
-    """One image of one run. ``metrics`` maps metric name -> score (``inf`` PSNR if identical)."""
-
-    name: str
-    lr_size: tuple[int, int]  # (width, height)
-    sr_size: tuple[int, int]
-    latency_s: float
-    metrics: dict[str, float] = field(default_factory=dict)
-    saved: Path | None = None
-
-
-@dataclass
-class RunResult:
-    """One row of the report."""
-
-    label: str
-    model: str | None
-    steps: int | None  # None for bicubic
-    sampler: str | None
-    preset: str | None = None
-    load_s: float | None = None
-    warmup: int = 0
-    peak_memory_bytes: int | None = None
-    images: list[ImageResult] = field(default_factory=list)
-    error: str | None = None
-
-    @property
-    def kind(self) -> str:
-        return "bicubic" if self.model is None else "model"
-
-    def summary(self, metric_names: Sequence[str]) -> dict[str, float | int | None]:
-        """Means of each metric over images, and the speed figures (see :func:`bench_protocol`)."""
-        acc = M.MetricAccumulator()
-        for r in self.images:
-            for k in metric_names:
-                if k in r.metrics:
-                    acc.update(k, [r.metrics[k]])
-        means = acc.means()
-        out: dict[str, float | int | None] = {"images": len(self.images)}
-        out.update({k: means.get(k) for k in metric_names})
-        lat = np.array([r.latency_s for r in self.images], dtype=np.float64)
-        total = float(lat.sum()) if lat.size else 0.0
-        mpix = sum(r.sr_size[0] * r.sr_size[1] for r in self.images) / 1e6
-        out.update(
-            latency_s_mean=float(lat.mean()) if lat.size else None,
-            latency_s_median=float(np.median(lat)) if lat.size else None,
-            latency_s_min=float(lat.min()) if lat.size else None,
-            latency_s_max=float(lat.max()) if lat.size else None,
-            images_per_s=len(lat) / total if total > 0 else None,
-            output_mpix_per_s=mpix / total if total > 0 else None,
-        )
-        return out
-
-
-@dataclass
-class BenchReport:
-    """Everything a report needs; ``report.py`` renders it, nothing here formats."""
-
-    dataset: BenchDataset
-    runs: list[RunResult]
-    metric_names: list[str]
-    protocol: dict[str, str]
-    environment: dict[str, Any]
-    settings: dict[str, Any]
-    messages: list[str]
-    wall_s: float
-    created: str
-    schema: str = SCHEMA
-
-    @property
-    def failed(self) -> bool:
-        return any(r.error for r in self.runs)
-
-
-# --------------------------------------------------------------------------- image operations
-
-
-def bicubic_upscale(lr: np.ndarray, scale: int = SCALE) -> np.ndarray:
-    """The baseline row: ``[h, w, 3]`` float in [0, 1] -> ``[scale*h, scale*w, 3]`` float32 in [0, 1].
-
-    See :data:`BICUBIC_PROTOCOL`. Float32 per channel, so 16-bit inputs keep their precision.
-    """
-    h, w = lr.shape[:2]
-    out = np.empty((h * scale, w * scale, 3), dtype=np.float32)
-    for c in range(3):
-        plane = Image.fromarray(np.ascontiguousarray(lr[..., c], dtype=np.float32), mode="F")
-        out[..., c] = np.asarray(plane.resize((w * scale, h * scale), Image.Resampling.BICUBIC))
-    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def _slug(text: str) -> str:
@@ -207,55 +46,6 @@ def _model_name(model: str) -> str:
     """Zoo names as they are; checkpoint paths by file stem."""
     p = Path(model)
     return p.stem if p.suffix or p.exists() else model
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
-# --------------------------------------------------------------------------- protocol
-
-
-def bench_protocol(crop_border: int, memory_kind: str, paired: bool) -> dict[str, str]:
-    """How every number in a report was produced, one line per item."""
-    out: dict[str, str] = {}
-    out["pairing"] = (
-        "LR and HR matched by relative path without extension (never by sort order); "
-        f"HR must be exactly {SCALE}x LR" if paired else "no-reference: LR images only"
-    )
-    out["sr_quantisation"] = (
-        "every SR image (model or bicubic) is clamped to [0, 1] and rounded to 8 bits (round half "
-        "to even), exactly the pixels a saved PNG holds, before any metric"
-    )
-    out["bicubic"] = BICUBIC_PROTOCOL
-    if paired:
-        out.update(M.protocol(crop_border))
-    out["learned"] = (
-        "pyiqa create_metric(name) defaults on the 8-bit SR (and HR for lpips, LPIPS-alex v0.1); "
-        "lower is better for lpips and niqe, higher for the others"
-    )
-    out["mean"] = "arithmetic mean over images of the per-image scores"
-    out["latency"] = (
-        "per image, after the warm-up passes (on CUDA one more per distinct LR size): CPU tensor in -> "
-        "CPU tensor out, device synchronised "
-        "before and after; excludes file decoding, encoding and metrics"
-    )
-    out["throughput"] = "images/s = images / sum of latencies; output MP/s likewise in output megapixels"
-    out["load"] = "load_pipeline (read checkpoint, build, move to device), device synchronised"
-    mem = {
-        "cuda-max-allocated": "torch.cuda.max_memory_allocated during warm-up and SR calls (SR weights included; "
-        "the learned metrics' models and their work excluded)",
-        "peak-rss": "peak resident set size of the process (VmHWM) during warm-up and SR calls, reset per call "
-        "(includes whatever is resident: weights, loaded metric models, cached images)",
-        "peak-rss-process": "peak resident set size of the process so far (ru_maxrss; cannot be reset per run)",
-    }
-    out["peak_memory"] = mem.get(memory_kind, memory_kind)
-    out["seed"] = "one seed for every image and run: an image's result does not depend on its position"
-    return out
-
-
-# --------------------------------------------------------------------------- the loop
 
 
 class _Scorer:
@@ -410,9 +200,9 @@ def run_bench(
         except Exception as e:  # noqa: BLE001 - one model failing must not lose the other rows
             for spec in specs:
                 run = RunResult(unique(f"{name}-{spec.steps}step" if spec.steps else name), model, spec.steps, None)
-                run.error = f"cannot load {model}: {_one_line(e)}"
+                run.error = f"cannot load {model}: {one_line(e, typed=True)}"
                 results.append(run)
-            note(f"{name}: cannot load: {_one_line(e)}")
+            note(f"{name}: cannot load: {one_line(e, typed=True)}")
             continue
         for spec in specs:
             run = _model_run(pipe, spec, name, load_s, options, store, order, memory, watch, finish, note, unique)
@@ -540,54 +330,6 @@ def _model_run(
             finish(run, i, to_uint8(tensor_to_image(y)), latency)
         run.peak_memory_bytes = peak[0]
     except Exception as e:  # noqa: BLE001 - keep the other rows (OOM, a bad sampler, ...)
-        run.error = _one_line(e)
+        run.error = one_line(e, typed=True)
         note(f"{what}: failed after {len(run.images)} image(s): {run.error}")
     return run
-
-
-# --------------------------------------------------------------------------- sharded runs
-
-
-def merge_reports(parts: Sequence[BenchReport]) -> BenchReport:
-    """One report from the processes of a sharded run (each ran :func:`run_bench` on its own
-    ``images``): every run's images from every process, in dataset order, so the summary of
-    each row (computed from its images) is that of one process scoring them all.
-
-    A row's peak memory and load time are the largest any process had (each process holds its
-    own model); its error the first reported; a model row missing some images without an error
-    (a process that could not run it) gets one. Messages are kept once each, in order; the wall
-    time is the slowest process's; the environment is rank 0's.
-    """
-    base = parts[0]
-    if len(parts) == 1:
-        return base
-    position = {item.name: k for k, item in enumerate(base.dataset.items)}
-    runs: dict[str, RunResult] = {}
-    for part in parts:
-        for run in part.runs:
-            row = runs.get(run.label)
-            if row is None:
-                runs[run.label] = replace(run, images=list(run.images))
-                continue
-            row.images += run.images
-            row.peak_memory_bytes = _most(row.peak_memory_bytes, run.peak_memory_bytes)
-            row.load_s = _most(row.load_s, run.load_s)
-            row.error = row.error or run.error
-            row.preset = row.preset or run.preset
-    total = len(base.dataset.items)
-    for row in runs.values():
-        row.images.sort(key=lambda r: position[r.name])
-        if row.error is None and len(row.images) < total:
-            row.error = f"{len(row.images)} of {total} images: the other processes did not run this row"
-    messages = list(dict.fromkeys(m for part in parts for m in part.messages))
-    return replace(
-        base,
-        runs=list(runs.values()),
-        messages=messages,
-        wall_s=max(p.wall_s for p in parts),
-        settings={**base.settings, "processes": len(parts)},
-    )
-
-
-def _most(a: float | int | None, b: float | int | None) -> float | int | None:
-    return b if a is None else a if b is None else max(a, b)

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..imageio import write_image
+from ..imageio import to_uint8, write_image
 from .dataset import ImageStore
 from .report import format_metric
-from .runner import BenchReport, RunResult, to_uint8
+from .results import BenchReport, RunResult
 
 __all__ = ["SheetCollector", "detail_box"]
 

@@ -23,7 +23,7 @@ from .common import EXIT_PARTIAL, console, handle_errors, quiet_option
 
 if TYPE_CHECKING:
     from ..bench.dataset import BenchDataset
-    from ..bench.runner import BenchReport
+    from ..bench.results import BenchReport
     from ..bench.sheet import SheetCollector
     from ..distributed import DistInfo
 
@@ -299,7 +299,9 @@ def _bench_sharded(
     sheet crops) merged on every rank. Alone, the share is every image."""
     from .. import distributed
     from ..bench.dataset import ImageStore
-    from ..bench.runner import SCALE, BenchOptions, merge_reports, plan_runs, run_bench
+    from ..bench.protocol import SCALE
+    from ..bench.results import BenchOptions, merge_reports, plan_runs
+    from ..bench.runner import run_bench
     from ..bench.sheet import SheetCollector
 
     runs = plan_runs(models, step_list)

@@ -115,7 +115,7 @@ def convert_cmd(
     verbose: bool = typer.Option(False, "--verbose", help="Show tracebacks on errors."),
 ) -> None:
     """Convert an official checkpoint to a self-describing safetensors file."""
-    from ..models.checkpoints import convert_checkpoint
+    from ..models.convert import convert_checkpoint
 
     if dst.suffix != ".safetensors":
         raise ValueError(f"{dst}: the output must end in .safetensors")
