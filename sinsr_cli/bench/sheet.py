@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..imageio import to_uint8, write_image
+from ..imageio import luma, to_uint8, write_image
 from .dataset import ImageStore
 from .report import format_metric
 from .results import BenchReport, RunResult
@@ -33,8 +33,7 @@ def detail_box(rgb: np.ndarray, crop: int) -> tuple[int, int, int, int]:
 
     ``rgb``: ``[H, W, 3]`` uint8/uint16/float. The window is clipped to the image.
     """
-    a = rgb.astype(np.float64)
-    gray = a @ np.array([0.299, 0.587, 0.114])
+    gray = luma(rgb.astype(np.float64))
     h, w = gray.shape
     ch, cw = min(crop, h), min(crop, w)
     energy = np.zeros((h, w))

@@ -31,7 +31,8 @@ _CHROMA_TABLE = (
     (24, 26, 56, 99, 99, 99, 99, 99),
     (47, 66, 99, 99, 99, 99, 99, 99),
 ) + ((99,) * 8,) * 4
-# JFIF full-range RGB <-> YCbCr (Cb, Cr offset by 128).
+# JFIF full-range RGB <-> YCbCr (Cb, Cr offset by 128). Row 0 is imageio.LUMA (Rec. 601): kept
+# here as part of JFIF's one matrix, applied to torch tensors on the training device.
 _RGB_TO_YCC = ((0.299, 0.587, 0.114), (-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312))
 _YCC_TO_RGB = ((1.0, 0.0, 1.402), (1.0, -0.344136, -0.714136), (1.0, 1.772, 0.0))
 
