@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .files import atomic_path
 from .zoo import ZooEntry, zoo_entry
 
 __all__ = ["SIDECAR_FORMAT", "CachePaths", "cache_root", "link_or_copy", "read_sidecar",
@@ -100,13 +100,6 @@ def read_sidecar(path: Path) -> dict[str, Any] | None:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """``data`` as JSON at ``path``, atomically (temp file + rename): a sidecar is whole or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``data`` as JSON at ``path``, atomically (``files.atomic_path``): a sidecar is whole or absent."""
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)

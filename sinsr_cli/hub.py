@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
@@ -56,6 +55,7 @@ from .cache import (
 )
 from . import zoo as _zoo
 from .fetch import HTTP_TIMEOUT, Progress, http_timeout
+from .files import atomic_path
 from .zoo import ZOO, WeightsMissing, WeightsUnavailable, ZooEntry, zoo_entry
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -277,11 +277,7 @@ def _install(p: CachePaths, src: Path, *, source: str, source_sha256: str, linka
 
     e = p.entry
     _check_pin(p, source, source_sha256)
-    p.weights.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{e.name}.", suffix=".safetensors.tmp", dir=p.weights.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
+    with atomic_path(p.weights, suffix=".safetensors.tmp") as tmp:
         if linkable and (safetensors_metadata(src) or {}).get("sinsr.kind") == e.kind:
             link_or_copy(src, tmp)
         else:
@@ -313,9 +309,6 @@ def _install(p: CachePaths, src: Path, *, source: str, source_sha256: str, linka
         }
         # sidecar first: the weights file never appears without a sidecar that matches it
         write_json(p.sidecar, record)
-        os.replace(tmp, p.weights)
-    finally:
-        tmp.unlink(missing_ok=True)
     return p.weights
 
 

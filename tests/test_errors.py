@@ -1,4 +1,4 @@
-"""errors.one_line: the one way an exception becomes part of a one-line message."""
+"""The shared lowest layer: errors.one_line (an exception as one line), files.atomic_path."""
 
 from __future__ import annotations
 
@@ -17,3 +17,24 @@ def test_one_line_cuts_long_text_to_the_limit() -> None:
     text = one_line(ValueError("x" * 500), 160)
     assert len(text) == 160 and text.endswith("...")
     assert one_line(ValueError("y" * 160), 160) == "y" * 160
+
+
+def test_atomic_path_replaces_only_when_the_body_finishes(tmp_path) -> None:
+    import os
+
+    import pytest
+
+    from sinsr_cli.files import atomic_path
+
+    target = tmp_path / "sub" / "out.json"
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp.name.startswith(".out.json.")
+        tmp.write_text("whole")
+    assert target.read_text() == "whole"
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask  # like any new file, not mkstemp's 0600
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    assert target.read_text() == "whole" and os.listdir(target.parent) == ["out.json"]

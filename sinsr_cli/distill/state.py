@@ -9,7 +9,6 @@ states), ``config`` (``DistillConfig.to_dict``) and ``preset`` (the student's).
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from torch import nn
 
 from ..config import ModelPreset
 from ..errors import one_line
+from ..files import atomic_path
 from ..models.swin_unet import SwinUNet
 from .config import DistillConfig
 from ..distributed import DistInfo, barrier
@@ -127,18 +127,9 @@ def read_checkpoint_state(path: str | Path) -> dict[str, Any]:
 
 
 def save_checkpoint(path: Path, state: Mapping[str, Any]) -> Path:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename (atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(dict(state), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """``torch.save`` whole or not at all (``files.atomic_path``: temporary file, fsync, rename)."""
+    with atomic_path(path) as tmp:
+        torch.save(dict(state), tmp)
     return path
 
 

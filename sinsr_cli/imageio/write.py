@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -13,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import one_line
+from ..files import atomic_path
 from .encoders import encode_png16, encode_tiff
 from .errors import ImageWriteError, SinsrIOError, os_reason
 from .formats import format_of, parse_format
@@ -136,28 +136,10 @@ def _atomic_open(p: Path) -> Iterator[IO[bytes]]:
 
     The temporary name starts with "." so input discovery skips leftovers of a killed run.
     """
-    parent = p.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(100):
-        tmp = parent / f".{p.name}.{secrets.token_hex(4)}.tmp"
-        try:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-            fd = os.open(tmp, flags, 0o666)  # 0o666 & ~umask, like any new file
-            break
-        except FileExistsError:
-            continue
-    else:  # pragma: no cover - 100 random collisions
-        raise ImageWriteError(p, "cannot create a temporary file next to it")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(p, fsync=False) as tmp, open(tmp, "wb") as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _encode_pillow(

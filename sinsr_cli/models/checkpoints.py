@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -22,6 +21,7 @@ from torch import nn
 
 from ..config import ModelPreset, VQConfig
 from ..errors import one_line
+from ..files import atomic_path, new_file_mode
 
 StateDict = dict[str, torch.Tensor]
 
@@ -177,26 +177,12 @@ def vq_metadata(cfg: VQConfig, **extra: str) -> dict[str, str]:
 
 
 def write_safetensors(sd: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, str]) -> Path:
-    """Atomically write ``sd`` with string ``metadata`` (temp file + rename)."""
+    """Atomically write ``sd`` with string ``metadata`` (``files.atomic_path``)."""
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=dict(metadata))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a new file follows the umask
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=dict(metadata))  # which makes the file 0600
+        os.chmod(tmp, new_file_mode())
     return path
-
-
-def _umask() -> int:
-    """The process umask (read by setting it, so set it straight back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
