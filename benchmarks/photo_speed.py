@@ -34,16 +34,20 @@ import json, sys, torch
 from types import SimpleNamespace as NS
 from sinsr_cli.config import PRESETS, VQ_PRESETS
 import sinsr_cli.batch as B
+try:
+    from sinsr_cli.tileplan import auto_plan  # its home since the engine split
+except ImportError:
+    auto_plan = getattr(B, "auto_plan", None)  # older checkouts: batch's, or none (auto_tile)
 from sinsr_cli.devices import resolve_dtype
 h, w = int(sys.argv[1]), int(sys.argv[2])
 p = PRESETS["sinsr-v1"]
 dev = torch.device("cpu")
 pipe = NS(scale=4, pad_multiple=64, device=dev, dtype=resolve_dtype("auto", dev), preset=p,
           unet=NS(cfg=p.unet), vq=NS(cfg=VQ_PRESETS["vq-f4"]))
-if hasattr(B, "auto_plan"):
+if auto_plan is not None:
     from sinsr_cli.pipeline import SRPipeline
     pipe.max_input_pixels = lambda batch=1: SRPipeline.max_input_pixels(pipe, batch)
-    g = B.auto_plan(pipe, h, w)
+    g = auto_plan(pipe, h, w)
     out = {"tile": g.tile, "overlap": g.overlap, "pad": g.pad}
 else:
     tile = B.auto_tile(pipe, tile_pad=8)

@@ -42,7 +42,7 @@ class _Stop(Exception):
 def _tail(shape: tuple[int, ...]) -> None:
     """The output tail of a run that was stopped early, on buffers of the real output size.
 
-    After the last tile ``SRPipeline.__call__`` maps the blended [-1, 1] output to [0, 1]
+    After the last tile ``engine.Engine`` maps the blended [-1, 1] output to [0, 1]
     (``(out * 0.5 + 0.5).clamp(0, 1)``) and ``sinsr upscale`` turns it into an array; the peak of
     that phase depends only on the output shape, so zeros of that shape reproduce it.
     """
@@ -54,6 +54,18 @@ def _tail(shape: tuple[int, ...]) -> None:
     y = (out * 0.5 + 0.5).clamp(0, 1)
     del out
     tensor_to_image(y, in_place=True)
+
+
+def _upscale(pipe, x, tile: int, overlap: int, batch: int, on_tile):  # noqa: ANN001 - either checkout's pipeline
+    """One tiled run: through ``engine.Engine`` where the checkout has one, else the pipeline's
+    own tiling keywords (checkouts before the engine took them over)."""
+    try:
+        from sinsr_cli.engine import Engine
+        from sinsr_cli.plan import Tiling, make_plan
+    except ImportError:
+        return pipe(x, seed=0, tile=tile, tile_overlap=overlap, tile_batch=batch, on_tile=on_tile)
+    plan = make_plan(pipe.preset, seed=0, tiling=Tiling(tile, overlap, 8, batch))
+    return Engine(pipe)(x, plan, on_tile=on_tile)
 
 
 def run_one(
@@ -93,7 +105,7 @@ def run_one(
 
     complete = True
     try:
-        y = pipe(x, seed=0, tile=tile, tile_overlap=overlap, tile_batch=batch, on_tile=on_tile)
+        y = _upscale(pipe, x, tile, overlap, batch, on_tile)
         img = tensor_to_image(y, in_place=True)  # what `sinsr upscale` does next: [H, W, 3] float32 on the CPU
         synchronize(dev)
         shape = list(img.shape)

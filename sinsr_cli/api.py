@@ -9,8 +9,10 @@ import torch
 from PIL import Image
 
 from .config import DEFAULT_SEED
+from .engine import Engine
 from .imageio import image_to_tensor, tensor_to_image, to_uint8
 from .pipeline import SRPipeline, load_pipeline
+from .plan import Tiling, make_plan
 
 
 def upscale(
@@ -22,18 +24,21 @@ def upscale(
     steps: int | None = None,
     sampler: str | None = None,
     seed: int | None = DEFAULT_SEED,
-    tile: int = 0,
+    tile: int | None = 0,
     device: str = "auto",
     dtype: str = "auto",
 ) -> Image.Image | torch.Tensor:
     """Upscale x4. A PIL image gives a PIL RGB image; a ``[B,3,H,W]``/``[3,H,W]`` tensor in [0,1]
-    gives a tensor of the same rank. Pass ``pipeline`` to reuse loaded models across calls."""
+    gives a tensor of the same rank. Pass ``pipeline`` to reuse loaded models across calls.
+    ``tile`` > 0 runs LR tiles of that size (None: ``auto``); out of memory, the tile is halved."""
     pipe = pipeline or load_pipeline(model, vq, device=device, dtype=dtype)
+    plan = make_plan(pipe.preset, steps=steps, sampler=sampler, seed=seed, tiling=Tiling(tile))
+    engine = Engine(pipe)
     if isinstance(image, Image.Image):
         x = image_to_tensor(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
-        out = pipe(x, steps=steps, sampler=sampler, seed=seed, tile=tile)
+        out = engine(x, plan)
         return Image.fromarray(to_uint8(tensor_to_image(out, in_place=True)), "RGB")
     squeeze = image.ndim == 3
     x = image[None] if squeeze else image
-    out = pipe(x, steps=steps, sampler=sampler, seed=seed, tile=tile)
+    out = engine(x, plan)
     return out[0] if squeeze else out

@@ -72,12 +72,13 @@ from .imageio import (
     tensor_to_image,
     write_image,
 )
-from .devices import cpu_has_native_bf16, dtype_name, is_oom_error, release_cached_memory
-from .distributed import deal, local_processes
+from .devices import dtype_name, is_oom_error, release_cached_memory
+from .distributed import deal
 from .errors import SettingError
+from .engine import Engine
 from .plan import Plan, Tiling, check_settings, make_plan, resolve_seed
-from .tileplan import TilePlan, count_work, plan_tiling, rates_for
-from .tiling import OutputTooLarge, free_bytes
+from .tileplan import LIVE_ACTIVATIONS, auto_plan, bytes_per_lr_pixel
+from .tiling import OutputTooLarge
 
 if TYPE_CHECKING:
     from .pipeline import SRPipeline
@@ -116,16 +117,6 @@ IMAGE_EXTENSIONS = frozenset(
 )
 #: ``Job.reason`` / ``ItemResult.reason`` of an input skipped because its output exists
 SKIP_EXISTS = "output exists"
-
-#: Peak working set of one tile, counted in full-resolution (x4) float32 feature maps of
-#: ``vq.cfg.ch`` channels (the VQ decoder's top level dominates: its input, GroupNorm/SiLU and
-#: conv outputs, the residual, plus oneDNN's reordered copies on CPU). Measured with
-#: ``benchmarks/tiled_memory.py`` (sinsr-v1 + vq-f4, CPU, fp32, VQ attention on contiguous
-#: q/k/v), peak RSS minus the loaded model per LR pixel of the model input: 133 KB at 64x64,
-#: 104 KB at 128x128, 66 KB at 320x320 (``--tile 256``) = 8.0 maps; ``auto`` picks tiles of
-#: 320 px and more, where fixed overheads no longer dominate.
-LIVE_ACTIVATIONS = 8.0
-
 
 # --------------------------------------------------------------------------- options, jobs
 
@@ -469,41 +460,6 @@ def resample(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out[..., 0] if a.ndim == 2 else out
 
 
-def bytes_per_lr_pixel(pipe: SRPipeline, tile_batch: int = 1) -> float:
-    """Estimated peak float32 bytes per LR pixel of a tile: ``scale^2 * vq.ch * 4 * LIVE_ACTIVATIONS``.
-
-    For sinsr-v1 + vq-f4 that is 16 * 128 * 4 * 8 = 65,536 B, i.e. about 6.7 GB for a tile
-    whose model input is 320 x 320 (``--tile 256`` plus context, padded to 64), half in fp16.
-    """
-    ch = getattr(getattr(pipe.vq, "cfg", None), "ch", 128)
-    return float(pipe.scale**2 * ch * 4 * LIVE_ACTIVATIONS * max(1, tile_batch))
-
-
-def auto_plan(pipe: SRPipeline, height: int, width: int, *, tile_batch: int = 1) -> TilePlan:
-    """``--tile auto`` for one ``height x width`` LR image: the fastest geometry that fits.
-
-    Untiled, or tiles whose model input (tile + context) is exactly a multiple of the model
-    padding, chosen by ``tileplan``'s cost model of this architecture on this device and dtype,
-    within 80% of the free memory (CUDA's, or this process's share of the RAM: the processes of a
-    sharded run on one host split it) and under CUDA's 32-bit indexing limit.
-    """
-    free = free_bytes(pipe.device)
-    if free is not None and pipe.device.type != "cuda":  # a sharded run's processes share the host's RAM
-        free //= local_processes()
-    itemsize = torch.empty((), dtype=pipe.dtype).element_size()
-    vq_cfg = pipe.vq.cfg
-    return plan_tiling(
-        height, width,
-        work=count_work(pipe.unet.cfg, vq_cfg, pipe.scale),
-        rates=rates_for(pipe.device, pipe.dtype, cpu_has_native_bf16()),
-        bytes_per_pixel=bytes_per_lr_pixel(pipe) * itemsize / 4.0,
-        budget_bytes=None if free is None else 0.8 * free,
-        multiple=pipe.pad_multiple,
-        max_side=math.isqrt(pipe.max_input_pixels(tile_batch)),
-        batch=tile_batch,
-    )
-
-
 class NonFiniteOutput(RuntimeError):
     """The model produced NaN/Inf."""
 
@@ -513,15 +469,18 @@ _HALF = (torch.float16, torch.bfloat16)
 
 @dataclass
 class _RunState:
-    """Mutable run-wide state: the seed and the tile size (which shrinks after an OOM retry)."""
+    """Mutable run-wide state: the plan, whose tiling shrinks after an out-of-memory retry (the
+    tile that fitted is kept for the rest of the run)."""
 
-    seed: int
-    tile: int | None  # None: ``auto``, planned per image
-    tile_overlap: int
+    plan: Plan
+
+
+def _engine(pipe: SRPipeline | Engine) -> Engine:
+    return pipe if isinstance(pipe, Engine) else Engine(pipe)
 
 
 def _run_model(
-    pipe: SRPipeline,
+    engine: Engine,
     x: torch.Tensor,
     options: UpscaleOptions,
     state: _RunState,
@@ -530,43 +489,30 @@ def _run_model(
     on_tile: Callable[[int, int], None],
     what: str,
 ) -> np.ndarray:
-    """``[1, 3, h, w]`` in [0, 1] -> ``[4h, 4w, 3]`` float32 array, with the fp32 fallback."""
+    """``[1, 3, h, w]`` in [0, 1] -> ``[4h, 4w, 3]`` float32 array, with the fp32 fallback.
+
+    The fallback runs on the engine's fp32 copy of the pipeline (made on the first NaN, kept for
+    the rest of the run); the shared pipeline keeps its dtype throughout."""
 
     def on_retry(tile: int, overlap: int) -> None:
-        warn(f"{what}: out of memory; retrying with --tile {tile}")
-        state.tile, state.tile_overlap = tile, overlap
+        warn(f"{what}: out of memory; retrying with tile {tile}")
+        state.plan = replace(state.plan, tiling=Tiling(tile, overlap, options.tile_pad, options.tile_batch))
 
-    tile, overlap, pad = state.tile, state.tile_overlap, options.tile_pad
-    if tile is None:
-        plan = auto_plan(pipe, x.shape[-2], x.shape[-1], tile_batch=options.tile_batch)
-        tile, overlap, pad = plan.tile, plan.overlap, plan.pad
-
-    def call() -> torch.Tensor:
-        return pipe(
-            x, steps=options.steps, sampler=options.sampler, seed=state.seed, tile=tile,
-            tile_overlap=overlap, tile_pad=pad, tile_batch=options.tile_batch,
-            on_tile=on_tile, on_retry=on_retry,
-        )
-
-    y = call()
+    y = engine(x, state.plan, on_tile=on_tile, on_retry=on_retry)
     if not bool(torch.isfinite(y).all()):
-        dtype = pipe.dtype
+        dtype = state.plan.dtype or engine.dtype
         if dtype not in _HALF or not options.fp32_fallback:
             raise NonFiniteOutput(f"the model produced NaN/Inf values in {dtype_name(dtype)}; not written")
         warn(f"{what}: {dtype_name(dtype)} produced NaN/Inf values; computing this file again in fp32")
         del y
-        pipe.to(dtype=torch.float32)
-        try:
-            y = call()
-        finally:
-            pipe.to(dtype=dtype)
+        y = engine(x, replace(state.plan, dtype=torch.float32), on_tile=on_tile, on_retry=on_retry)
         if not bool(torch.isfinite(y).all()):
             raise NonFiniteOutput("the model produced NaN/Inf values even in fp32; not written")
     return tensor_to_image(y, in_place=True)  # y is ours: no copy of a large output
 
 
 def upscale_image(
-    pipe: SRPipeline,
+    pipe: SRPipeline | Engine,
     src: LoadedImage,
     options: UpscaleOptions,
     *,
@@ -582,14 +528,15 @@ def upscale_image(
     Colour is ``[H, W, 3]`` float32 in [0, 1], or ``[H, W]`` luma for a grayscale source;
     alpha is ``[H, W]`` or None. ``H, W`` = :func:`output_size` of the source.
     """
+    engine = _engine(pipe)
     if state is None:
-        state = _RunState(resolve_seed(options.seed), options.tile, options.tile_overlap)
+        state = _RunState(options.plan_for(engine.pipe.preset))
     what = str(src.path) if src.path is not None else "image"
     width, height = src.size
     size = output_size(width, height, options.scale)
 
     x = image_to_tensor(src.rgb) if pixels is None else pixels
-    rgb = _run_model(pipe, x, options, state, warn=warn, on_tile=on_tile, what=what)
+    rgb = _run_model(engine, x, options, state, warn=warn, on_tile=on_tile, what=what)
     color: np.ndarray = luma(rgb) if src.grayscale else rgb
     color = resample(color, size)
     del rgb
@@ -600,7 +547,7 @@ def upscale_image(
             alpha = np.ones((size[1], size[0]), dtype=np.float32)
         elif options.alpha == "model":
             a3 = image_to_tensor(np.repeat(src.alpha[..., None], 3, axis=2))
-            up = _run_model(pipe, a3, options, state, warn=warn, on_tile=on_tile, what=what + " (alpha)")
+            up = _run_model(engine, a3, options, state, warn=warn, on_tile=on_tile, what=what + " (alpha)")
             alpha = resample(up.mean(axis=2), size)
         else:
             alpha = resample(src.alpha, size)
@@ -637,18 +584,19 @@ def run_batch(
     (``report.interrupted``) and ends the run (a write already under way is finished first).
     """
     obs = observer or BatchObserver()
-    seed = resolve_seed(options.seed)
-    state = _RunState(seed, options.tile, options.tile_overlap)
     pending = sum(j.status == "pending" for j in jobs)
     if pending and pipe is None:
         raise ValueError("run_batch needs a pipeline when some jobs are pending")
+    engine = None if pipe is None else _engine(pipe)  # one per run: it keeps the fp32 copy
+    state = None if engine is None else _RunState(options.plan_for(engine.pipe.preset))
+    seed = resolve_seed(options.seed) if state is None else state.plan.seed
     t_start = time.perf_counter()
     obs.batch_started(jobs, pending)
     results: list[ItemResult] = []
     interrupted = False
     index = 0
     in_flight: tuple[ItemResult, Future[None], float] | None = None  # the file being written
-    io = _IO(options.io_threads and pending > 1, pin=pipe is not None and pipe.device.type == "cuda")
+    io = _IO(options.io_threads and pending > 1, pin=engine is not None and engine.device.type == "cuda")
 
     def settle() -> None:
         """Wait for the file being written and report it (before any later result)."""
@@ -656,7 +604,7 @@ def run_batch(
         if in_flight is not None:
             result, write, t0 = in_flight
             in_flight = None
-            interrupted |= _finish_write(result, write, t0, pipe.device)  # type: ignore[union-attr]
+            interrupted |= _finish_write(result, write, t0, engine.device)  # type: ignore[union-attr]
             emit(result)
 
     def emit(result: ItemResult) -> None:
@@ -681,7 +629,7 @@ def run_batch(
             nxt = next_pending(k)
             try:
                 result, write, t0 = _process(
-                    pipe, job, options, state, obs, io.read(k, job, options),  # type: ignore[arg-type]
+                    engine, job, options, state, obs, io.read(k, job, options),  # type: ignore[arg-type]
                     lambda: io.prefetch(nxt, jobs[nxt], options) if nxt is not None else None,
                 )
             except KeyboardInterrupt as e:
@@ -701,7 +649,8 @@ def run_batch(
         settle()
     finally:
         io.close()
-    return BatchReport(results, time.perf_counter() - t_start, seed, interrupted, state.tile)
+    tile = options.tile if state is None else state.plan.tiling.tile
+    return BatchReport(results, time.perf_counter() - t_start, seed, interrupted, tile)
 
 
 #: outputs up to this many pixels are written on the writer thread while the next file runs
@@ -756,7 +705,7 @@ class _IO:
 
 
 def _process(
-    pipe: SRPipeline,
+    engine: Engine,
     job: Job,
     options: UpscaleOptions,
     state: _RunState,
@@ -781,7 +730,7 @@ def _process(
         prefetch_next()  # decode the next file while this one is on the model
         result.input_size = src.size
         color, alpha = upscale_image(
-            pipe, src, options, state=state, warn=warn, on_tile=obs.tiles, pixels=pixels
+            engine, src, options, state=state, warn=warn, on_tile=obs.tiles, pixels=pixels
         )
         result.output_size = (color.shape[1], color.shape[0])
         if alpha is not None and not format_of(target).alpha and float(alpha.min()) < 1.0:
@@ -796,11 +745,11 @@ def _process(
     except KeyboardInterrupt:
         raise
     except Exception as e:  # noqa: BLE001 - one bad file never stops the batch
-        result.message = _failure_message(job.item.path, e, pipe.device)
+        result.message = _failure_message(job.item.path, e, engine.device)
         _keep_error(result, e)
     if result.error is not None:  # the failed file's tensors are free now: give them back
         prefetch_next()
-        release_cached_memory(pipe.device)
+        release_cached_memory(engine.device)
         result.seconds = time.perf_counter() - t0
     return result, write, t0
 

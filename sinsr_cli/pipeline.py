@@ -1,28 +1,27 @@
 """The SR pipeline: pad -> bicubic x4 -> VQ encode -> sample -> VQ decode -> crop.
 
-``SRPipeline.__call__`` is the one visible loop over the path; the pieces (``encode``,
+``SRPipeline.__call__`` is the one visible loop over the path (one model call; tiling, the
+out-of-memory retry and progress are ``engine.Engine``'s); the pieces (``encode``,
 ``sample_latent``, ``decode``) are public so ``bench`` and ``distill`` reuse them rather than
 re-implementing the path. Images are ``[B, 3, H, W]`` in [0, 1]; the models see [-1, 1].
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 
 from .config import ModelPreset, VQConfig
-from .devices import cudnn_autotune, make_generator, resolve_device, resolve_dtype
+from .devices import make_generator, resolve_device, resolve_dtype
 from .diffusion.sampler import ONE_STEP, Callback, Denoiser, get_sampler, randn_like
 from .diffusion.schedule import Schedule, make_schedule, respace
 from .models.swin_unet import SwinUNet
 from .models.vq_f4 import VQModel, max_image_pixels
-from .plan import OneStepOnly, Tiling, make_plan
-from .tiling import run_tiled_with_oom_retry
+from .plan import OneStepOnly, make_plan
 
 #: the official sampler pads the LR image to a multiple of this (``desired_min_size``)
 PAD_MULTIPLE = 64
@@ -150,54 +149,36 @@ class SRPipeline:
         *,
         steps: int | None = None,
         sampler: str | None = None,
-        generator: torch.Generator | None = None,
         seed: int | str | None = None,
-        tile: int = 0,
-        tile_overlap: int = 32,
-        tile_pad: int = 8,
-        tile_batch: int = 1,
-        on_tile: Callable[[int, int], None] | None = None,
-        on_retry: Callable[[int, int], None] | None = None,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """``[B,3,H,W]`` in [0,1] -> ``[B,3,4H,4W]`` in [0,1] (float32, on the pipeline device).
+        """``[B,3,H,W]`` in [0,1] -> ``[B,3,4H,4W]`` in [0,1] (float32, on the pipeline device),
+        in one model call.
 
         ``steps=1`` (or a one-step preset by default) is SinSR's single step; more steps use
         ``sampler`` (default: the preset's, ``ancestral`` for ResShift); ``seed`` None is
-        ``DEFAULT_SEED``, ``"random"`` a fresh one (``plan.make_plan`` checks them all). ``tile`` > 0 processes
-        overlapping LR tiles of that size (each seeing at least ``tile_pad`` px of context), blended
-        smoothly, so memory follows the tile. On out-of-memory the tile is halved (a whole image
-        is retried in tiles); ``tile`` is capped at :meth:`max_tile`, and an image too large to
-        run whole under that cap is tiled. An output whose buffers do not fit on the device is
-        blended on the host and returned on the CPU. On CUDA, tiled runs autotune cuDNN per
-        tile shape (``cudnn.benchmark``).
+        ``DEFAULT_SEED``, ``"random"`` a fresh one (``plan.make_plan`` checks them all), and
+        ``generator``, when given, is drawn from instead. Tiles, the out-of-memory retry and
+        progress are ``engine.Engine``'s (``sinsr_cli.upscale`` uses it): this is the model path.
         """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images [B,3,H,W], got {tuple(images.shape)}")
-        plan = make_plan(
-            self.preset, steps=steps, sampler=sampler, seed=seed,
-            tiling=Tiling(tile, tile_overlap, tile_pad, tile_batch),
-        )
+        plan = make_plan(self.preset, steps=steps, sampler=sampler, seed=seed)
         if generator is None:
             generator = make_generator(plan.seed, "cpu")
         lq = images.to(self.device, torch.float32, non_blocking=True) * 2 - 1
-        b, _, h, w = lq.shape
+        out = self.upscale_pm1(lq, steps=plan.steps, sampler=plan.sampler, generator=generator).float()
+        return out.mul_(0.5).add_(0.5).clamp_(0, 1)
 
-        def run(x: torch.Tensor) -> torch.Tensor:
-            return self.upscale_pm1(x, steps=plan.steps, sampler=plan.sampler, generator=generator)
+    def with_dtype(self, dtype: torch.dtype) -> "SRPipeline":
+        """A copy in ``dtype`` that shares no module, parameter or buffer with this one.
 
-        whole = not tile or tile >= max(h, w)
-        m = self.pad_multiple
-        if whole and (-(-h // m) * m) * (-(-w // m) * m) > self.max_input_pixels(b):
-            whole, tile = False, self.max_tile(tile_pad, tile_batch)  # past the 32-bit limit in one piece
-        elif not whole:
-            tile = min(tile, self.max_tile(tile_pad, tile_batch))
-        with cudnn_autotune(self.device.type == "cuda" and not whole):
-            out = run_tiled_with_oom_retry(
-                run, lq, tile=0 if whole else tile, overlap=tile_overlap if whole else min(tile_overlap, tile // 2 - 1),
-                scale=self.scale, batch_size=b if whole else tile_batch, on_tile=on_tile, on_retry=on_retry,
-                pad=lambda t: self.context_pad(t, tile_pad), out_channels=lq.shape[1],
-            )
-        return out.mul_(0.5).add_(0.5).clamp_(0, 1)  # in place: no output-sized temporaries
+        For a retry in another precision (fp32 after fp16 NaN): switching the shared pipeline and
+        back would leak into anyone else holding it, and leave it switched when the retry fails.
+        """
+        with torch.inference_mode(False):  # plain tensors, even when asked from inside a run
+            unet, vq = copy.deepcopy(self.unet), copy.deepcopy(self.vq)
+            return SRPipeline(unet, vq, self.preset, self.device, self.dtype).to(dtype=dtype)
 
     def max_input_pixels(self, batch: int = 1) -> int:
         """The most LR pixels (padded H * W) one model call may take: every feature map stays

@@ -22,13 +22,32 @@ import functools
 import math
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from .config import PRESETS, VQ_PRESETS, UNetConfig, VQConfig
-from .devices import dtype_name
-from .tiling import tile_starts
+from .devices import cpu_has_native_bf16, dtype_name
+from .distributed import local_processes
+from .tiling import free_bytes, tile_starts
 
-__all__ = ["Work", "Rates", "TilePlan", "RATES", "rates_for", "count_work", "count_on_meta", "attention_work", "plan_tiling"]
+if TYPE_CHECKING:
+    from .pipeline import SRPipeline
+
+__all__ = [
+    "LIVE_ACTIVATIONS",
+    "RATES",
+    "Rates",
+    "TilePlan",
+    "Work",
+    "attention_work",
+    "auto_plan",
+    "bytes_per_lr_pixel",
+    "count_on_meta",
+    "count_work",
+    "plan_tiling",
+    "rates_for",
+]
 
 
 @dataclass(frozen=True)
@@ -242,3 +261,50 @@ def plan_tiling(
 
 
 KNOWN_WORK: dict[tuple[UNetConfig, VQConfig, int], Work] = _zoo_work()
+
+
+# -- a loaded pipeline's plan ----------------------------------------------------------------
+
+#: Peak working set of one tile, counted in full-resolution (x4) float32 feature maps of
+#: ``vq.cfg.ch`` channels (the VQ decoder's top level dominates: its input, GroupNorm/SiLU and
+#: conv outputs, the residual, plus oneDNN's reordered copies on CPU). Measured with
+#: ``benchmarks/tiled_memory.py`` (sinsr-v1 + vq-f4, CPU, fp32, VQ attention on contiguous
+#: q/k/v), peak RSS minus the loaded model per LR pixel of the model input: 133 KB at 64x64,
+#: 104 KB at 128x128, 66 KB at 320x320 (a 256 px tile) = 8.0 maps; ``auto`` picks tiles of
+#: 320 px and more, where fixed overheads no longer dominate.
+LIVE_ACTIVATIONS = 8.0
+
+
+def bytes_per_lr_pixel(pipe: SRPipeline, tile_batch: int = 1) -> float:
+    """Estimated peak float32 bytes per LR pixel of a tile: ``scale^2 * vq.ch * 4 * LIVE_ACTIVATIONS``.
+
+    For sinsr-v1 + vq-f4 that is 16 * 128 * 4 * 8 = 65,536 B, i.e. about 6.7 GB for a tile
+    whose model input is 320 x 320 (a 256 px tile plus context, padded to 64), half in fp16.
+    """
+    ch = getattr(getattr(pipe.vq, "cfg", None), "ch", 128)
+    return float(pipe.scale**2 * ch * 4 * LIVE_ACTIVATIONS * max(1, tile_batch))
+
+
+def auto_plan(pipe: SRPipeline, height: int, width: int, *, tile_batch: int = 1) -> TilePlan:
+    """``tile`` auto for one ``height x width`` LR image: the fastest geometry that fits.
+
+    Untiled, or tiles whose model input (tile + context) is exactly a multiple of the model
+    padding, chosen by this module's cost model of this architecture on this device and dtype,
+    within 80% of the free memory (CUDA's, or this process's share of the RAM: the processes of a
+    sharded run on one host split it) and under CUDA's 32-bit indexing limit.
+    """
+    free = free_bytes(pipe.device)
+    if free is not None and pipe.device.type != "cuda":  # a sharded run's processes share the host's RAM
+        free //= local_processes()
+    itemsize = torch.empty((), dtype=pipe.dtype).element_size()
+    vq_cfg = pipe.vq.cfg
+    return plan_tiling(
+        height, width,
+        work=count_work(pipe.unet.cfg, vq_cfg, pipe.scale),
+        rates=rates_for(pipe.device, pipe.dtype, cpu_has_native_bf16()),
+        bytes_per_pixel=bytes_per_lr_pixel(pipe) * itemsize / 4.0,
+        budget_bytes=None if free is None else 0.8 * free,
+        multiple=pipe.pad_multiple,
+        max_side=math.isqrt(pipe.max_input_pixels(tile_batch)),
+        batch=tile_batch,
+    )

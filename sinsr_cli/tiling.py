@@ -7,7 +7,8 @@ overlaps without weights, which leaves visible seams; here each tile fades out o
 with a raised-cosine ramp, and the accumulated weights are divided out, so every output pixel is
 a convex combination of the tiles that cover it.
 
-Pure geometry and blending: no model code, no file I/O, no prints.
+Pure geometry and blending: no model code, no file I/O, no prints. Running a model over the
+tiles, with the out-of-memory retry, is ``engine``'s.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .devices import is_oom_error, release_cached_memory
+from .devices import is_oom_error
 
 __all__ = [
     "Tile",
@@ -27,7 +28,6 @@ __all__ = [
     "plan_tiles",
     "blend_window",
     "run_tiled",
-    "run_tiled_with_oom_retry",
     "OutputTooLarge",
     "free_bytes",
 ]
@@ -255,81 +255,6 @@ def run_tiled(
             on_tile(start + len(chunk), len(jobs))
     assert out is not None  # jobs is never empty: B >= 1 and plan_tiles returns >= 1 tile
     return out.div_(weight_sum)
-
-
-def run_tiled_with_oom_retry(
-    fn: Callable[[torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
-    *,
-    tile: int,
-    overlap: int,
-    scale: int,
-    batch_size: int = 1,
-    on_tile: Callable[[int, int], None] | None = None,
-    out_device: torch.device | str | None = None,
-    min_tile: int = 32,
-    on_retry: Callable[[int, int], None] | None = None,
-    pad: int | Callable[[int], int] = 0,
-    out_channels: int | None = None,
-) -> torch.Tensor:
-    """``run_tiled`` that halves the tile and starts the image again on out-of-memory.
-
-    Each retry halves the tile (``tile == 0`` or a tile covering the image counts as
-    ``max(H, W)``: a whole-image run that does not fit is retried in tiles too) and lowers the
-    overlap to stay below half the tile, then calls ``on_retry(new_tile, new_overlap)`` so a
-    caller working through a folder can keep the size that fits. Progress restarts from zero.
-    ``pad`` may be a function of the tile (the context a tile gets), so each retried tile gets
-    its own. When the full-size output buffers do not fit on the device (smaller tiles cannot
-    help), or even ``min_tile`` fails next to them, they move to the host and the result is a
-    CPU tensor. Once the tile would drop below ``min_tile`` with host buffers, the
-    out-of-memory error is re-raised with a hint.
-    Returns what ``run_tiled`` returns.
-    """
-    h, w = x.shape[-2:]
-    cur_tile = max(h, w) if tile == 0 else min(tile, max(h, w))
-    cur_overlap = overlap
-    cur_out = torch.device(out_device) if out_device is not None else x.device
-    pad_for = pad if callable(pad) else (lambda _t: pad)
-    while True:
-        host_output = False
-        try:
-            return run_tiled(
-                fn,
-                x,
-                tile=cur_tile,
-                overlap=cur_overlap,
-                scale=scale,
-                batch_size=batch_size,
-                on_tile=on_tile,
-                out_device=cur_out,
-                pad=pad_for(cur_tile),
-                out_channels=out_channels,
-            )
-        except Exception as err:
-            if isinstance(err, OutputTooLarge) and cur_out.type != "cpu":
-                host_output = True
-            elif not is_oom_error(err):
-                raise
-            else:
-                next_tile = cur_tile // 2
-                if next_tile < min_tile and cur_out.type != "cpu":
-                    host_output = True  # the device-side output may be what leaves no room
-                elif next_tile < min_tile:
-                    if hasattr(err, "add_note"):
-                        err.add_note(
-                            f"sinsr: still out of memory with tile={cur_tile} (minimum {min_tile}); "
-                            "try a smaller batch size, fp16, or a device with more memory"
-                        )
-                    raise
-        # Outside the except block the traceback (and the partial buffers it pins) is gone.
-        release_cached_memory(x.device)
-        if host_output:
-            cur_out = torch.device("cpu")
-            continue
-        cur_tile = next_tile
-        cur_overlap = min(cur_overlap, (cur_tile - 1) // 2)
-        if on_retry is not None:
-            on_retry(cur_tile, cur_overlap)
 
 
 def _available_ram_bytes() -> int | None:

@@ -7,6 +7,7 @@ the real tiny pipeline.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import threading
 import weakref
@@ -30,7 +31,6 @@ from sinsr_cli.batch import (
     ItemResult,
     Job,
     UpscaleOptions,
-    bytes_per_lr_pixel,
     default_suffix,
     output_size,
     plan_jobs,
@@ -40,17 +40,23 @@ from sinsr_cli.batch import (
 )
 from sinsr_cli.errors import SettingError
 from sinsr_cli.imageio import InputItem, collect_inputs, read_image
+from sinsr_cli.pipeline import SRPipeline
+from sinsr_cli.tileplan import bytes_per_lr_pixel
 
 
 class FakePipe:
-    """``SRPipeline``'s interface: ``[B,3,H,W]`` in [0,1] -> ``[B,3,4H,4W]`` by pixel repetition.
+    """``SRPipeline``'s model path: ``[B,3,H,W]`` in [-1,1] -> ``[B,3,4H,4W]`` by pixel repetition,
+    driven by the real ``engine.Engine`` (tiles, retries, the fp32 copy).
 
     ``nan_dtypes``: dtypes in which the output is NaN (to test the fp32 fallback);
     ``raise_on``: call number (1-based) -> exception to raise; ``on_call``: hook run per call.
+    ``calls`` is shared with the copies ``with_dtype`` makes; ``seed`` is the generator's.
     """
 
     scale = 4
     pad_multiple = 64
+    max_tile = SRPipeline.max_tile
+    context_pad = SRPipeline.context_pad
 
     def __init__(self, dtype: torch.dtype = torch.float32, *, nan_dtypes=(), raise_on=None, on_call=None):
         self.device = torch.device("cpu")
@@ -72,19 +78,21 @@ class FakePipe:
         self.dtype_history.append(self.dtype)
         return self
 
-    def __call__(self, images, *, steps=None, sampler=None, generator=None, seed=None, tile=0,
-                 tile_overlap=32, tile_pad=8, tile_batch=1, on_tile=None, on_retry=None):
-        self.calls.append(dict(shape=tuple(images.shape), dtype=self.dtype, seed=seed, tile=tile, steps=steps))
+    def with_dtype(self, dtype):
+        twin = copy.copy(self)  # shares `calls`: the test sees every call in order
+        twin.dtype, twin.dtype_history = dtype, []
+        return twin
+
+    def upscale_pm1(self, lq, *, steps=None, sampler=None, generator=None):
+        self.calls.append(dict(shape=tuple(lq.shape), dtype=self.dtype, seed=generator.initial_seed(), steps=steps))
         n = len(self.calls)
         if self.on_call is not None:
             self.on_call(n)
         if n in self.raise_on:
             raise self.raise_on[n]
-        y = images.float().repeat_interleave(4, dim=-2).repeat_interleave(4, dim=-1).clone()
+        y = lq.float().repeat_interleave(4, dim=-2).repeat_interleave(4, dim=-1).clone()
         if self.dtype in self.nan_dtypes:
             y[..., 0, 0] = float("nan")
-        if on_tile is not None:
-            on_tile(1, 1)
         return y
 
 
@@ -203,7 +211,7 @@ def test_rgb_scale_and_seed(tmp_path):
     pipe = FakePipe()
     color, alpha = upscale_image(pipe, src, UpscaleOptions(scale=2.5, seed=7, tile=48))
     assert color.shape == (18, 25, 3) and alpha is None  # round(17.5) == 18 (half to even)
-    assert pipe.calls[0]["seed"] == 7 and pipe.calls[0]["tile"] == 48
+    assert pipe.calls[0]["seed"] == 7 and pipe.calls[0]["shape"] == (1, 3, 7, 10)  # whole: the tile covers it
 
 
 def test_gray_stays_gray_and_16bit(tmp_path):
@@ -250,8 +258,21 @@ def test_fp16_nan_retried_in_fp32(tmp_path):
     assert np.isfinite(color).all() and color.max() > 0
     assert [c["dtype"] for c in pipe.calls] == [torch.float16, torch.float32]
     assert pipe.calls[0]["seed"] == pipe.calls[1]["seed"] == 3  # same noise on the retry
-    assert pipe.dtype == torch.float16  # back to the requested dtype for the next file
+    assert pipe.dtype == torch.float16 and pipe.dtype_history == []  # a copy ran fp32: the shared one never switched
     assert len(warnings) == 1 and "fp16" in warnings[0] and "fp32" in warnings[0]
+
+
+def test_the_fp32_copy_is_made_once_per_run(tmp_path):
+    for n in "ab":
+        _save(tmp_path / f"{n}.png")
+    pipe = FakePipe(torch.float16, nan_dtypes=(torch.float16,))
+    made: list[torch.dtype] = []
+    real = pipe.with_dtype
+    pipe.with_dtype = lambda dtype: made.append(dtype) or real(dtype)
+    report, _ = _run(tmp_path, [tmp_path], pipe=pipe)
+    assert [r.status for r in report.results] == ["done", "done"] and made == [torch.float32]
+    assert [c["dtype"] for c in pipe.calls] == [torch.float16, torch.float32] * 2  # each file tries fp16 first
+    assert pipe.dtype == torch.float16 and pipe.dtype_history == []
 
 
 def test_nan_in_fp32_fails_instead_of_writing_black(tmp_path):

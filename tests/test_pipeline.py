@@ -1,4 +1,5 @@
-"""The SR pipeline on tiny random models: shapes, padding, determinism, samplers, tiling."""
+"""The SR pipeline on tiny random models: shapes, padding, determinism, samplers (tiling and
+the out-of-memory retry: test_engine.py)."""
 
 from __future__ import annotations
 
@@ -53,24 +54,6 @@ def test_rejects_bad_shapes(tiny_pipeline):
         tiny_pipeline(torch.rand(3, 16, 16))
 
 
-def test_tiled_matches_untiled_when_denoiser_returns_its_conditioning(tiny_pipeline, monkeypatch):
-    """With x0 := z_y the path is encode->decode; tiling must not add seams away from borders."""
-    p = tiny_pipeline
-    # a pointwise "VQ": encode = 4x4 average pooling, decode = nearest x4 (no codebook)
-    monkeypatch.setattr(p.vq, "encode", lambda x: torch.nn.functional.avg_pool2d(x, 4))
-    monkeypatch.setattr(p.vq, "decode", lambda z, quantize=True: torch.nn.functional.interpolate(z, scale_factor=4))
-    monkeypatch.setattr(p, "denoiser", lambda lq: (lambda x, t: x))
-    from sinsr_cli.diffusion import sampler as smp
-
-    monkeypatch.setitem(smp.SAMPLERS, "onestep", lambda den, z_y, sched, noise, gen=None, cb=None: z_y)
-    x = torch.rand(1, 3, 96, 80)
-    full = p(x, seed=0)
-    tiled = p(x, seed=0, tile=32, tile_overlap=8, tile_batch=3)
-    border = 4 * 4  # bicubic support near the image border differs by padding
-    diff = (full - tiled).abs()[..., border:-border, border:-border]
-    assert diff.max() < 1e-3, diff.max()
-
-
 @pytest.mark.parametrize("tile", [16, 100, 250, 255, 256, 320])
 @pytest.mark.parametrize("tile_pad", [0, 8, 40])
 def test_context_pad_fills_the_models_padding_with_real_context(tiny_pipeline, tile, tile_pad):
@@ -78,43 +61,6 @@ def test_context_pad_fills_the_models_padding_with_real_context(tiny_pipeline, t
     pad = tiny_pipeline.context_pad(tile, tile_pad)
     assert tile_pad <= pad < tile_pad + m // 2
     assert (tile + 2 * pad) % m in (0, m - 1)  # an odd remainder leaves one reflected row
-
-
-def _oom_above(p: SRPipeline, monkeypatch, limit: int) -> list[int]:
-    """Make the model run out of memory on inputs larger than ``limit`` px; returns input sides."""
-    seen: list[int] = []
-    real = p.upscale_pm1
-
-    def upscale_pm1(x, **kw):
-        seen.append(max(x.shape[-2:]))
-        if max(x.shape[-2:]) > limit:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
-        return real(x, **kw)
-
-    monkeypatch.setattr(p, "upscale_pm1", upscale_pm1)
-    return seen
-
-
-def test_a_whole_image_out_of_memory_is_retried_in_tiles(tiny_pipeline, monkeypatch):
-    seen = _oom_above(tiny_pipeline, monkeypatch, 64)
-    retries: list[int] = []
-    out = tiny_pipeline(torch.rand(1, 3, 80, 72), seed=0, on_retry=lambda t, o: retries.append(t))
-    assert out.shape == (1, 3, 320, 288) and torch.isfinite(out).all()
-    assert seen[0] == 80 and retries == [40] and max(seen[1:]) == 64  # 40 px + 12 px context
-
-
-def test_tiles_are_capped_at_the_32_bit_index_limit(tiny_pipeline, monkeypatch):
-    """An image (or a tile) whose model input would pass 2^31 elements in a feature map is tiled
-    at the largest input that stays under it (here the limit is lowered to a 64 px input)."""
-    p = tiny_pipeline
-    monkeypatch.setattr(p, "max_input_pixels", lambda batch=1: 64 * 64)
-    assert p.max_tile(8) == 48 and p.max_tile(0) == 64
-    seen = _oom_above(p, monkeypatch, 10**6)
-    for tile in (0, 200, 100):
-        seen.clear()
-        out = p(torch.rand(1, 3, 100, 90), seed=0, tile=tile)
-        assert out.shape == (1, 3, 400, 360)
-        assert seen and max(seen) == 64  # 48 px tiles + 8 px of context each side
 
 
 def test_max_tile_of_the_full_size_model():
@@ -164,10 +110,9 @@ def test_unimplemented_official_schedule_fields_are_refused():
         ScheduleConfig.from_official({**official, "latent_flag": False})
 
 
-@pytest.mark.parametrize("h,w", [(1, 1), (1, 40), (3, 1)])
-def test_one_pixel_sides_are_upscaled_tiled_or_not(tiny_pipeline, h, w):
-    x = torch.rand(1, 3, h, w)
-    whole = tiny_pipeline(x, seed=0)
-    tiled = tiny_pipeline(x, seed=0, tile=16, tile_overlap=4)
-    assert whole.shape == tiled.shape == (1, 3, 4 * h, 4 * w)
-    assert torch.isfinite(tiled).all()
+def test_with_dtype_is_a_converted_copy_sharing_nothing(tiny_pipeline):
+    copy = tiny_pipeline.with_dtype(torch.bfloat16)
+    assert tiny_pipeline.dtype == torch.float32 and copy.dtype == torch.bfloat16
+    assert {t.dtype for t in tiny_pipeline.unet.parameters()} == {torch.float32}
+    assert copy.vq.quantize.embedding.weight.dtype == torch.float32  # the codebook stays float32
+    assert copy.unet is not tiny_pipeline.unet and copy.vq is not tiny_pipeline.vq

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from sinsr_cli.batch import auto_plan
+from sinsr_cli.tileplan import auto_plan
 from sinsr_cli.config import PRESETS, VQ_PRESETS, tiny_preset, tiny_vq
 from sinsr_cli.tileplan import (
     KNOWN_WORK,

@@ -1,5 +1,5 @@
 """Tiling: boxes cover every pixel, identity tiles back exactly, pointwise fns are tile-invariant,
-a small conv net differs only near tile borders, and OOM retries shrink the tile."""
+a small conv net differs only near tile borders (the out-of-memory retry: test_engine.py)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,12 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sinsr_cli import tiling
-from sinsr_cli.devices import is_oom_error
 from sinsr_cli.tiling import (
     OutputTooLarge,
     Tile,
     blend_window,
     plan_tiles,
     run_tiled,
-    run_tiled_with_oom_retry,
     tile_starts,
 )
 
@@ -259,101 +256,6 @@ def test_small_conv_net_differs_only_near_tile_borders(scale):
     # Near borders the blend still stays close: far below the output's own spread.
     assert diff.mean() < 0.05 * ref.std()
     assert diff.max() < 0.1 * (ref.max() - ref.min())
-
-
-# --- out-of-memory retry ----------------------------------------------------------------------
-
-
-def fake_oom_fn(limit: int, scale: int, *, typed: bool = True):
-    """Nearest upsample that 'runs out of memory' when a tile side exceeds ``limit``."""
-    seen = []
-
-    def fn(t):
-        seen.append(max(t.shape[-2:]))
-        if max(t.shape[-2:]) > limit:
-            if typed:
-                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
-            raise RuntimeError("CUDA error: out of memory")
-        return nearest_up(scale)(t)
-
-    return fn, seen
-
-
-@pytest.mark.parametrize("typed", [True, False])
-def test_oom_retry_halves_tile_until_it_fits(typed):
-    x = torch.rand(1, 3, 150, 200, generator=torch.Generator().manual_seed(3))
-    fn, seen = fake_oom_fn(60, 2, typed=typed)
-    retries = []
-    out = run_tiled_with_oom_retry(
-        fn, x, tile=256, overlap=40, scale=2, on_retry=lambda t, o: retries.append((t, o))
-    )
-    torch.testing.assert_close(out, nearest_up(2)(x), atol=1e-6, rtol=0)
-    # whole image (200) -> 100 -> 50, overlap held below half the tile
-    assert retries == [(100, 40), (50, 24)]
-    assert seen[-1] <= 60
-
-
-def test_oom_retry_reraises_below_minimum():
-    x = torch.rand(1, 3, 64, 64)
-    fn, seen = fake_oom_fn(20, 2)
-    with pytest.raises(torch.cuda.OutOfMemoryError) as info:
-        run_tiled_with_oom_retry(fn, x, tile=64, overlap=8, scale=2, min_tile=32)
-    assert seen == [64, 32]  # tried whole, then 32; 16 is below the minimum
-    if hasattr(info.value, "add_note"):  # Python >= 3.11 carries the hint as a note
-        assert any("tile=32" in n for n in info.value.__notes__)
-
-
-def test_oom_retry_leaves_other_errors_alone():
-    calls = []
-
-    def fn(t):
-        calls.append(1)
-        raise RuntimeError("shape mismatch")
-
-    with pytest.raises(RuntimeError, match="shape mismatch"):
-        run_tiled_with_oom_retry(fn, torch.rand(1, 3, 64, 64), tile=32, overlap=4, scale=1)
-    assert len(calls) == 1
-    assert is_oom_error(RuntimeError("CUDA out of memory"))
-    assert not is_oom_error(ValueError("out of memory"))
-
-
-def test_whole_image_that_runs_out_of_memory_is_retried_in_tiles():
-    """tile=0 (or a tile covering the image) is retried too, each tile with its own context."""
-    x = torch.rand(1, 3, 96, 80, generator=torch.Generator().manual_seed(4))
-    fn, seen = fake_oom_fn(70, 2)
-    pads: list[int] = []
-
-    def pad_for(t: int) -> int:
-        pads.append(t)
-        return 4
-
-    out = run_tiled_with_oom_retry(fn, x, tile=0, overlap=8, scale=2, pad=pad_for)
-    torch.testing.assert_close(out, nearest_up(2)(x), atol=1e-6, rtol=0)
-    assert seen[0] == 96 and max(seen[1:]) <= 70  # whole, then tiles of 48 + 2 x 4 context
-    assert pads == [96, 48]
-
-
-def test_output_buffers_too_large_for_the_device_move_to_the_host(monkeypatch):
-    """Halving cannot help when the full-size output itself does not fit: blend on the host."""
-    real = tiling._output_buffer
-    asked: list[str] = []
-
-    def buffer(shape, device):
-        asked.append(torch.device(device).type)
-        if torch.device(device).type == "meta":  # stands for a GPU without room for the output
-            raise OutputTooLarge("the output's float32 buffers do not fit in meta memory")
-        return real(shape, device)
-
-    monkeypatch.setattr(tiling, "_output_buffer", buffer)
-    x = torch.rand(1, 3, 40, 40, generator=torch.Generator().manual_seed(5))
-    retries: list = []
-    out = run_tiled_with_oom_retry(
-        nearest_up(2), x, tile=16, overlap=4, scale=2, out_device="meta", out_channels=3,
-        on_retry=lambda t, o: retries.append(t),
-    )
-    assert out.device.type == "cpu" and retries == []  # same tile, host buffers
-    assert asked[0] == "meta" and set(asked[1:]) == {"cpu"}
-    torch.testing.assert_close(out, nearest_up(2)(x), atol=1e-6, rtol=0)
 
 
 def test_an_output_that_fits_nowhere_fails_in_one_line():

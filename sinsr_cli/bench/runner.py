@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..devices import dtype_name, resolve_device, resolve_dtype
+from ..engine import Engine
 from ..errors import SettingError, one_line
 from ..imageio import image_to_tensor, tensor_to_image, to_uint8, write_image
 from ..pipeline import SRPipeline, load_pipeline
@@ -303,14 +304,12 @@ def _model_run(
         note(f"{what}: out of memory; retried with --tile {tile}")
 
     peak = [0]
+    engine = Engine(pipe)
 
     def call(x: torch.Tensor) -> torch.Tensor:
         """One SR call; the peak is taken around it alone, so the metrics' work is not counted."""
         memory.reset()
-        y = pipe(
-            x, steps=steps, sampler=sampler, seed=options.seed, tile=options.tile,
-            tile_overlap=options.tile_overlap, tile_pad=options.tile_pad, on_retry=on_retry,
-        ).to("cpu")
+        y = engine(x, plan, on_retry=on_retry).to("cpu")
         peak[0] = max(peak[0], memory.read())
         return y
 

@@ -212,7 +212,7 @@ def _single_input_file(inputs: Sequence[str], n_items: int) -> bool:
 def _tiling_words(pipe: SRPipeline, tile: int | None, jobs: Sequence[Job], tile_batch: int) -> str:
     """``untiled`` when no pending image will be tiled (a fixed tile no image exceeds, the
     pipeline's own rule, or an ``auto`` plan that tiles none of them), else the tile."""
-    from ..batch import auto_plan
+    from ..tileplan import auto_plan
 
     sizes = {j.item.size for j in jobs if j.status == "pending" and j.item.size}
     if tile is None:  # planned per image: plan each distinct size now (arithmetic only)
