@@ -197,7 +197,7 @@ class SRPipeline:
     def context_pad(self, tile: int, tile_pad: int) -> int:
         """At least ``tile_pad``, grown so that tile + 2 * pad is a multiple of the padding.
 
-        The model pads its input to a multiple of 64 anyway (``--tile 256`` with 8 px of
+        The model pads its input to a multiple of 64 anyway (a 256 px tile with 8 px of
         context is a 272 px input padded to 320); filling that margin with real neighbours
         instead of reflections costs nothing and gives the tile more context.
         """

@@ -1,4 +1,4 @@
-"""``--tile auto``: the tile geometry that makes an image fastest, from a cost model of the model.
+"""``tile`` auto: the tile geometry that makes an image fastest, from a cost model of the model.
 
 One model call on a padded input of ``N`` LR pixels costs (SinSR / ResShift + VQ-f4):
 

@@ -19,12 +19,13 @@ from PIL import Image
 from sinsr_cli.bench import runner as R
 from sinsr_cli.config import tiny_preset
 from sinsr_cli.pipeline import SRPipeline
+from sinsr_cli.plan import Plan
 
 from test_bench import bench, make_pairs, read8, ref_psnr, ref_ssim
 
 
 class FakePipe:
-    """Quacks like SRPipeline: nearest x4, counts its calls."""
+    """Quacks like SRPipeline behind an ``engine.Engine``: nearest x4, records each call's plan."""
 
     scale = 4
     dtype = torch.float32
@@ -36,8 +37,9 @@ class FakePipe:
         self.calls: list[dict] = []
         self.fail_at, self.nan = fail_at, nan
 
-    def __call__(self, x: torch.Tensor, **kw: object) -> torch.Tensor:
-        self.calls.append(kw)
+    def run(self, x: torch.Tensor, plan: Plan, **kw: object) -> torch.Tensor:
+        """What ``Engine(pipe)(x, plan, ...)`` does, in a few lines."""
+        self.calls.append(dict(steps=plan.steps, sampler=plan.sampler, seed=plan.seed, tile=plan.tiling.tile))
         if self.fail_at is not None and len(self.calls) > self.fail_at:
             raise RuntimeError("CUDA out of memory (pretend)")
         y = F.interpolate(x, scale_factor=4, mode="nearest")
@@ -57,6 +59,7 @@ def fake_models(monkeypatch: pytest.MonkeyPatch) -> dict[str, FakePipe]:
         return pipes[model]
 
     monkeypatch.setattr(R, "load_pipeline", load)
+    monkeypatch.setattr(R, "Engine", lambda pipe: pipe.run)
     pipes["loads"] = loads  # type: ignore[assignment]
     return pipes
 

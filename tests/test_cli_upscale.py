@@ -318,13 +318,14 @@ def test_rerun_of_a_finished_batch_exits_0_with_skips_counted(tmp_path, fake_mod
 
 
 def test_tile_steps_sampler_reach_the_pipeline(tmp_path, fake_model):
-    _save(tmp_path / "a.png")
-    result = invoke(tmp_path / "a.png", "--tile", "64", "--steps", "4", "--sampler", "deterministic", "--batch", "2")
+    _save(tmp_path / "big.png", size=(100, 80))
+    result = invoke(tmp_path / "big.png", "--tile", "64", "--steps", "4", "--sampler", "deterministic", "--batch", "2")
     assert result.exit_code == 0, result.output
-    call = fake_model[0].calls[0]
-    assert call["tile"] == 64 and call["steps"] == 4
-    result = invoke(tmp_path / "a.png", "--overwrite")  # --tile auto by default: planned per image
-    assert fake_model[1].calls[0]["tile"] == 0 and "untiled" in result.stderr  # small: the plan tiles nothing
+    calls = fake_model[0].calls  # 3 x 2 tiles of 64 px, two per model call
+    assert [c["shape"][0] for c in calls] == [2, 2, 2] and {(c["steps"], c["sampler"]) for c in calls} == {(4, "deterministic")}
+    _save(tmp_path / "a.png")
+    result = invoke(tmp_path / "a.png")  # --tile auto by default: planned per image
+    assert [c["shape"] for c in fake_model[1].calls] == [(1, 3, 10, 12)] and "untiled" in result.stderr  # small: the plan tiles nothing
 
 
 # --------------------------------------------------------------------------- pixels and metadata
@@ -493,6 +494,7 @@ DELAY = float(sys.argv[1])
 
 class Slow:
     scale, pad_multiple = 4, 64
+    max_tile, context_pad = P.SRPipeline.max_tile, P.SRPipeline.context_pad
     def __init__(self):
         self.device, self.dtype = torch.device("cpu"), torch.float32
         self.preset, self.vq, self.unet = tiny_preset("slow"), NS(cfg=tiny_vq()), NS(cfg=tiny_preset().unet)
@@ -500,7 +502,7 @@ class Slow:
         return self
     def max_input_pixels(self, batch=1):
         return 2**40
-    def __call__(self, x, **kw):
+    def upscale_pm1(self, x, **kw):
         time.sleep(DELAY)
         return x.repeat_interleave(4, -2).repeat_interleave(4, -1)
 
@@ -596,7 +598,7 @@ def test_real_esrgan_spellings(tmp_path, fake_model):
     assert result.exit_code == 0, result.output
     im = Image.open(tmp_path / "out" / "aout.jpg")
     assert im.format == "JPEG" and im.size == (20, 16)
-    assert fake_model[0].dtype == torch.float32 and fake_model[0].calls[0]["tile"] == 64
+    assert fake_model[0].dtype == torch.float32 and fake_model[0].calls[0]["shape"] == (1, 3, 8, 10)  # -t 64 covers it
     assert invoke("-i", tmp_path / "in", "-o", tmp_path / "o2", "--ext", "auto").exit_code == 0
     assert (tmp_path / "o2" / "a_x4.png").is_file()
     # --tile_overlap works too: any long option may be written with underscores

@@ -22,8 +22,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from sinsr_cli.batch import BatchReport, ItemResult, UpscaleOptions, merge_reports, plan_jobs, shard_jobs
 from sinsr_cli.bench.results import merge_reports as merge_bench
+from sinsr_cli.jobs import plan_jobs, shard_jobs
+from sinsr_cli.options import UpscaleOptions
+from sinsr_cli.results import BatchReport, ItemResult, merge_reports
 from sinsr_cli.cli.app import app
 from sinsr_cli.distributed import DistInfo, all_gather, broadcast, deal, from_env, local_processes
 from sinsr_cli.imageio import collect_inputs

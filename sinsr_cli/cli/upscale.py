@@ -1,9 +1,9 @@
 """`sinsr upscale`: files, folders and globs in, upscaled images out (Typer only).
 
-Parse the options, find the inputs and plan the outputs (``imageio``/``batch``), load the model
-once, hand the work to ``batch.run_batch`` and render its events: a rich progress bar (files and
-tiles) on a terminal, one line per error or warning, the written paths on stdout, and a summary
-table. Exit codes: 0 all done, 1 some inputs failed, 2 usage error, 130 interrupted.
+Parse the options, find the inputs and plan the outputs (``imageio``/``jobs``), load the model
+once, hand the work to ``batch.run_batch`` and render its events (``upscale_render``: a rich
+progress bar of files and tiles on a terminal, one line per error or warning, the written paths
+on stdout, and a summary table). Exit codes: 0 all done, 1 some inputs failed, 2 usage error, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -12,45 +12,30 @@ import contextlib
 import json
 import os
 import signal
-import sys
 import tempfile
 import threading
-import traceback
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 from rich.text import Text
 
 from ..config import DEFAULT_SEED
 from .common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, console, fail, handle_errors, quiet_option
+from .upscale_render import Renderer, summary, summary_dict
 
 if TYPE_CHECKING:  # the batch engine imports torch: keep `sinsr --help` fast
     import torch
 
-    from ..batch import BatchReport, ItemResult, Job, UpscaleOptions
+    from ..jobs import Job
+    from ..options import UpscaleOptions
+    from ..results import BatchReport
     from ..distributed import DistInfo
     from ..pipeline import SRPipeline
 
 EXIT_INTERRUPTED = 130
-#: what to tell the user for each library setting an error names (``SinsrIOError.setting``)
-_SETTING_HINTS = {
-    "max_pixels": "raise it with --max-pixels (0 = no limit)",
-    "strip_metadata": "use --strip-metadata",
-}
-
-
-def _message(result: ItemResult) -> str:
-    """The result's one line, plus the flag that changes the outcome when its error names one."""
-    hint = _SETTING_HINTS.get(getattr(result.error, "setting", None) or "")
-    return f"{result.message}; {hint}" if hint else result.message
-
-
 def parse_tile(value: str) -> int | None:
     """``--tile``: ``auto`` -> None (planned per image once the model is loaded), else an int
     in the range ``plan.Tiling`` takes (SettingError otherwise)."""
@@ -64,127 +49,6 @@ def parse_tile(value: str) -> int | None:
     except ValueError:
         raise ValueError(f"--tile must be a number of LR pixels, 0 (off) or 'auto', got {value!r}") from None
     return Tiling(tile=tile).tile
-
-
-class _Renderer:
-    """Turns ``run_batch`` events into terminal output. Errors and warnings are one line each.
-
-    ``quiet``: errors (and the interruption notices) only. Skips because the output exists are
-    counted in the summary instead of listed (``verbose`` lists them).
-    """
-
-    def __init__(self, err: Console, *, quiet: bool, verbose: bool, show_progress: bool, paths: bool = True) -> None:
-        from ..batch import BatchObserver
-
-        self.err, self.quiet, self.verbose, self.paths = err, quiet, verbose, paths
-        self.progress: Progress | None = None
-        if show_progress:
-            self.progress = Progress(
-                SpinnerColumn(),
-                TextColumn("{task.description}", markup=False),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=err,
-                transient=True,
-                redirect_stdout=False,
-                redirect_stderr=False,
-            )
-        # stdout and the bar share one terminal: print written paths above the bar instead
-        self.paths_via_console = show_progress and sys.stdout.isatty()
-        self._files = self._tiles = None
-        self._started: set[Path] = set()  # files between file_started and file_finished (writes overlap)
-        renderer = self
-
-        class Observer(BatchObserver):  # the engine's callbacks, bound to this renderer
-            def batch_started(self, jobs: Sequence[Job], pending: int) -> None:
-                renderer.started(pending)
-
-            def file_started(self, job: Job, index: int, pending: int) -> None:
-                renderer.file_started(job, index, pending)
-
-            def tiles(self, done: int, total: int) -> None:
-                renderer.tiles(done, total)
-
-            def warning(self, job: Job, message: str) -> None:
-                if not renderer.quiet:
-                    renderer.line("warning", "yellow", message)
-
-            def file_finished(self, result: ItemResult) -> None:
-                renderer.file_finished(result)
-
-        self.observer = Observer()
-
-    # -- output helpers
-    def line(self, label: str, style: str, message: str) -> None:
-        self.err.print(Text.assemble((f"{label}: ", style), message), soft_wrap=True, highlight=False)
-
-    # -- events
-    def started(self, pending: int) -> None:
-        if self.progress is not None and pending:
-            self.progress.start()
-            self._files = self.progress.add_task("files", total=pending)
-            self._tiles = self.progress.add_task("tiles", total=None, visible=False)  # tiled files only
-
-    def file_started(self, job: Job, index: int, pending: int) -> None:
-        self._started.add(job.item.path)
-        if self.progress is not None and self._files is not None:
-            name = job.item.rel.as_posix()
-            self.progress.update(self._files, description=f"file {index}/{pending}: {name}")
-            self.progress.reset(self._tiles, total=None, description="tiles", visible=False)
-
-    def tiles(self, done: int, total: int) -> None:
-        if self.progress is not None and self._tiles is not None:
-            self.progress.update(self._tiles, completed=done, total=total, visible=total > 1)
-
-    def file_finished(self, result: ItemResult) -> None:
-        if result.status == "failed":
-            self.line("error", "red", _message(result))
-            if self.verbose and (result.traceback or result.error is not None):
-                tb = result.traceback or "".join(traceback.format_exception(result.error))
-                self.err.print(Text(tb.rstrip()), soft_wrap=True, highlight=False)
-        elif result.status == "skipped" and not self.quiet:
-            from ..batch import SKIP_EXISTS
-
-            if result.reason != SKIP_EXISTS or self.verbose:
-                self.line("skipped", "dim", result.message)
-        elif result.status == "cancelled" and result.error is not None:  # the file Ctrl-C abandoned
-            self.line("interrupted", "yellow", result.message)
-        elif result.status == "done" and not self.quiet and self.paths:
-            if self.paths_via_console:
-                self.err.print(Text(str(result.target)), soft_wrap=True, highlight=False)
-            else:
-                typer.echo(str(result.target))
-        started = result.item.path in self._started
-        self._started.discard(result.item.path)
-        if started and self.progress is not None and self._files is not None:
-            self.progress.advance(self._files)
-
-    def stop(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-
-
-def _summary(report: BatchReport, err: Console) -> None:
-    """The table (its columns add up to the inputs of the run), the failures again, the skips."""
-    table = Table(title="sinsr upscale", title_justify="left")
-    for col in ("done", "skipped", "failed", "not started", "time"):
-        table.add_column(col, justify="right")
-    table.add_row(
-        str(report.count("done")), str(report.count("skipped")), str(report.count("failed")),
-        str(report.count("cancelled")), f"{report.seconds:.1f} s",
-    )
-    err.print(table)
-    failed = report.failed
-    if failed:
-        err.print(Text(f"{len(failed)} input(s) failed:", style="red"))
-        for r in failed:
-            err.print(Text(f"  {_message(r)}"), soft_wrap=True, highlight=False)
-    if report.existing:
-        err.print(
-            Text(f"{report.existing} output(s) already exist and were kept; --overwrite replaces them", style="dim"),
-            soft_wrap=True, highlight=False,
-        )
 
 
 def _check_output(output: Path | None, single_input_file: bool, n_inputs: int) -> None:
@@ -287,7 +151,8 @@ def upscale_cmd(
     verbose: bool = typer.Option(False, "--verbose", help="Show tracebacks on errors (and every skipped input)."),
 ) -> None:
     from .. import distributed
-    from ..batch import UpscaleOptions, plan_jobs
+    from ..jobs import plan_jobs
+    from ..options import UpscaleOptions
 
     rank = distributed.from_env()
     if not rank.main:  # errors found before the processes join are every rank's: rank 0 tells them
@@ -339,7 +204,7 @@ def upscale_cmd(
     if json_out:
         typer.echo(json.dumps(summary_dict(report, processes=rank.world), indent=2))
     if not quiet:
-        _summary(report, console)
+        summary(report, console)
     if report.interrupted:
         renderer.line(
             "interrupted", "yellow",
@@ -364,12 +229,14 @@ def _run_sharded(
     quiet: bool,
     verbose: bool,
     json_out: bool,
-) -> tuple[BatchReport, _Renderer, list[list[int]]]:
+) -> tuple[BatchReport, Renderer, list[list[int]]]:
     """This process's share of the jobs through the model, then every process's report merged
     (in job order) on every rank. Alone, the share is every job. Returns (report, rank 0's
     renderer, the shares)."""
     from .. import distributed
-    from ..batch import BatchObserver, merge_reports, plan_key, run_batch, sendable, shard_jobs
+    from ..batch import run_batch
+    from ..jobs import plan_key, shard_jobs
+    from ..results import BatchObserver, merge_reports, sendable
 
     if rank.world > 1:
         if len(set(distributed.all_gather(plan_key(jobs), rank))) > 1:
@@ -401,7 +268,7 @@ def _run_sharded(
             )
 
     show_progress = console.is_terminal and not quiet
-    renderer = _Renderer(console, quiet=quiet, verbose=verbose, show_progress=show_progress, paths=not json_out)
+    renderer = Renderer(console, quiet=quiet, verbose=verbose, show_progress=show_progress, paths=not json_out)
     observer = renderer.observer if rank.main else BatchObserver()  # the others' results are told by rank 0
     stop = threading.Event()
 
@@ -426,34 +293,6 @@ def _run_sharded(
     with waiting:
         parts = distributed.all_gather(sendable(report), rank)
     return merge_reports(parts, shares), renderer, shares
-
-
-def summary_dict(report: BatchReport, *, processes: int = 1) -> dict[str, object]:
-    """``--json``: the run's counts and every input's outcome, in job order (paths as given)."""
-    def size(s: tuple[int, int] | None) -> list[int] | None:
-        return None if s is None else list(s)
-
-    return {
-        "seed": report.seed,
-        "seconds": report.seconds,
-        "processes": processes,
-        "interrupted": report.interrupted,
-        "counts": {k: report.count(k) for k in ("done", "skipped", "failed", "cancelled")},  # type: ignore[arg-type]
-        "files": [
-            {
-                "input": str(r.item.path),
-                "output": None if r.target is None else str(r.target),
-                "status": r.status,
-                "message": _message(r),
-                "reason": r.reason,
-                "seconds": r.seconds,
-                "input_size": size(r.input_size),
-                "output_size": size(r.output_size),
-                "warnings": list(r.warnings),
-            }
-            for r in report.results
-        ],
-    }
 
 
 upscale_cmd.__doc__ = _HELP

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from .discover import InputItem, collect_inputs, output_path, pair_by_stem
 from .errors import ImageReadError, ImageWriteError, SinsrIOError
-from .formats import FORMAT_NAMES, Format, choose_output_format, format_named, format_of, parse_format
+from .formats import FORMAT_NAMES, IMAGE_EXTENSIONS, Format, choose_output_format, format_named, format_of, parse_format
 from .pixels import image_to_tensor, luma, tensor_to_image, to_uint8
 from .read import DEFAULT_MAX_PIXELS, LoadedImage, read_image, sniff_format
 from .write import PNG_COMPRESS_LEVEL, atomic_write_bytes, write_image
@@ -41,6 +41,7 @@ from .write import PNG_COMPRESS_LEVEL, atomic_write_bytes, write_image
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "FORMAT_NAMES",
+    "IMAGE_EXTENSIONS",
     "PNG_COMPRESS_LEVEL",
     "Format",
     "ImageReadError",

@@ -4,7 +4,7 @@ Every caller that needs "which format does this name mean" or "which format does
 get" asks here: discovery places outputs with :func:`choose_output_format` (once per input),
 the writer and the batch engine look a target's format up by its extension
 (:func:`format_of`), and option checks ask :func:`format_named`; :data:`FORMAT_NAMES` lists
-the names for a front end's help.
+the names for a front end's help, and :data:`IMAGE_EXTENSIONS` the names that mean "an image".
 """
 
 from __future__ import annotations
@@ -36,6 +36,12 @@ FORMAT_NAMES = tuple(_ALIASES)
 #: the output format for an input's content format (Pillow's names); anything else -> PNG
 _FOR_CONTENT = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "WEBP": "WEBP", "TIFF": "TIFF"}
 _CHOICES = "use png, jpg, webp or tif"
+#: extensions that make a file "meant to be an image" (any Pillow reads, not only those sinsr
+#: writes): an input named so that cannot be read is an error, not a file to skip
+IMAGE_EXTENSIONS = frozenset(
+    ".png .jpg .jpeg .jpe .jfif .webp .tif .tiff .bmp .gif .ppm .pgm .pbm .pnm .tga .ico "
+    ".heic .heif .avif .jp2 .j2k .dds .psd".split()
+)
 
 
 def format_named(name: str) -> Format | None:
