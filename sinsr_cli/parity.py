@@ -3,9 +3,9 @@
     python -m sinsr_cli.parity FIXTURE.safetensors [--dtype fp32|fp16|bf16] [--threads N] [--device cuda]
 
 Reads ``FIXTURE.json`` beside the tensors (constructor params in official names, which call
-produced each tensor), builds our models from those params, loads ``unet.*`` / ``vq.*`` strictly,
-recomputes every output it recognises, prints ONE JSON object and exits 1 when any fp32 error
-exceeds its tolerance. It relies only on the fixture's naming scheme, not on one fixture's
+produced each tensor), builds our models from those params, loads ``unet.*`` / ``vq.*`` strictly
+(a fixture without ``unet_params`` checks the autoencoder alone), recomputes every output it
+recognises, prints ONE JSON object and exits 1 when any fp32 error exceeds its tolerance. It relies only on the fixture's naming scheme, not on one fixture's
 sizes: other configs, batch sizes and non-square shapes work.
 
 fp32 runs in true IEEE fp32 (``devices.exact_fp32``): on Ampere and later GPUs cuDNN would
@@ -13,9 +13,12 @@ otherwise run convolutions in TF32, about 1e-3 relative, ten times the latent to
 
 Tolerances (fp32): 1e-4 on latents and direct UNet outputs (multi-step latents are checked per
 step from the fixture's own previous state; the end-to-end chain gets 10x the reference's own
-thread-count drift, floored at 1e-4); 1e-3 on images decoded from the fixture's latents.
+thread-count drift, floored at 1e-4). Images: where the fixture has a conditioning file
+(``NAME_conditioning.json``: the official code recomputed with 1 thread instead of 2), every
+image is held to 10x the reference's own drift on that tensor, floored at 1e-5 (float noise of
+values of order 1), and each row reports the drift and the ratio; without one, 1e-3.
 End-to-end images may differ where a codebook index flips (a random 3-D codebook has
-near-ties); flips are counted and reported, and those images are held to 1e-3 only when
+near-ties); flips are counted and reported, and those images are held to their bound only when
 nothing flipped.
 """
 
@@ -38,12 +41,15 @@ from .errors import one_line
 from .models.checkpoints import load_strict, split_prefixed
 from .models.swin_unet import SwinUNet
 from .models.vq_f4 import VQModel
-from .pipeline import SRPipeline, bicubic_up, pad_to_multiple
+from .pipeline import SRPipeline, bicubic_up, encode_lq, pad_to_multiple, place_vq
 
 TOL_LATENT = 1e-4
 TOL_IMAGE = 1e-3
-#: end-to-end multi-step latents: this many times the reference's own thread drift
+#: end-to-end multi-step latents and (with a conditioning file) images: this many times the
+#: reference's own thread drift
 DRIFT_FACTOR = 10.0
+#: the least image tolerance a conditioning file can give (a drift of 0 is possible)
+TOL_IMAGE_FLOOR = 1e-5
 
 def load_fixture(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     from safetensors.torch import load_file
@@ -55,32 +61,68 @@ def load_fixture(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     return load_file(str(path)), json.loads(side.read_text())
 
 
-def _drift(meta: dict[str, Any], fixture: Path, key: str) -> float | None:
-    """The reference's own 1-vs-2-thread drift for ``key``, from the conditioning file."""
+def load_conditioning(fixture: Path) -> dict[str, float] | None:
+    """The reference's own 1-vs-2-thread drift per tensor (``NAME_conditioning.json``), or None.
+
+    Only the file named after this fixture counts: another config's drift says nothing here.
+    """
     cond = fixture.parent / f"{fixture.stem}_conditioning.json"
-    if not cond.is_file():
-        cond = fixture.parent / "parity_small_conditioning.json"
     if not cond.is_file():
         return None
     data = json.loads(cond.read_text()).get("results", {})
-    entry = data.get(fixture.stem) or next(iter(data.values()), {})
-    return entry.get("key_outputs_max_abs_diff", {}).get(key)
+    entry = data.get(fixture.stem) or (next(iter(data.values())) if len(data) == 1 else None)
+    return None if entry is None else dict(entry.get("key_outputs_max_abs_diff", {}))
+
+
+class Tolerances:
+    """Bounds per tensor: fixed for latents, from the conditioning file for images where known."""
+
+    def __init__(self, enforce: bool, drift: dict[str, float] | None) -> None:
+        self.enforce = enforce
+        self.drift = drift
+        self.latent = TOL_LATENT if enforce else None
+
+    def image(self, ref_key: str) -> tuple[float | None, dict[str, Any]]:
+        """``(tol, extra row fields)`` for an image compared with the fixture tensor ``ref_key``."""
+        d = None if self.drift is None else self.drift.get(ref_key)
+        if d is None:
+            return (TOL_IMAGE if self.enforce else None), {}
+        tol = max(TOL_IMAGE_FLOOR, DRIFT_FACTOR * d) if self.enforce else None
+        return tol, {"reference_thread_drift": d, "tol_rule": f"max({TOL_IMAGE_FLOOR:g}, {DRIFT_FACTOR:g} x drift)"}
+
+    def chain(self, key: str) -> tuple[float | None, float | None]:
+        """End-to-end multi-step latent: ``(tol, drift)``, 10x drift floored at the latent bound."""
+        d = None if self.drift is None else self.drift.get(key)
+        if self.latent is None:
+            return None, d
+        return (max(TOL_LATENT, DRIFT_FACTOR * d) if d else TOL_LATENT), d
 
 
 class Report:
     """Collects ``{name: {max_abs_err, tol, ok, ...}}``; ``enforce`` False for low precision."""
 
-    def __init__(self, enforce: bool) -> None:
+    def __init__(self, enforce: bool, crops: dict[str, list[int]] | None = None) -> None:
         self.rows: dict[str, dict[str, Any]] = {}
         self.enforce = enforce
+        #: fixture tensors stored as a window ``[y0, y1, x0, x1]`` of the full output (sidecar ``crop``)
+        self.crops = crops or {}
 
-    def add(self, name: str, ours: torch.Tensor, ref: torch.Tensor, tol: float | None, **extra: Any) -> None:
+    def add(
+        self, name: str, ours: torch.Tensor, ref: torch.Tensor, tol: float | None, ref_key: str | None = None, **extra: Any
+    ) -> None:
+        box = self.crops.get(ref_key or name)
+        if box is not None:
+            ours = ours[..., box[0] : box[1], box[2] : box[3]]
+            extra["crop"] = box
         if ours.shape != ref.shape:
             self.rows[name] = {"ok": False, "error": f"shape {tuple(ours.shape)} != {tuple(ref.shape)}"}
             return
         err = (ours.double() - ref.double()).abs().max().item()
         finite = bool(torch.isfinite(ours).all())
         row: dict[str, Any] = {"max_abs_err": err, "tol": tol, "finite": finite, **extra}
+        drift = extra.get("reference_thread_drift")
+        if drift:
+            row["x_reference_drift"] = err / drift
         row["ok"] = finite and (tol is None or not self.enforce or err <= tol)
         self.rows[name] = row
 
@@ -108,9 +150,9 @@ def run_fixture(
 def _run_fixture(path: Path, dtype: torch.dtype, dev: torch.device) -> dict[str, Any]:
     T, meta = load_fixture(path)
     enforce = dtype == torch.float32
-    rep = Report(enforce)
+    crops = {k: v["crop"] for k, v in meta.get("tensors", {}).items() if isinstance(v, dict) and "crop" in v}
+    rep = Report(enforce, crops)
 
-    unet_cfg = UNetConfig.from_official(meta["unet_params"])
     vq_cfg = VQConfig.from_official(meta["vq_params"])
     sched_cfg = ScheduleConfig.from_official(meta["diffusion_params"])
     if "diffusion_derived" in meta and "sqrt_etas" in meta["diffusion_derived"]:
@@ -122,22 +164,29 @@ def _run_fixture(path: Path, dtype: torch.dtype, dev: torch.device) -> dict[str,
     if "diffusion_derived" in meta and "sqrt_etas" in meta["diffusion_derived"]:
         rep.add("sqrt_etas", schedule.sqrt_etas, torch.tensor(meta["diffusion_derived"]["sqrt_etas"], dtype=torch.float64), 1e-12)
 
-    unet = SwinUNet(unet_cfg)
-    load_strict(unet, split_prefixed(T, "unet."), "fixture unet.*")
-    vq = VQModel(vq_cfg)
+    vq = VQModel(vq_cfg).eval().requires_grad_(False)
     load_strict(vq, split_prefixed(T, "vq."), "fixture vq.*")
-    preset = ModelPreset("fixture", unet_cfg, sched_cfg, 1, "onestep")
-    pipe = SRPipeline(unet, vq, preset).to(dev, dtype)
+    pipe = None
+    if "unet_params" in meta:  # an autoencoder-only fixture has none
+        unet_cfg = UNetConfig.from_official(meta["unet_params"])
+        unet = SwinUNet(unet_cfg)
+        load_strict(unet, split_prefixed(T, "unet."), "fixture unet.*")
+        pipe = SRPipeline(unet, vq, ModelPreset("fixture", unet_cfg, sched_cfg, 1, "onestep")).to(dev, dtype)
+    else:
+        place_vq(vq, dev, dtype)
     T = {k: v.to(dev) for k, v in T.items()}
-    tol_lat = TOL_LATENT if enforce else None
-    tol_img = TOL_IMAGE if enforce else None
+    drift = load_conditioning(path)
+    tols = Tolerances(enforce, drift)
 
     with torch.inference_mode():
-        _main_paths(T, meta, pipe, schedule, rep, path, tol_lat, tol_img)
-        _padding(T, pipe, rep, tol_img)
-        _chopping(T, meta, pipe, rep, tol_img)
+        z_y = _vq_paths(T, vq, sched_cfg.sf, rep, tols)
+        if pipe is not None:
+            _main_paths(T, pipe, z_y, schedule, rep, tols)
+            _padding(T, pipe, rep, tols)
+            _chopping(T, meta, pipe, rep, tols)
     return {
         "fixture": str(path), "dtype": str(dtype).replace("torch.", ""), "device": str(dev), "ok": rep.ok,
+        "conditioning": None if drift is None else f"{path.stem}_conditioning.json",
         "errors": rep.rows,
     }
 
@@ -148,28 +197,27 @@ def _flips(vq: VQModel, z: torch.Tensor, ref_idx: torch.Tensor | None) -> int | 
     return int((vq.quantize.indices(z.to(vq.dtype)) != ref_idx).sum())
 
 
-def _image_e2e(rep: Report, name: str, ours: torch.Tensor, ref: torch.Tensor, flips: int | None, tol: float | None) -> None:
-    """End-to-end image: held to ``tol`` only when no codebook index flipped."""
-    rep.add(name, ours, ref, tol if not flips else None, codebook_flips=flips)
+def _image(rep: Report, tols: Tolerances, name: str, ours: torch.Tensor, ref_key: str, T, **extra: Any) -> None:
+    tol, more = tols.image(ref_key)
+    rep.add(name, ours, T[ref_key], tol, ref_key=ref_key, **more, **extra)
 
 
-def _main_paths(T, meta, pipe: SRPipeline, schedule, rep: Report, path: Path, tol_lat, tol_img) -> None:
-    if "lq" not in T:
-        return
-    lq = T["lq"]
-    den = pipe.denoiser(lq)
-    vq = pipe.vq
-    if "lq_up" in T:
-        rep.add("lq_up", bicubic_up(lq, pipe.scale), T["lq_up"], tol_lat)
-    z_y = pipe.encode(lq)
-    if "z_y" in T:
-        rep.add("z_y", z_y, T["z_y"], tol_lat)
-    z_y_ref = T.get("z_y", z_y)
-    noise = T.get("noise")
-    if noise is not None and "x_T" in T:
-        rep.add("x_T", prior_sample(z_y, schedule, noise), T["x_T"], tol_lat)
+def _image_e2e(rep: Report, tols: Tolerances, name: str, ours: torch.Tensor, ref_key: str, T, flips: int | None) -> None:
+    """End-to-end image: held to its bound only when no codebook index flipped."""
+    tol, more = tols.image(ref_key)
+    rep.add(name, ours, T[ref_key], tol if not flips else None, ref_key=ref_key, codebook_flips=flips, **more)
 
-    # decoded images from the fixture's own latents (strict) and our codebook choices
+
+def _vq_paths(T, vq: VQModel, scale: int, rep: Report, tols: Tolerances) -> torch.Tensor | None:
+    """Encode the fixture's lq, and decode every stored latent (strict: the fixture's own latent)."""
+    z_y = None
+    if "lq" in T:
+        lq = T["lq"]
+        if "lq_up" in T:
+            rep.add("lq_up", bicubic_up(lq, scale), T["lq_up"], tols.latent)
+        z_y = encode_lq(vq, lq, scale)
+        if "z_y" in T:
+            rep.add("z_y", z_y, T["z_y"], tols.latent)
     for lat in ("z_y", "onestep", "ddim", "ancestral"):
         zkey = "z_y" if lat == "z_y" else f"{lat}_z0"
         if zkey not in T:
@@ -177,12 +225,26 @@ def _main_paths(T, meta, pipe: SRPipeline, schedule, rep: Report, path: Path, to
         raw = vq.decode(T[zkey].to(vq.dtype)).float()
         rkey = "z_y_decoded_raw" if lat == "z_y" else f"{lat}_image_raw"
         if rkey in T:
-            rep.add(rkey, raw, T[rkey], tol_img)
+            _image(rep, tols, rkey, raw, rkey, T)
         if f"{lat}_image" in T:
-            rep.add(f"{lat}_image", raw.clamp(-1, 1), T[f"{lat}_image"], tol_img)
+            _image(rep, tols, f"{lat}_image", raw.clamp(-1, 1), f"{lat}_image", T)
         if f"{lat}_vq_idx" in T:
             n = _flips(vq, T[zkey], T[f"{lat}_vq_idx"])
             rep.note(f"{lat}_vq_idx", index_mismatches=n, ok=(n == 0) or not rep.enforce)
+    return z_y
+
+
+def _main_paths(T, pipe: SRPipeline, z_y: torch.Tensor | None, schedule, rep: Report, tols: Tolerances) -> None:
+    if z_y is None:
+        return
+    tol_lat = tols.latent
+    lq = T["lq"]
+    den = pipe.denoiser(lq)
+    vq = pipe.vq
+    z_y_ref = T.get("z_y", z_y)
+    noise = T.get("noise")
+    if noise is not None and "x_T" in T:
+        rep.add("x_T", prior_sample(z_y, schedule, noise), T["x_T"], tol_lat)
 
     # direct UNet calls
     for key in T:
@@ -199,7 +261,7 @@ def _main_paths(T, meta, pipe: SRPipeline, schedule, rep: Report, path: Path, to
         rep.add("onestep_z0", z0, T["onestep_z0"], tol_lat)
         if "onestep_image" in T:
             flips = _flips(vq, z0, T.get("onestep_vq_idx"))
-            _image_e2e(rep, "onestep_image_e2e", pipe.decode(z0), T["onestep_image"], flips, tol_img)
+            _image_e2e(rep, tols, "onestep_image_e2e", pipe.decode(z0), "onestep_image", T, flips)
 
     # multi-step chains: per step from the fixture's previous state, then end to end
     n = schedule.num_steps
@@ -235,16 +297,15 @@ def _main_paths(T, meta, pipe: SRPipeline, schedule, rep: Report, path: Path, to
             if noises is None:
                 continue
             z0 = sample_ancestral(den, z_y, schedule, noise, step_noises=noises)
-        drift = _drift(meta, path, f"{kind}_z0")
-        tol = None if tol_lat is None else max(TOL_LATENT, DRIFT_FACTOR * drift) if drift else tol_lat
+        tol, drift = tols.chain(f"{kind}_z0")
         rep.add(f"{kind}_z0", z0, T[f"{kind}_z0"], tol, reference_thread_drift=drift, steps_checked=steps_checked)
         if f"{kind}_image" in T:
             flips = _flips(vq, z0, T.get(f"{kind}_vq_idx"))
-            _image_e2e(rep, f"{kind}_image_e2e", pipe.decode(z0), T[f"{kind}_image"], flips, tol_img)
+            _image_e2e(rep, tols, f"{kind}_image_e2e", pipe.decode(z0), f"{kind}_image", T, flips)
 
 
 
-def _padding(T, pipe: SRPipeline, rep: Report, tol_img) -> None:
+def _padding(T, pipe: SRPipeline, rep: Report, tols: Tolerances) -> None:
     """Non-multiple-of-64 input: reflect pad, one step, decode, crop (no stored latent)."""
     if "pad_lq" not in T or "pad_image" not in T:
         return
@@ -253,7 +314,8 @@ def _padding(T, pipe: SRPipeline, rep: Report, tol_img) -> None:
     z0 = pipe.sample_latent(padded, sampler="onestep", noise=T["pad_noise_0"])
     out = pipe.decode(z0)[..., : h * pipe.scale, : w * pipe.scale]
     # without the reference latent a codebook flip cannot be told apart: relax only at near-ties
-    rep.add("pad_image", out, T["pad_image"], None if _near_tie(pipe, z0) else tol_img)
+    tol, more = tols.image("pad_image")
+    rep.add("pad_image", out, T["pad_image"], None if _near_tie(pipe, z0) else tol, **more)
 
 
 def _near_tie(pipe: SRPipeline, z: torch.Tensor) -> bool:
@@ -265,7 +327,7 @@ def _near_tie(pipe: SRPipeline, z: torch.Tensor) -> bool:
     return bool(((two[:, 1] - two[:, 0]) < 1e-6).any())
 
 
-def _chopping(T, meta, pipe: SRPipeline, rep: Report, tol_img) -> None:
+def _chopping(T, meta, pipe: SRPipeline, rep: Report, tols: Tolerances) -> None:
     chop = meta.get("inputs", {}).get("chop") or {}
     patches = chop.get("patches")
     for key in sorted(k for k in T if re.fullmatch(r"chop_lq\d+", k)):
@@ -286,7 +348,8 @@ def _chopping(T, meta, pipe: SRPipeline, rep: Report, tol_img) -> None:
             acc[..., sy0:sy1, sx0:sx1] += out
             cnt[..., sy0:sy1, sx0:sx1] += 1
         ours = acc / cnt * 0.5 + 0.5
-        rep.add(f"chop_image{suffix}", ours, ref, tol_img)
+        tol, more = tols.image(f"chop_image{suffix}")
+        rep.add(f"chop_image{suffix}", ours, ref, tol, **more)
 
 
 def main(argv: list[str] | None = None) -> int:

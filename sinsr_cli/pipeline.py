@@ -37,6 +37,28 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
     return F.pad(x, (0, pw, 0, ph), mode=mode), (h, w)
 
 
+def memory_format_for(device: torch.device) -> torch.memory_format:
+    """channels_last on CPU (oneDNN's native layout: no reorders around each conv, 1x1 convs as
+    GEMMs), contiguous elsewhere."""
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
+def place_vq(vq: VQModel, device: torch.device, dtype: torch.dtype) -> VQModel:
+    """Move the autoencoder to ``device`` in ``dtype``, all but its codebook (kept float32: a
+    bf16 round trip would move the codes, and the nearest-code search decides indices)."""
+    vq.to(device=device, memory_format=memory_format_for(device))
+    for part in vq.children():
+        if part is not vq.quantize:
+            part.to(dtype=dtype)
+    return vq
+
+
+def encode_lq(vq: VQModel, lq: torch.Tensor, scale: int) -> torch.Tensor:
+    """LR ``[-1,1]`` -> ``z_y = encode(bicubic x4)`` (float32, not quantised)."""
+    up = bicubic_up(lq.float(), scale)  # float32 resampling; the encoder casts
+    return vq.encode(up).float().contiguous()
+
+
 def bicubic_up(x: torch.Tensor, scale: int) -> torch.Tensor:
     """``F.interpolate(bicubic, align_corners=False)``, no antialias, no clamp (as officially)."""
     return F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
@@ -70,12 +92,8 @@ class SRPipeline:
         """
         device = resolve_device(device) if device is not None else self.device
         dtype = dtype or self.dtype
-        fmt = torch.channels_last if device.type == "cpu" else torch.contiguous_format
-        self.unet.to(device=device, dtype=dtype, memory_format=fmt)
-        self.vq.to(device=device, memory_format=fmt)
-        for part in self.vq.children():  # all but the codebook: a bf16 round trip would move it
-            if part is not self.vq.quantize:
-                part.to(dtype=dtype)
+        self.unet.to(device=device, dtype=dtype, memory_format=memory_format_for(device))
+        place_vq(self.vq, device, dtype)
         self.device, self.dtype = device, dtype
         return self
 
@@ -93,8 +111,7 @@ class SRPipeline:
 
     def encode(self, lq: torch.Tensor) -> torch.Tensor:
         """LR ``[-1,1]`` -> ``z_y = encode(bicubic x4)`` (float32, not quantised)."""
-        up = bicubic_up(lq.float(), self.scale)  # float32 resampling; the encoder casts
-        return self.vq.encode(up).float().contiguous()
+        return encode_lq(self.vq, lq, self.scale)
 
     def denoiser(self, lq: torch.Tensor) -> Denoiser:
         """Bind the LR conditioning: ``(x, t) -> x0`` running the UNet in the pipeline dtype."""
