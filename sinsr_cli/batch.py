@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .devices import dtype_name, is_oom_error, release_cached_memory
+from .devices import HALF_DTYPES, dtype_name, is_oom_error, release_cached_memory
 from .engine import Engine
+from .errors import one_line
 from .imageio import LoadedImage, SinsrIOError, format_of, image_to_tensor, read_image, tensor_to_image, write_image
 from .jobs import Job, message_for, plan_jobs
 from .options import UpscaleOptions
@@ -54,9 +55,6 @@ __all__ = ["NonFiniteOutput", "UpscaleOptions", "plan_jobs", "run_batch", "upsca
 
 class NonFiniteOutput(RuntimeError):
     """The model produced NaN/Inf."""
-
-
-_HALF = (torch.float16, torch.bfloat16)
 
 
 @dataclass
@@ -93,7 +91,7 @@ def _run_model(
     y = engine(x, state.plan, on_tile=on_tile, on_retry=on_retry)
     if not bool(torch.isfinite(y).all()):
         dtype = state.plan.dtype or engine.dtype
-        if dtype not in _HALF or not options.fp32_fallback:
+        if dtype not in HALF_DTYPES or not options.fp32_fallback:
             raise NonFiniteOutput(f"the model produced NaN/Inf values in {dtype_name(dtype)}; not written")
         warn(f"{what}: {dtype_name(dtype)} produced NaN/Inf values; computing this file again in fp32")
         del y
@@ -153,7 +151,7 @@ def _fail(result: ItemResult, err: BaseException, device: torch.device) -> None:
         result.message = message_for(path, err)
         result.setting = getattr(err, "setting", None) or ""
     else:
-        result.message = f"{path}: {type(err).__name__}: {' '.join(str(err).split())}"
+        result.message = f"{path}: {one_line(err, 500, typed=True)}"
     keep_error(result, err)
 
 

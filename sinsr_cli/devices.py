@@ -13,6 +13,8 @@ from .errors import one_line
 
 #: the dtype names users type (``--dtype``, ``--amp``, reports): the one table of them
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: the reduced-precision dtypes (a NaN in one of them earns an fp32 retry)
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 _ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
 
 
@@ -155,12 +157,28 @@ def is_oom_error(err: BaseException) -> bool:
     return any(m in text for m in _OOM_MARKERS)
 
 
-def free_memory(device: torch.device | str) -> int | None:
-    """Free bytes on an accelerator (CUDA's ``mem_get_info``); None where torch cannot tell."""
+def free_memory(device: torch.device | str, *, host: bool = False) -> int | None:
+    """Free bytes on ``device``: CUDA's ``mem_get_info``; elsewhere, with ``host``, the host's
+    available RAM (CPU and MPS draw on it), else None (torch cannot tell)."""
     device = torch.device(device)
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
-    return None
+    return available_ram() if host else None
+
+
+def available_ram() -> int | None:
+    """The host's available RAM in bytes (``MemAvailable``, else ``SC_AVPHYS_PAGES``); None if unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def release_cached_memory(device: torch.device | str) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from .distributed import deal
+from .errors import one_line
 from .imageio import IMAGE_EXTENSIONS, InputItem, SinsrIOError, output_path, read_image
 from .options import UpscaleOptions
 
@@ -149,7 +150,7 @@ def _read_failure(path: Path, reason: str) -> tuple[str, BaseException | None]:
 
 def message_for(path: Path, err: BaseException) -> str:
     """One line naming ``path``: SinsrIOError messages already start with a path."""
-    text = " ".join(str(err).split()) or type(err).__name__
+    text = one_line(err, 500)
     if isinstance(err, SinsrIOError) and err.path is not None:
         return text
     return f"{path}: {text}"

@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from .config import PRESETS, VQ_PRESETS, UNetConfig, VQConfig
-from .devices import cpu_has_native_bf16, dtype_name
+from .devices import cpu_has_native_bf16, dtype_name, free_memory
 from .distributed import local_processes
-from .tiling import free_bytes, tile_starts
+from .tiling import tile_starts
 
 if TYPE_CHECKING:
     from .pipeline import SRPipeline
@@ -293,7 +293,7 @@ def auto_plan(pipe: SRPipeline, height: int, width: int, *, tile_batch: int = 1)
     within 80% of the free memory (CUDA's, or this process's share of the RAM: the processes of a
     sharded run on one host split it) and under CUDA's 32-bit indexing limit.
     """
-    free = free_bytes(pipe.device)
+    free = free_memory(pipe.device, host=True)
     if free is not None and pipe.device.type != "cuda":  # a sharded run's processes share the host's RAM
         free //= local_processes()
     itemsize = torch.empty((), dtype=pipe.dtype).element_size()

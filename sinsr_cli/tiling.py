@@ -14,7 +14,6 @@ tiles, with the out-of-memory retry, is ``engine``'s.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,7 +28,6 @@ __all__ = [
     "blend_window",
     "run_tiled",
     "OutputTooLarge",
-    "free_bytes",
 ]
 
 
@@ -255,25 +253,3 @@ def run_tiled(
             on_tile(start + len(chunk), len(jobs))
     assert out is not None  # jobs is never empty: B >= 1 and plan_tiles returns >= 1 tile
     return out.div_(weight_sum)
-
-
-def _available_ram_bytes() -> int | None:
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def free_bytes(device: torch.device) -> int | None:
-    """Free memory on ``device``: CUDA's free bytes, else available host RAM (MPS shares it)."""
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
-    return _available_ram_bytes()
