@@ -2,7 +2,8 @@
 
 The lowest layer (no torch, no other sinsr module): the library raises :class:`SettingError`
 naming a setting in its own terms (``steps``, ``tile``, ``seed``), and the CLI puts its flag
-(``--steps``) in the name's place (``cli.common.flag_message``). :func:`one_line` is the one
+(``--steps``) in the name's place (``cli.common.flag_message``); any error's ``mentions`` (the
+settings its message names as words) are respelled the same way. :func:`one_line` is the one
 way an exception becomes part of a message (a report row, a JSON field, a terminal line).
 """
 
@@ -16,12 +17,13 @@ class SettingError(ValueError):
     ``tile_overlap``); a message that begins with that name lets a front end put its own
     spelling of the setting (a flag) in its place."""
 
-    def __init__(self, setting: str, message: str) -> None:
+    def __init__(self, setting: str, message: str, mentions: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.setting = setting
+        self.mentions = mentions  # settings named as words inside the message (a front end respells them)
 
     def __reduce__(self) -> tuple[object, ...]:  # survive multiprocessing
-        return (type(self), (self.setting, str(self)))
+        return (type(self), (self.setting, str(self), self.mentions))
 
 
 def one_line(err: BaseException | str, limit: int = 300, *, typed: bool = False) -> str:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .errors import SettingError
 from .fetch import Progress, sha256_file
 from .cache import CachePaths, cache_root, link_or_copy, read_sidecar
 from .hub import resolve_weights
@@ -38,7 +39,7 @@ def export_mirror(
     targets = [out / e.hub_filename for e in entries] + [out / "README.md", out / "SHA256SUMS"]
     existing = [t for t in targets if os.path.lexists(t)]
     if existing and not force:
-        raise ValueError(f"{existing[0]}: already exists (use --force to replace the mirror's files)")
+        raise SettingError("force", f"{existing[0]}: already exists (use force to replace the mirror's files)", ("force",))
     sources = [resolve_weights(e.name, offline=offline, cache_dir=cache_dir, progress=progress) for e in entries]
     out.mkdir(parents=True, exist_ok=True)
     rows = []

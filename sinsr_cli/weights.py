@@ -76,7 +76,7 @@ def load_unet(
     path = _resolve(name_or_path, "unet", offline)
     ckpt = read_checkpoint(path)
     if ckpt.kind != "unet":
-        raise CheckpointError(f"{path}: this is a {ckpt.kind} checkpoint, not a UNet (--model)")
+        raise CheckpointError(f"{path}: this is a {ckpt.kind} checkpoint, not a UNet (model)", ("model",))
     zoo_hint = str(name_or_path) if str(name_or_path) in PRESETS else ""
     preset = detect_preset(ckpt, zoo_hint)
     if zoo_hint and preset.name != zoo_hint and "sinsr.preset" not in ckpt.metadata:
@@ -94,7 +94,7 @@ def load_vq(
     path = _resolve(name_or_path, "vq", offline)
     ckpt = read_checkpoint(path)
     if ckpt.kind != "vq":
-        raise CheckpointError(f"{path}: this is a {ckpt.kind} checkpoint, not a VQ autoencoder (--vq)")
+        raise CheckpointError(f"{path}: this is a {ckpt.kind} checkpoint, not a VQ autoencoder (vq)", ("vq",))
     cfg: VQConfig = vq_config_of(ckpt)
     if config is not None:
         cfg = vq_with_config(cfg, read_config_file(config))

@@ -79,3 +79,29 @@ def test_the_cli_puts_its_flags_in_place_of_setting_names():
     with pytest.raises(SettingError) as info:
         resolve_sampling(PRESETS["sinsr-v2"], 2)
     assert flag_message(info.value).startswith("--steps: sinsr-v2 is a one-step student")
+
+
+def test_the_cli_respells_the_settings_a_message_mentions():
+    """Library messages name settings (``amp``, ``crop_mode``, ``model``); the CLI shows flags,
+    but never inside a path or a longer word."""
+    import pickle
+
+    from sinsr_cli.distill.config import DistillConfig
+    from sinsr_cli.distill.trainer import TrainingDiverged
+    from sinsr_cli.models.checkpoints import CheckpointError
+
+    with pytest.raises(SettingError) as info:
+        DistillConfig(data=None, pairs=None)
+    assert "--" not in str(info.value)
+    assert flag_message(info.value) == "give exactly one of --data (HR images) or --pairs (lr/ + hr/ folders)"
+    with pytest.raises(SettingError) as info:
+        DistillConfig(data="hr", crop_mode="odd")
+    assert flag_message(info.value).startswith("unknown --crop-mode 'odd' (use ")
+    with pytest.raises(SettingError) as info:
+        DistillConfig(data="hr", crop=30)
+    assert flag_message(info.value) == "--crop must be a multiple of 4 and at least 32, got 30"
+    err = pickle.loads(pickle.dumps(CheckpointError("/x/model/model.pth: not a UNet (model)", ("model",))))
+    assert flag_message(err) == "/x/model/model.pth: not a UNet (--model)"
+    text = flag_message(TrainingDiverged("3 non-finite steps; lower lr, enable clip_grad or use amp bf16/no."))
+    assert text == "3 non-finite steps; lower --lr, enable --clip-grad or use --amp bf16/no."
+    assert flag_message(ValueError("plain")) == "plain"

@@ -301,7 +301,7 @@ def _model_run(
     what = run.label
 
     def on_retry(tile: int, overlap: int) -> None:
-        note(f"{what}: out of memory; retried with --tile {tile}")
+        note(f"{what}: out of memory; retried with {tile} px tiles")
 
     peak = [0]
     engine = Engine(pipe)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..errors import SettingError
 from ..imageio import luma, to_uint8, write_image
 from .dataset import ImageStore
 from .report import format_metric
@@ -80,9 +81,9 @@ class SheetCollector:
         self, store: ImageStore, *, images: int = 4, crop: int = 128, zoom: int = 1, min_cell: int = 128
     ) -> None:
         if crop < 8:
-            raise ValueError(f"--sheet-crop must be at least 8 px, got {crop}")
+            raise SettingError("sheet_crop", f"sheet_crop must be at least 8 px, got {crop}")
         if not 1 <= zoom <= 16:
-            raise ValueError(f"--sheet-zoom must be in 1..16, got {zoom}")
+            raise SettingError("sheet_zoom", f"sheet_zoom must be in 1..16, got {zoom}")
         n = len(store)
         count = max(0, min(images, n))
         self.indices = sorted({int(round(k)) for k in np.linspace(0, n - 1, count)}) if count else []

@@ -7,6 +7,7 @@ import difflib
 import functools
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperCommand
 
-from ..errors import SettingError, one_line
+from ..errors import one_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -137,13 +138,26 @@ def library_logging(verbose: bool) -> None:
 SETTING_FLAGS = {"tile_batch": "--batch"}
 
 
-def flag_message(err: SettingError) -> str:
+def flag_for(setting: str) -> str:
+    """The flag that sets a library setting (``tile_overlap`` -> ``--tile-overlap``)."""
+    return SETTING_FLAGS.get(setting, "--" + setting.replace("_", "-"))
+
+
+def flag_message(err: BaseException) -> str:
     """The library's message with the setting's flag in place of its name
-    (``steps must be >= 1`` -> ``--steps must be >= 1``), or before it."""
-    flag = SETTING_FLAGS.get(err.setting, "--" + err.setting.replace("_", "-"))
+    (``steps must be >= 1`` -> ``--steps must be >= 1``), or before it; each setting in the
+    error's ``mentions`` respelled as its flag where it stands as a word
+    (``unknown amp 'fp8'`` -> ``unknown --amp 'fp8'``)."""
     text = one_line(err, 500)
-    if text.startswith(err.setting) and text[len(err.setting) : len(err.setting) + 1] in (" ", ":"):
-        return flag + text[len(err.setting) :]
+    mentions: tuple[str, ...] = tuple(getattr(err, "mentions", ()) or ())
+    for name in mentions:  # a whole word: not inside a path, a file name or a longer name
+        text = re.sub(rf"(?<![\w./-]){re.escape(name)}(?![\w/-]|\.\w)", flag_for(name), text)
+    setting: str = getattr(err, "setting", "") or ""
+    if not setting or setting in mentions:
+        return text
+    flag = flag_for(setting)
+    if text.startswith(setting) and text[len(setting) : len(setting) + 1] in (" ", ":"):
+        return flag + text[len(setting) :]
     return f"{flag}: {text}"
 
 
@@ -176,11 +190,11 @@ def handle_errors(fn: F) -> F:
         except user_errors() as e:
             if verbose:
                 traceback.print_exc(file=sys.stderr)
-            text = flag_message(e) if isinstance(e, SettingError) else one_line(e, 500)
+            text = flag_message(e)
             raise fail(text, EXIT_PARTIAL if isinstance(e, run_failures()) else EXIT_USAGE) from None
         except Exception as e:  # noqa: BLE001 - last line of defence: never a bare traceback
             if verbose:
                 traceback.print_exc(file=sys.stderr)
-            raise fail(f"{type(e).__name__}: {one_line(e, 500)} (rerun with --verbose for details)", 1) from None
+            raise fail(f"{type(e).__name__}: {flag_message(e)} (rerun with --verbose for details)", 1) from None
 
     return wrapper  # type: ignore[return-value]

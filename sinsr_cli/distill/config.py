@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
+from ..errors import SettingError
 from .data import CROP_MODES
 from .hsd import OMEGAS, REFERENCES
 from .losses import LossWeights
@@ -71,9 +72,9 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         if (self.data is None) == (self.pairs is None):
-            raise ValueError("give exactly one of --data (HR images) or --pairs (lr/ + hr/ folders)")
+            raise SettingError("data", "give exactly one of data (HR images) or pairs (lr/ + hr/ folders)", ("data", "pairs"))
         if self.amp not in AMP_MODES:
-            raise ValueError(f"unknown --amp {self.amp!r} (use {', '.join(AMP_MODES)})")
+            raise SettingError("amp", f"unknown amp {self.amp!r} (use {', '.join(AMP_MODES)})", ("amp",))
         positive = ("batch", "crop", "log_every", "ckpt_every", "keep", "val_every", "max_nan_steps",
                     "hsd_t_max", "disc_channels")
         for k in positive:
@@ -83,13 +84,13 @@ class DistillConfig:
             if getattr(self, k) < 0:
                 raise ValueError(f"{k} must be >= 0, got {getattr(self, k)}")
         if self.crop % 4 or self.crop < 32:
-            raise ValueError(f"--crop must be a multiple of 4 and at least 32, got {self.crop}")
+            raise SettingError("crop", f"crop must be a multiple of 4 and at least 32, got {self.crop}")
         if not (self.lr > 0 and 0 <= self.ema_rate < 1 and self.weight_decay >= 0 and self.clip_grad >= 0):
             raise ValueError("need lr > 0, 0 <= ema < 1, weight decay >= 0 and clip >= 0")
         if not self.disc_lr > 0:
             raise ValueError(f"disc_lr must be > 0, got {self.disc_lr}")
         if self.crop_mode not in CROP_MODES:
-            raise ValueError(f"unknown --crop-mode {self.crop_mode!r} (use {', '.join(CROP_MODES)})")
+            raise SettingError("crop_mode", f"unknown crop_mode {self.crop_mode!r} (use {', '.join(CROP_MODES)})", ("crop_mode",))
         if self.hsd_reference not in REFERENCES:
             raise ValueError(f"unknown HSD reference {self.hsd_reference!r} (use {', '.join(REFERENCES)})")
         if self.hsd_omega not in OMEGAS:

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from ..config import ModelPreset
 from ..devices import resolve_device
 from ..distributed import DistInfo, barrier, join
+from ..errors import SettingError
 from ..models.checkpoints import unet_metadata, write_safetensors
 from ..models.swin_unet import SwinUNet
 from ..models.vq_f4 import VQModel
@@ -45,7 +46,9 @@ from .validate import load_val_metrics, validate
 
 
 class TrainingDiverged(RuntimeError):
-    """Too many non-finite steps in a row."""
+    """Too many non-finite steps in a row; ``mentions``: the settings the message suggests changing."""
+
+    mentions = ("lr", "clip_grad", "amp")
 
 
 @dataclass
@@ -166,7 +169,7 @@ def build(
     ema = copy.deepcopy(teacher).eval().requires_grad_(False)
     lat = cfg.crop // preset.schedule.sf
     if lat % raw.size_multiple:
-        raise ValueError(f"--crop {cfg.crop} gives {lat} px latents; the UNet needs a multiple of {raw.size_multiple}")
+        raise SettingError("crop", f"crop {cfg.crop} gives {lat} px latents; the UNet needs a multiple of {raw.size_multiple}")
     disc = TimeAwareDiscriminator.for_unet(teacher, cfg.disc_channels).to(dev) if cfg.weights.adv else None
     ts = TrainState(
         raw, ema, _adamw(raw.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
@@ -181,7 +184,7 @@ def _loader(cfg: DistillConfig, preset: ModelPreset, dev: torch.device, info: Di
     per_rank = cfg.batch // info.world if cfg.batch % info.world == 0 else 0
     micro = cfg.micro_batch or per_rank
     if not per_rank or per_rank % micro:
-        raise ValueError(f"--batch {cfg.batch} must split into {info.world} process(es) x whole micro-batches of {micro}")
+        raise SettingError("batch", f"batch {cfg.batch} must split into {info.world} process(es) x whole micro-batches of {micro}")
     if cfg.data is not None:
         dataset: Any = HRCrops(find_hr_images(cfg.data), cfg.crop, cfg.seed, cfg.crop_mode)
     else:
@@ -223,8 +226,8 @@ def _nan_guard(ts: TrainState, cfg: DistillConfig, emit: EventFn) -> None:
     emit("skip", {"step": ts.step, "streak": ts.nan_streak, "skipped": ts.skipped})
     if ts.nan_streak >= cfg.max_nan_steps:
         raise TrainingDiverged(
-            f"{ts.nan_streak} non-finite steps in a row (step {ts.step}); lower --lr, enable --clip-grad "
-            "or use --amp bf16/no, and resume from the last checkpoint"
+            f"{ts.nan_streak} non-finite steps in a row (step {ts.step}); lower lr, enable clip_grad "
+            "or use amp bf16/no, and resume from the last checkpoint"
         )
 
 

@@ -30,7 +30,16 @@ _WRAPPERS = ("params_ema", "ema", "state_dict", "model", "params", "net", "modul
 
 
 class CheckpointError(ValueError):
-    """A checkpoint cannot be read or does not fit the model; the message is one line."""
+    """A checkpoint cannot be read or does not fit the model; the message is one line.
+    ``mentions``: the settings (``model``, ``vq``, ``config``) the message names as words, for a
+    front end to respell (a flag)."""
+
+    def __init__(self, message: str, mentions: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.mentions = mentions
+
+    def __reduce__(self) -> tuple[object, ...]:  # survive multiprocessing
+        return (type(self), (str(self), self.mentions))
 
 
 @dataclass

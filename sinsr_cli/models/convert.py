@@ -1,4 +1,4 @@
-"""Official config files (``--config``) and conversion of any checkpoint to self-describing
+"""Official config files (``config=``) and conversion of any checkpoint to self-describing
 safetensors (``sinsr convert``, the zoo's downloads).
 
 :func:`with_config` / :func:`vq_with_config` are the one place a config file overrides what a
@@ -67,7 +67,7 @@ def with_config(preset: ModelPreset, config: Mapping[str, Any], stem: str) -> Mo
         return preset
     arch = UNetConfig.from_official(config["unet"])
     sched = ScheduleConfig.from_official(config["diffusion"]) if "diffusion" in config else preset.schedule
-    return ModelPreset(f"custom-{stem}", arch, sched, preset.default_steps, preset.default_sampler, "from --config")
+    return ModelPreset(f"custom-{stem}", arch, sched, preset.default_steps, preset.default_sampler, "from a config file")
 
 
 def vq_with_config(cfg: VQConfig, config: Mapping[str, Any]) -> VQConfig:

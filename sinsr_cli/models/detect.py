@@ -106,7 +106,7 @@ def infer_vq_config(sd: Mapping[str, torch.Tensor]) -> VQConfig:
         nrb = 1 + max(int(k.split(".")[4]) for k in sd if k.startswith("encoder.down.0.block."))
         attn = any(k.startswith("encoder.down.") and ".attn." in k for k in sd)
         if attn:
-            raise CheckpointError("VQ checkpoints with per-level attention need --config")
+            raise CheckpointError("VQ checkpoints with per-level attention need their official YAML or JSON (config)", ("config",))
         return VQConfig(
             embed_dim=embed_dim,
             n_embed=n_embed,
