@@ -149,11 +149,11 @@ def flag_message(err: BaseException) -> str:
     error's ``mentions`` respelled as its flag where it stands as a word
     (``unknown amp 'fp8'`` -> ``unknown --amp 'fp8'``)."""
     text = one_line(err, 500)
-    mentions: tuple[str, ...] = tuple(getattr(err, "mentions", ()) or ())
+    mentions = tuple(m for m in getattr(err, "mentions", ()) or () if isinstance(m, str) and m)
     for name in mentions:  # a whole word: not inside a path, a file name or a longer name
         text = re.sub(rf"(?<![\w./-]){re.escape(name)}(?![\w/-]|\.\w)", flag_for(name), text)
-    setting: str = getattr(err, "setting", "") or ""
-    if not setting or setting in mentions:
+    setting = getattr(err, "setting", "")
+    if not isinstance(setting, str) or not setting or setting in mentions:
         return text
     flag = flag_for(setting)
     if text.startswith(setting) and text[len(setting) : len(setting) + 1] in (" ", ":"):
