@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from .devices import cudnn_autotune, is_oom_error, make_generator, release_cached_memory
-from .pipeline import SRPipeline
+from .pipeline import SRPipeline, from_model_range, to_model_range
 from .plan import Plan
 from .tileplan import auto_plan
 from .tiling import OutputTooLarge, run_tiled
@@ -179,10 +179,8 @@ class Engine:
         whose buffers do not fit on the device is blended on the host and returned on the CPU.
         On CUDA, tiled runs autotune cuDNN per tile shape (``cudnn.benchmark``).
         """
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected images [B,3,H,W], got {tuple(images.shape)}")
         pipe = self.pipeline(plan.dtype)
-        lq = images.to(pipe.device, torch.float32, non_blocking=True) * 2 - 1
+        lq = to_model_range(images, pipe.device)
         b, _, h, w = lq.shape
         geo = geometry(pipe, plan, b, h, w)
 
@@ -200,4 +198,4 @@ class Engine:
                 batch_size=b if geo.tile == 0 else plan.tiling.batch, on_tile=on_tile, on_retry=on_retry,
                 pad=lambda t: pipe.context_pad(t, geo.pad), out_channels=lq.shape[1],
             )
-        return out.mul_(0.5).add_(0.5).clamp_(0, 1)  # in place: no output-sized temporaries
+        return from_model_range(out)

@@ -59,6 +59,18 @@ def encode_lq(vq: VQModel, lq: torch.Tensor, scale: int) -> torch.Tensor:
     return vq.encode(up).float().contiguous()
 
 
+def to_model_range(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``[B,3,H,W]`` images in [0, 1] -> float32 on ``device`` in the models' [-1, 1] (a new tensor)."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected images [B,3,H,W], got {tuple(images.shape)}")
+    return images.to(device, torch.float32, non_blocking=True) * 2 - 1
+
+
+def from_model_range(out: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1], clamped, in place (``out`` is the caller's own: no output-sized temporaries)."""
+    return out.mul_(0.5).add_(0.5).clamp_(0, 1)
+
+
 def bicubic_up(x: torch.Tensor, scale: int) -> torch.Tensor:
     """``F.interpolate(bicubic, align_corners=False)``, no antialias, no clamp (as officially)."""
     return F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
@@ -178,14 +190,12 @@ class SRPipeline:
         ``generator``, when given, is drawn from instead. Tiles, the out-of-memory retry and
         progress are ``engine.Engine``'s (``sinsr_cli.upscale`` uses it): this is the model path.
         """
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected images [B,3,H,W], got {tuple(images.shape)}")
+        lq = to_model_range(images, self.device)
         plan = make_plan(self.preset, steps=steps, sampler=sampler, seed=seed)
         if generator is None:
             generator = make_generator(plan.seed, "cpu")
-        lq = images.to(self.device, torch.float32, non_blocking=True) * 2 - 1
         out = self.upscale_pm1(lq, steps=plan.steps, sampler=plan.sampler, generator=generator).float()
-        return out.mul_(0.5).add_(0.5).clamp_(0, 1)
+        return from_model_range(out)
 
     def with_dtype(self, dtype: torch.dtype) -> "SRPipeline":
         """A copy in ``dtype`` that shares no module, parameter or buffer with this one.
