@@ -160,8 +160,11 @@ def test_student_calls_match_official_inputs(distill_fixture):
     with torch.no_grad():
         distill_terms(spy, T["z_start_teacher"], T["z_t"], T["z_start_gt"], T["lq"], sched)
     assert len(calls) == 4
+    # a few float32 ulps of the largest latent the inputs are made from (|z_t| ~8): the rounding
+    # of a differently vectorised scale-and-add (1.1e-6 seen on an AVX2 host)
+    atol = 4 * torch.finfo(torch.float32).eps * float(T["z_t"].abs().max())
     for i, (x, t, _) in enumerate(calls):
-        torch.testing.assert_close(x, T[f"student_call{i}_x"], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(x, T[f"student_call{i}_x"], atol=atol, rtol=1e-6)
         assert torch.equal(t, T[f"student_call{i}_t"].long())
 
 
