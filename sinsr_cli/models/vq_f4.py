@@ -17,6 +17,7 @@ from ..devices import exact_fp32, free_memory
 from ..nn.attention import global_attention
 from ..nn.conv import Conv1x1, like, upsample_conv3x3
 from ..nn.norm import GroupNorm32
+from ..nn.winograd import Conv3x3
 
 _EPS = 1e-6
 #: CPU: latent positions quantised per chunk: the [rows, n_embed] distance block (8 MiB for
@@ -76,14 +77,17 @@ def _norm(c: int) -> GroupNorm32:
 
 
 class ResnetBlock(nn.Module):
-    """GN-swish-conv twice plus a 1x1 ``nin_shortcut`` when the width changes."""
+    """GN-swish-conv twice plus a 1x1 ``nin_shortcut`` when the width changes.
+
+    The 3x3 convs run by Winograd at 256 channels and more in float32 on the CPU (``Conv3x3``).
+    """
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
         self.norm1 = _norm(cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.conv1 = Conv3x3(cin, cout)
         self.norm2 = _norm(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.conv2 = Conv3x3(cout, cout)
         if cin != cout:
             self.nin_shortcut = Conv1x1(cin, cout)
 
