@@ -6,9 +6,9 @@ transformed (``B^T d B``: additions only), multiplied channel-wise with the tran
 (``A^T m A``: additions only). That is 16 instead of 36 multiply-adds per 2 x 2 outputs and
 channel pair. The transforms are memory passes over 4x the map, so the trade pays only where
 the GEMMs are large against them: on the CPU, float32, at 256 channels and more (the VQ
-autoencoder's mid and deepest levels, 35-55% of its conv work). Rounding: the transforms only
-add and halve, so the error is that of a dot product of ``16/9`` the direct length (measured
-below the direct oneDNN kernel's own, ~3e-6 vs 1.2e-5 at 512 channels).
+autoencoder's two deepest levels, about 55% of its conv work). Rounding: the transforms only
+add and halve; measured against float64 the error is below the direct oneDNN kernel's own
+(3e-6 vs 1.2e-5 at 512 channels).
 
 Rows of 2 x 2 blocks are processed a band at a time so that the transformed band (the 16 GEMM
 inputs, about ``_BAND_ELEMENTS`` floats) stays in cache between its passes.
@@ -36,7 +36,9 @@ def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
     return u.reshape(16, weight.shape[1], weight.shape[0]).to(weight.dtype).contiguous()
 
 
-def _transform_pair(x0, x1, x2, x3, out: torch.Tensor) -> None:
+def _transform_pair(
+    x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, out: torch.Tensor
+) -> None:
     """``B^T`` along one axis: ``out[0..3] = x0-x2, x1+x2, x2-x1, x1-x3``."""
     torch.sub(x0, x2, out=out[0])
     torch.add(x1, x2, out=out[1])
@@ -92,8 +94,9 @@ def winograd_conv3x3(
     return out
 
 
-#: Winograd is used where both widths are at least this (measured on 2-core AVX2 and fp32:
-#: 1.3-1.6x the direct conv at 512 channels, 1.15-1.3x at 256, slower at 128)
+#: Winograd is used where both widths are at least this (measured on a 2-core AVX2 host in fp32:
+#: 1.3-1.6x the direct conv at 512 channels, 1.15-1.3x at 256, 0.8x at 128; AVX-512 hosts,
+#: whose direct conv is relatively faster, not measured)
 MIN_CHANNELS = 256
 
 
