@@ -12,6 +12,11 @@ def is_channels_last(x: torch.Tensor) -> bool:
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
+def records_grad(*tensors: torch.Tensor | None) -> bool:
+    """True where autograd would record an op on ``tensors`` (the inference-only fast paths' test)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def like(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """``x`` in ``ref``'s memory format (channels_last or contiguous); no copy when it already is."""
     fmt = torch.channels_last if is_channels_last(ref) else torch.contiguous_format

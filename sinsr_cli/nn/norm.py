@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conv import is_channels_last
+from .conv import is_channels_last, records_grad
 
 #: a channels_last map is shifted by the mean of about this many pixels per side (see forward)
 _SHIFT_SAMPLES = 16
@@ -95,8 +95,7 @@ class GroupNorm32(nn.GroupNorm):
             w = w.float() if w is not None else None
             b = b.float() if b is not None else None
         if y.dtype == torch.float32 and is_channels_last(y) and y.device.type == "cpu":
-            grad = torch.is_grad_enabled() and (y.requires_grad or (w is not None and w.requires_grad))
-            if not grad and y.shape[2] * y.shape[3] >= _MIN_STAT_PIXELS:
+            if not records_grad(y, w) and y.shape[2] * y.shape[3] >= _MIN_STAT_PIXELS:
                 return channels_last_group_norm(y, self.num_groups, w, b, self.eps).to(x.dtype)
             y = y - _group_shift(y.detach(), self.num_groups)  # exact for GroupNorm: no gradient path
         return F.group_norm(y, self.num_groups, w, b, self.eps).to(x.dtype)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conv import is_channels_last
+from .conv import is_channels_last, records_grad
 
 #: floats of one band's transformed input (8 MiB in float32): measured fastest at 128-256 px
 _BAND_ELEMENTS = 1 << 21
@@ -121,7 +121,7 @@ class Conv3x3(nn.Conv2d):
             and self.weight.dtype == torch.float32
             and min(self.in_channels, self.out_channels) >= MIN_CHANNELS
             and is_channels_last(x)
-            and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
+            and not records_grad(x, self.weight)
         )
 
     def _transformed(self) -> torch.Tensor:
