@@ -399,11 +399,22 @@ def run_official(args: argparse.Namespace, size: int, dtype_name: str, device: s
 # the driver: one fresh subprocess per configuration
 
 
+def _enable_huge_pages() -> bool:
+    """What ``sinsr``'s entry point does before torch is imported (checkouts without it: nothing)."""
+    try:
+        from sinsr_cli.hugepages import enable_huge_pages
+    except ImportError:
+        return False
+    return enable_huge_pages()
+
+
 def _worker_cmd(args: argparse.Namespace, extra: list[str]) -> list[str]:
     cmd = [sys.executable, os.path.abspath(__file__), "--threads", str(args.threads), "--repeats", str(args.repeats),
            "--warmup", str(args.warmup), "--steps", str(args.steps), "--model", args.model, "--tag", args.tag]
     if args.compile:
         cmd.append("--compile")
+    if args.no_huge_pages:
+        cmd.append("--no-huge-pages")
     if args.official:
         cmd += ["--official", args.official]
     return cmd + extra
@@ -497,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--official", default=None, metavar="DIR",
                     help="also time the official code from this checkout of github.com/wyf0912/SinSR, "
                          "interleaved with ours (adds 'speedup' = official / ours median)")
+    ap.add_argument("--no-huge-pages", action="store_true",
+                    help="time ours without the CLI's huge-page CPU tensors (sinsr_cli.hugepages)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -506,11 +519,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.worker:  # "peak:DEVICE", "path:DEVICE:DTYPE:SIZE" or "official:DEVICE:DTYPE:SIZE"
         kind, *rest = args.worker.split(":")
+        huge = kind == "path" and not args.no_huge_pages and _enable_huge_pages()  # as the CLI does
         if kind == "peak":
             rec = measure_peak(rest[0], args.threads)
         else:
             run = run_official if kind == "official" else run_config
             rec = run(args, int(rest[2]), rest[1], rest[0])
+            rec["huge_pages"] = huge or os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"
         print(json.dumps(rec), flush=True)
         return 0
 

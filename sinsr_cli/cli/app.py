@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from .. import __version__
+from ..hugepages import enable_huge_pages
 from .bench import bench_cmd
 from .common import SinsrCommand
 from .distill import distill_cmd
@@ -43,4 +44,5 @@ app.command("convert", cls=SinsrCommand)(convert_cmd)
 
 
 def main() -> None:
+    enable_huge_pages()  # before anything imports torch (hugepages.py says why)
     app()
