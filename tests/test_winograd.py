@@ -1,6 +1,8 @@
-"""Winograd F(2x2, 3x3) convolutions: equal to the direct conv, and used only where they pay."""
+"""Winograd F(4x4, 3x3) convolutions: equal to the direct conv, and used only where they pay."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,43 +18,46 @@ def _cl(t: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     "b,ci,co,h,w,band",
-    [(1, 3, 5, 7, 9, 100), (2, 8, 6, 10, 12, 1 << 21), (2, 16, 16, 1, 1, 64), (1, 4, 4, 2, 3, 1), (3, 6, 2, 13, 6, 500)],
+    [(1, 3, 5, 7, 9, 100), (2, 8, 6, 10, 12, 1 << 21), (2, 16, 16, 1, 1, 64), (1, 4, 4, 2, 3, 1),
+     (3, 6, 2, 13, 6, 500), (1, 5, 7, 4, 8, 300), (1, 128, 64, 17, 5, 3000)],
 )
 def test_equals_the_direct_conv(b, ci, co, h, w, band):
-    """Odd and even sides, 1-pixel maps, batches, one band or many (the short last band too)."""
+    """Sides that are and are not multiples of 4, 1-pixel maps, batches, one band or many (the
+    short last band too). F(4x4, 3x3) rounds a few times worse than the direct conv (seen up to
+    7e-6 of the output's range with unit-variance weights and maps): bound it at 2e-5."""
     g = torch.Generator().manual_seed(ci * h + w)
     x = _cl(torch.randn(b, ci, h, w, generator=g))
     wt, bias = torch.randn(co, ci, 3, 3, generator=g), torch.randn(co, generator=g)
     ref = F.conv2d(x.double(), wt.double(), bias.double(), padding=1)
-    direct = (F.conv2d(x, wt, bias, padding=1).double() - ref).abs().max().item()
     out = winograd_conv3x3(x, winograd_weight(wt), bias, band_elements=band)
     assert out.shape == ref.shape and out.dtype == torch.float32
     assert out.is_contiguous(memory_format=torch.channels_last)
-    assert (out.double() - ref).abs().max().item() <= 4 * direct + 1e-6 * ref.abs().max().item()
+    atol = 2e-5 * ref.abs().max().item()
+    torch.testing.assert_close(out.double(), ref, rtol=0, atol=atol)
     nobias = winograd_conv3x3(x, winograd_weight(wt), None, band_elements=band)
-    torch.testing.assert_close(nobias.double(), ref - bias.double()[:, None, None], rtol=0, atol=1e-4)
+    torch.testing.assert_close(nobias.double(), ref - bias.double()[:, None, None], rtol=0, atol=atol)
 
 
 def test_weight_transform_is_g_w_gt():
     w = torch.randn(2, 3, 3, 3, dtype=torch.float64)
-    g = torch.tensor(winograd._G, dtype=torch.float64)
-    u = winograd_weight(w).view(4, 4, 3, 2)
+    g = torch.tensor([[float(v) for v in row] for row in winograd._G], dtype=torch.float64)
+    u = winograd_weight(w).view(6, 6, 3, 2)
     torch.testing.assert_close(u[:, :, 1, 0], g @ w[0, 1] @ g.T)
 
 
 def test_conv3x3_takes_winograd_only_where_it_pays(monkeypatch):
-    big, small = Conv3x3(256, 256), Conv3x3(128, 256)
+    big, small = Conv3x3(256, 256), Conv3x3(64, 256)
     x = _cl(torch.randn(1, 256, 4, 4))
     assert list(big.state_dict()) == list(torch.nn.Conv2d(256, 256, 3, padding=1).state_dict())
     with torch.no_grad():
         assert big.uses_winograd(x)
         assert not big.uses_winograd(x.contiguous())  # NCHW: oneDNN's own layout
         assert not big.uses_winograd(x.bfloat16())  # halving and adding in bf16 loses bits
-        assert not small.uses_winograd(_cl(torch.randn(1, 128, 4, 4)))  # 128 channels: slower
+        assert not small.uses_winograd(_cl(torch.randn(1, 64, 4, 4)))  # 64 channels: not measured faster
     assert not big.uses_winograd(x)  # autograd: the plain conv
     with torch.inference_mode():
         assert big.uses_winograd(x)
-        torch.testing.assert_close(big(x), F.conv2d(x, big.weight, big.bias, padding=1), rtol=0, atol=2e-5)
+        torch.testing.assert_close(big(x), F.conv2d(x, big.weight, big.bias, padding=1), rtol=0, atol=1e-4)
 
 
 def test_conv3x3_sees_weight_changes():
@@ -62,22 +67,29 @@ def test_conv3x3_sees_weight_changes():
     with torch.no_grad():
         conv(x)
         conv.weight.mul_(2)
-        torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1), rtol=0, atol=2e-5)
+        torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1), rtol=0, atol=1e-4)
         conv.load_state_dict({"weight": torch.randn(256, 256, 3, 3) * 0.02, "bias": torch.zeros(256)})
-        torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1), rtol=0, atol=2e-5)
+        torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1), rtol=0, atol=1e-4)
 
 
-def test_vq_parity_holds_with_winograd_in_every_block(monkeypatch):
-    """The official-code autoencoder fixture (tests/fixtures) with every ResnetBlock conv
-    forced onto Winograd stays within the parity runner's bounds."""
-    from pathlib import Path
-
+def _forced_parity(monkeypatch, fixture: Path) -> None:
+    """Run a parity fixture with every 3x3 ResBlock conv (UNet and VQ) forced onto Winograd."""
     from sinsr_cli.parity import run_fixture
 
     calls = []
     real = winograd.winograd_conv3x3
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 0)
     monkeypatch.setattr(winograd, "winograd_conv3x3", lambda *a, **k: calls.append(1) or real(*a, **k))
-    rep = run_fixture(Path(__file__).parent / "fixtures" / "vq_small.safetensors")
+    rep = run_fixture(fixture)
     assert calls, "the fixture's convs did not take the Winograd path"
     assert rep["ok"], {k: v for k, v in rep["errors"].items() if not v.get("ok")}
+
+
+def test_vq_parity_holds_with_winograd_in_every_block(monkeypatch):
+    """The official-code autoencoder fixture (tests/fixtures) stays within the parity bounds."""
+    _forced_parity(monkeypatch, Path(__file__).parent / "fixtures" / "vq_small.safetensors")
+
+
+def test_full_parity_holds_with_winograd_in_every_block(monkeypatch, reference_dir):
+    """The official-code UNet + VQ + sampler fixture (../shared/reference) likewise."""
+    _forced_parity(monkeypatch, reference_dir / "parity_small.safetensors")

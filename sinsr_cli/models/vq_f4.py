@@ -79,7 +79,7 @@ def _norm(c: int) -> GroupNorm32:
 class ResnetBlock(nn.Module):
     """GN-swish-conv twice plus a 1x1 ``nin_shortcut`` when the width changes.
 
-    The 3x3 convs run by Winograd at 256 channels and more in float32 on the CPU (``Conv3x3``).
+    The 3x3 convs run by Winograd at 128 channels and more in float32 on the CPU (``Conv3x3``).
     """
 
     def __init__(self, cin: int, cout: int) -> None:

@@ -1,20 +1,23 @@
-"""3x3 convolutions by Winograd's F(2x2, 3x3): 2.25x fewer multiplies than the direct conv.
+"""3x3 convolutions by Winograd's F(4x4, 3x3): 4x fewer multiplies than the direct conv.
 
-Each 2 x 2 block of outputs is computed from the 4 x 4 input patch around it: the patch is
-transformed (``B^T d B``: additions only), multiplied channel-wise with the transformed kernel
-(``G w G^T``) as 16 GEMMs of ``[pixels/4, Cin] x [Cin, Cout]``, and transformed back
-(``A^T m A``: additions only). That is 16 instead of 36 multiply-adds per 2 x 2 outputs and
-channel pair. The transforms are memory passes over 4x the map, so the trade pays only where
-the GEMMs are large against them: on the CPU, float32, at 256 channels and more (the VQ
-autoencoder's two deepest levels, about 55% of its conv work). Rounding: the transforms only
-add and halve; measured against float64 the error is below the direct oneDNN kernel's own
-(3e-6 vs 1.2e-5 at 512 channels).
+Each 4 x 4 block of outputs is computed from the 6 x 6 input patch around it: the patch is
+transformed (``B^T d B``), multiplied channel-wise with the transformed kernel (``G w G^T``) as
+36 GEMMs of ``[pixels/16, Cin] x [Cin, Cout]``, and transformed back (``A^T m A``). That is 36
+instead of 144 multiply-adds per 4 x 4 outputs and channel pair; the transforms are small-integer
+combinations, run as whole-band tensor ops. On a 2-core AVX2 host in float32 that measured
+1.2-1.4x the direct oneDNN conv at 128 channels, 1.5-1.9x at 256 and 2.1-2.4x at 512 (F(2x2, 3x3),
+used before, gave 0.8x / 1.2x / 1.5x). Rounding: with the interpolation points 0, +-1, +-2 the
+error against float64 is about 4x the direct kernel's (5e-5 vs 1.2e-5 at unit-variance maps);
+the parity tolerances (1e-4 latents, 1e-3 images) hold with every block on it
+(tests/test_winograd.py), and docs/performance.md gives the full-size model's figures.
 
-Rows of 2 x 2 blocks are processed a band at a time so that the transformed band (the 16 GEMM
+Rows of 4 x 4 blocks are processed a band at a time so that the transformed band (the 36 GEMM
 inputs, about ``_BAND_ELEMENTS`` floats) stays in cache between its passes.
 """
 
 from __future__ import annotations
+
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
@@ -22,28 +25,59 @@ from torch import nn
 
 from .conv import is_channels_last, records_grad
 
-#: floats of one band's transformed input (8 MiB in float32): measured fastest at 128-256 px
+#: floats of one band's transformed input (8 MiB in float32): measured fastest at 128-512 px
 _BAND_ELEMENTS = 1 << 21
 
-# F(2, 3):  B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]],  A^T = [[1,1,1,0],[0,1,-1,-1]]
-_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+#: F(4, 3) at the points 0, 1, -1, 2, -2, inf (Lavin & Gray 2016). ``B^T`` and ``A^T`` are
+#: spelled out as tensor ops in ``_input_transform`` / ``_output_transform``:
+#: B^T = [[4,0,-5,0,1,0],[0,-4,-4,1,1,0],[0,4,-4,-1,1,0],[0,-2,-1,2,1,0],[0,2,-1,-2,1,0],[0,4,0,-5,0,1]]
+#: A^T = [[1,1,1,1,1,0],[0,1,-1,2,-2,0],[0,1,1,4,4,0],[0,1,-1,8,-8,1]]
+_G = (
+    (Fraction(1, 4), 0, 0),
+    (Fraction(-1, 6), Fraction(-1, 6), Fraction(-1, 6)),
+    (Fraction(-1, 6), Fraction(1, 6), Fraction(-1, 6)),
+    (Fraction(1, 24), Fraction(1, 12), Fraction(1, 6)),
+    (Fraction(1, 24), Fraction(-1, 12), Fraction(1, 6)),
+    (0, 0, 1),
+)
+_T = 6  # input patch side
+_M = 4  # output block side
 
 
 def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
-    """``[Cout, Cin, 3, 3]`` -> ``[16, Cin, Cout]``: ``G w G^T`` per channel pair, in float64 then cast."""
-    g = torch.tensor(_G, dtype=torch.float64, device=weight.device)
+    """``[Cout, Cin, 3, 3]`` -> ``[36, Cin, Cout]``: ``G w G^T`` per channel pair, in float64 then cast."""
+    g = torch.tensor([[float(v) for v in row] for row in _G], dtype=torch.float64, device=weight.device)
     u = torch.einsum("ak,oikl,bl->abio", g, weight.double(), g)
-    return u.reshape(16, weight.shape[1], weight.shape[0]).to(weight.dtype).contiguous()
+    return u.reshape(_T * _T, weight.shape[1], weight.shape[0]).to(weight.dtype).contiguous()
 
 
-def _transform_pair(
-    x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, out: torch.Tensor
-) -> None:
-    """``B^T`` along one axis: ``out[0..3] = x0-x2, x1+x2, x2-x1, x1-x3``."""
-    torch.sub(x0, x2, out=out[0])
-    torch.add(x1, x2, out=out[1])
-    torch.sub(x2, x1, out=out[2])
-    torch.sub(x1, x3, out=out[3])
+def _input_transform(d: list[torch.Tensor], t: list[torch.Tensor], tmp: list[torch.Tensor]) -> None:
+    """``t[0..5] = B^T d`` along one axis (``d``: 6 views, ``tmp``: 2 scratch tensors shaped like ``t[i]``)."""
+    d0, d1, d2, d3, d4, d5 = d
+    torch.add(d4, d0, alpha=4, out=t[0]).add_(d2, alpha=-5)
+    torch.add(d1, d2, out=tmp[0])
+    torch.add(d4, d3, out=t[1]).add_(tmp[0], alpha=-4)
+    torch.sub(d1, d2, out=tmp[0])
+    torch.sub(d4, d3, out=t[2]).add_(tmp[0], alpha=4)
+    torch.sub(d3, d1, out=tmp[0])
+    torch.sub(d4, d2, out=tmp[1])
+    torch.add(tmp[1], tmp[0], alpha=2, out=t[3])
+    torch.add(tmp[1], tmp[0], alpha=-2, out=t[4])
+    torch.add(d5, d1, alpha=4, out=t[5]).add_(d3, alpha=-5)
+
+
+def _output_transform(m: list[torch.Tensor], o: list[torch.Tensor], tmp: list[torch.Tensor]) -> None:
+    """``o[0..3] = A^T m`` along one axis (``m``: 6 views, ``tmp``: 4 scratch tensors)."""
+    m0, m1, m2, m3, m4, m5 = m
+    s12, s34, d12, d34 = tmp
+    torch.add(m1, m2, out=s12)
+    torch.add(m3, m4, out=s34)
+    torch.sub(m1, m2, out=d12)
+    torch.sub(m3, m4, out=d34)
+    torch.add(m0, s12, out=o[0]).add_(s34)
+    torch.add(d12, d34, alpha=2, out=o[1])
+    torch.add(s12, s34, alpha=4, out=o[2])
+    torch.add(d12, d34, alpha=8, out=o[3]).add_(m5)
 
 
 def winograd_conv3x3(
@@ -51,40 +85,41 @@ def winograd_conv3x3(
 ) -> torch.Tensor:
     """``conv2d(x, w, bias, padding=1)`` for a ``[B, Cin, H, W]`` map, ``u = winograd_weight(w)``.
 
-    Any H and W (odd sides are computed one row/column larger and cropped); returned
-    channels_last (the NHWC result is built in place).
+    Any H and W (sides that are not multiples of 4 are computed up to the next one and cropped);
+    returned channels_last (the NHWC result is built in place).
     """
     b, c, h, w = x.shape
     co = u.shape[-1]
-    he, we = h + h % 2, w + w % 2  # even output extent
+    he, we = -(-h // _M) * _M, -(-w // _M) * _M  # output extent in whole blocks
     xp = F.pad(x, (1, 1 + we - w, 1, 1 + he - h)).permute(0, 2, 3, 1)  # [B, he+2, we+2, C]
     if not xp.is_contiguous():
         xp = xp.contiguous()
-    th, tw = he // 2, we // 2
-    rows = max(1, min(th, band_elements // (16 * b * tw * c)))
-    y = torch.empty(b, th, 2, tw, 2, co, dtype=x.dtype, device=x.device)
-    rbuf = torch.empty(4, b, rows, we + 2, c, dtype=x.dtype, device=x.device)
-    vbuf = torch.empty(4, 4, b, rows, tw, c, dtype=x.dtype, device=x.device)
-    mbuf = torch.empty(16, b * rows * tw, co, dtype=x.dtype, device=x.device)
-    nbuf = torch.empty(4, 2, b, rows, tw, co, dtype=x.dtype, device=x.device)
+    th, tw = he // _M, we // _M
+    rows = max(1, min(th, band_elements // (_T * _T * b * tw * c)))
+    new = lambda *shape: torch.empty(*shape, dtype=x.dtype, device=x.device)  # noqa: E731
+    y = new(b, th, _M, tw, _M, co)
+    rbuf, rtmp = new(_T, b, rows, we + 2, c), new(2, b, rows, we + 2, c)
+    vbuf, vtmp = new(_T, _T, b, rows, tw, c), new(2, _T, b, rows, tw, c)
+    mbuf = new(_T * _T, b * rows * tw, co)
+    nbuf, ntmp = new(_M, _T, b, rows, tw, co), new(4, _T, b, rows, tw, co)
+    otmp = new(4, b, rows, tw, _M, co)
     for i0 in range(0, th, rows):
         r = min(rows, th - i0)
         rr, vv, nb = rbuf[:, :, :r], vbuf[:, :, :, :r], nbuf[:, :, :, :r]
-        _transform_pair(*(xp[:, 2 * i0 + k : 2 * (i0 + r) + k : 2] for k in range(4)), rr)  # rows
-        for a in range(4):  # columns
-            _transform_pair(*(rr[a][:, :, k : k + we : 2] for k in range(4)), vv[a])
+        # B^T along rows (6 strided row views of the band), then along columns for all 6 at once
+        _input_transform([xp[:, _M * i0 + k :: _M][:, :r] for k in range(_T)], list(rr), list(rtmp[:, :, :r]))
+        _input_transform([rr[..., k : k + _M * tw : _M, :] for k in range(_T)], list(vv.unbind(1)),
+                         list(vtmp[:, :, :, :r]))
         p = b * r * tw
         m = mbuf[:, :p]
-        v = vbuf.view(16, p, c) if r == rows else vv.reshape(16, p, c)
+        v = vbuf.view(_T * _T, p, c) if r == rows else vv.reshape(_T * _T, p, c)
         torch.bmm(v, u, out=m)
-        mv = m.view(4, 4, b, r, tw, co)
-        # A^T along columns, then rows, written straight into the interleaved NHWC output
-        torch.add(mv[:, 0], mv[:, 1], out=nb[:, 0]).add_(mv[:, 2])
-        torch.sub(mv[:, 1], mv[:, 2], out=nb[:, 1]).sub_(mv[:, 3])
-        yo = y[:, i0 : i0 + r]
-        for s in range(2):
-            torch.add(nb[0, s], nb[1, s], out=yo[:, :, 0, :, s]).add_(nb[2, s])
-            torch.sub(nb[1, s], nb[2, s], out=yo[:, :, 1, :, s]).sub_(nb[3, s])
+        mv = m.view(_T, _T, b, r, tw, co)
+        # A^T along columns (for all 6 rows at once), then along rows straight into the NHWC output
+        _output_transform(list(mv.unbind(1)), list(nb), list(ntmp[:, :, :, :r]))
+        yo = y[:, i0 : i0 + r]  # [B, r, 4 (row in block), tw, 4 (column in block), Co]
+        _output_transform([nb[:, a].permute(1, 2, 3, 0, 4) for a in range(_T)], list(yo.unbind(2)),
+                          list(otmp[:, :, :r]))
     out = y.view(b, he, we, co)
     if bias is not None:
         out.add_(bias)
@@ -95,13 +130,13 @@ def winograd_conv3x3(
 
 
 #: Winograd is used where both widths are at least this (measured on a 2-core AVX2 host in fp32:
-#: 1.3-1.6x the direct conv at 512 channels, 1.15-1.3x at 256, 0.8x at 128; AVX-512 hosts,
-#: whose direct conv is relatively faster, not measured)
-MIN_CHANNELS = 256
+#: 1.2-1.4x the direct conv at 128 channels; AVX-512 hosts, whose direct conv is relatively
+#: faster, not measured)
+MIN_CHANNELS = 128
 
 
 class Conv3x3(nn.Conv2d):
-    """``nn.Conv2d(cin, cout, 3, padding=1)`` (same keys) that runs F(2x2, 3x3) where it is faster.
+    """``nn.Conv2d(cin, cout, 3, padding=1)`` (same keys) that runs F(4x4, 3x3) where it is faster.
 
     That is float32 channels_last maps on the CPU at inference, with both widths at least
     :data:`MIN_CHANNELS`; everything else (other devices and dtypes, autograd) is the plain
