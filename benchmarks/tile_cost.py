@@ -16,13 +16,17 @@ import json
 import statistics
 import time
 
-import numpy as np
-import torch
+from sinsr_cli.hugepages import enable_huge_pages
 
-from sinsr_cli.config import PRESETS, VQ_PRESETS
-from sinsr_cli.devices import cpu_has_native_bf16, resolve_dtype, synchronize
-from sinsr_cli.pipeline import SRPipeline, build_models
-from sinsr_cli.tileplan import count_work
+enable_huge_pages()  # as the CLI does, before torch is imported: calibrate what users run
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from sinsr_cli.config import PRESETS, VQ_PRESETS  # noqa: E402
+from sinsr_cli.devices import cpu_has_native_bf16, resolve_dtype, synchronize  # noqa: E402
+from sinsr_cli.pipeline import SRPipeline, build_models  # noqa: E402
+from sinsr_cli.tileplan import count_work  # noqa: E402
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
