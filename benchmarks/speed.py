@@ -399,13 +399,13 @@ def run_official(args: argparse.Namespace, size: int, dtype_name: str, device: s
 # the driver: one fresh subprocess per configuration
 
 
-def _enable_huge_pages() -> bool:
+def _enable_huge_pages() -> None:
     """What ``sinsr``'s entry point does before torch is imported (checkouts without it: nothing)."""
     try:
         from sinsr_cli.hugepages import enable_huge_pages
     except ImportError:
-        return False
-    return enable_huge_pages()
+        return
+    enable_huge_pages()
 
 
 def _worker_cmd(args: argparse.Namespace, extra: list[str]) -> list[str]:
@@ -519,13 +519,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.worker:  # "peak:DEVICE", "path:DEVICE:DTYPE:SIZE" or "official:DEVICE:DTYPE:SIZE"
         kind, *rest = args.worker.split(":")
-        huge = kind == "path" and not args.no_huge_pages and _enable_huge_pages()  # as the CLI does
+        if kind == "path" and not args.no_huge_pages:
+            _enable_huge_pages()  # as the CLI does
         if kind == "peak":
             rec = measure_peak(rest[0], args.threads)
         else:
             run = run_official if kind == "official" else run_config
             rec = run(args, int(rest[2]), rest[1], rest[0])
-            rec["huge_pages"] = huge or os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"
+            rec["huge_pages"] = os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"  # set above, or by the user
         print(json.dumps(rec), flush=True)
         return 0
 
