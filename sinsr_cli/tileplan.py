@@ -29,6 +29,7 @@ import torch
 from .config import PRESETS, VQ_PRESETS, UNetConfig, VQConfig
 from .devices import cpu_has_native_bf16, dtype_name, free_memory
 from .distributed import local_processes
+from .nn.winograd import pending_cache_bytes
 from .tiling import tile_starts
 
 if TYPE_CHECKING:
@@ -77,11 +78,13 @@ class Rates:
         )
 
 
-#: Calibrated on a 2-core AMD EPYC (Zen 4, AVX512-BF16, no AMX), torch 2.13, 2 threads, full-size
-#: sinsr-v1 + VQ-f4 (see docs/performance.md). Only the ratios between the terms steer the
-#: choice, so hosts of other speeds pick the same geometry. "bf16-emulated": no native bf16.
+#: Calibrated with ``benchmarks/tile_cost.py`` (torch 2.13, 2 threads, full-size sinsr-v1 + VQ-f4,
+#: see docs/performance.md): fp32 on a 2-core AMD EPYC Zen 3 (AVX2) with the CLI's huge pages and
+#: the Winograd convolutions, bf16 on a 2-core Zen 4 (AVX512-BF16, no AMX). Only the ratios between
+#: the terms steer the choice, so hosts of other speeds pick the same geometry.
+#: "bf16-emulated": no native bf16.
 RATES: dict[tuple[str, str], Rates] = {
-    ("cpu", "fp32"): Rates(163.5, 146.4, 0.35),  # fit of lq 64 / 128 / 192 calls: 6.7, 31.3, 91.1 s
+    ("cpu", "fp32"): Rates(221.6, 173.9, 0.0),  # fit of lq 64 / 128 / 192 calls: 4.41, 23.31, 70.61 s
     ("cpu", "bf16"): Rates(320.2, 275.1, 0.05),  # fit: 3.2, 16.0, 47.2 s (overhead fitted 0.002 s)
     ("cpu", "bf16-emulated"): Rates(50.0, 45.0, 0.3),
     ("cpu", "fp16"): Rates(40.0, 40.0, 0.3),
@@ -291,11 +294,14 @@ def auto_plan(pipe: SRPipeline, height: int, width: int, *, tile_batch: int = 1)
     Untiled, or tiles whose model input (tile + context) is exactly a multiple of the model
     padding, chosen by this module's cost model of this architecture on this device and dtype,
     within 80% of the free memory (CUDA's, or this process's share of the RAM: the processes of a
-    sharded run on one host split it) and under CUDA's 32-bit indexing limit.
+    sharded run on one host split it), less the Winograd kernels the first call will cache, and
+    under CUDA's 32-bit indexing limit.
     """
     free = free_memory(pipe.device, host=True)
     if free is not None and pipe.device.type != "cuda":  # a sharded run's processes share the host's RAM
         free //= local_processes()
+    if free is not None:  # the Winograd kernels the first call caches are not in the RSS yet
+        free = max(0, free - pending_cache_bytes(pipe.vq) - pending_cache_bytes(pipe.unet))
     itemsize = torch.empty((), dtype=pipe.dtype).element_size()
     vq_cfg = pipe.vq.cfg
     return plan_tiling(

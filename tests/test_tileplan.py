@@ -116,3 +116,17 @@ def test_auto_plan_on_a_pipeline(tiny_pipeline):
     assert big.tile > 0 and (big.tile + 2 * big.pad) % tiny_pipeline.pad_multiple == 0
     assert big.input_side**2 <= tiny_pipeline.max_input_pixels()
     assert isinstance(SINSR, Work)
+
+
+def test_auto_plan_reserves_the_winograd_kernels_of_the_first_call(tiny_pipeline, monkeypatch):
+    """Free memory minus the kernels Winograd will cache is the budget (0.75 GB for VQ-f4)."""
+    import sinsr_cli.tileplan as tileplan
+
+    seen = {}
+    real = tileplan.plan_tiling
+    monkeypatch.setattr(tileplan, "free_memory", lambda device, host=True: 10_000_000_000)
+    monkeypatch.setattr(tileplan, "local_processes", lambda: 1)
+    monkeypatch.setattr(tileplan, "plan_tiling", lambda *a, **k: seen.update(k) or real(*a, **k))
+    monkeypatch.setattr(tileplan, "pending_cache_bytes", lambda m: 1_000_000_000 if m is tiny_pipeline.vq else 0)
+    auto_plan(tiny_pipeline, 60, 60)
+    assert seen["budget_bytes"] == pytest.approx(0.8 * 9_000_000_000)

@@ -93,3 +93,17 @@ def test_vq_parity_holds_with_winograd_in_every_block(monkeypatch):
 def test_full_parity_holds_with_winograd_in_every_block(monkeypatch, reference_dir):
     """The official-code UNet + VQ + sampler fixture (../shared/reference) likewise."""
     _forced_parity(monkeypatch, reference_dir / "parity_small.safetensors")
+
+
+def test_pending_cache_bytes_counts_kernels_until_cached():
+    """What a memory budget must reserve before the first call: 36 * Cin * Cout floats per
+    Winograd conv, nothing for direct convs, nothing once the kernel is cached."""
+    model = torch.nn.Sequential(Conv3x3(128, 256), Conv3x3(64, 128), torch.nn.Conv2d(256, 256, 3))
+    assert winograd.pending_cache_bytes(model) == 36 * 128 * 256 * 4
+    with torch.inference_mode():
+        model[0](_cl(torch.randn(1, 128, 4, 4)))
+    assert winograd.pending_cache_bytes(model) == 0
+    with torch.no_grad():
+        model[0].weight.mul_(2)  # a changed weight: its kernel is transformed again
+    assert winograd.pending_cache_bytes(model) == 36 * 128 * 256 * 4
+    assert winograd.pending_cache_bytes(model.bfloat16()) == 0  # bf16 keeps the direct conv

@@ -155,22 +155,45 @@ class Conv3x3(nn.Conv2d):
         super().__init__(cin, cout, 3, padding=1, bias=bias)
         self._winograd: tuple[tuple[int, int, int], torch.Tensor] | None = None
 
+    def _weight_qualifies(self) -> bool:
+        w = self.weight
+        return (
+            w.device.type == "cpu"
+            and w.dtype == torch.float32
+            and min(self.in_channels, self.out_channels) >= MIN_CHANNELS
+        )
+
     def uses_winograd(self, x: torch.Tensor) -> bool:
         """True where ``forward(x)`` takes the Winograd path."""
         return (
-            x.device.type == "cpu"
+            self._weight_qualifies()
+            and x.device.type == "cpu"
             and x.dtype == torch.float32
-            and self.weight.dtype == torch.float32
-            and min(self.in_channels, self.out_channels) >= MIN_CHANNELS
             and is_channels_last(x)
             and not records_grad(x, self.weight)
         )
 
-    def _transformed(self) -> torch.Tensor:
+    def _cache_key(self) -> tuple[int, int, int] | None:
         w = self.weight
         try:
-            key = (w.data_ptr(), w._version, id(w))
-        except RuntimeError:  # inference tensors keep no version counter: transform every call
+            return (w.data_ptr(), w._version, id(w))
+        except RuntimeError:  # inference tensors keep no version counter
+            return None
+
+    def pending_cache_bytes(self) -> int:
+        """Bytes the next Winograd call will allocate for its cached kernel (0 once it is held,
+        or where this conv stays direct); ``36 * Cin * Cout`` floats, 16/9 of the weight."""
+        if not self._weight_qualifies():
+            return 0
+        key = self._cache_key()
+        if key is not None and self._winograd is not None and self._winograd[0] == key:
+            return 0
+        return _T * _T * self.in_channels * self.out_channels * self.weight.element_size()
+
+    def _transformed(self) -> torch.Tensor:
+        w = self.weight
+        key = self._cache_key()
+        if key is None:  # transform every call
             return winograd_weight(w.detach())
         if self._winograd is None or self._winograd[0] != key:
             self._winograd = (key, winograd_weight(w.detach()))
@@ -180,3 +203,10 @@ class Conv3x3(nn.Conv2d):
         if self.uses_winograd(x):
             return winograd_conv3x3(x, self._transformed(), self.bias)
         return super().forward(x)
+
+
+def pending_cache_bytes(module: nn.Module) -> int:
+    """Memory a run of ``module`` will add for Winograd kernels not yet cached (float32 CPU
+    inference): a memory budget counts it before the first call, when it is not yet in the RSS.
+    For VQ-f4 that is 0.75 GB."""
+    return sum(m.pending_cache_bytes() for m in module.modules() if isinstance(m, Conv3x3))
