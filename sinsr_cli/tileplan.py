@@ -301,7 +301,8 @@ def auto_plan(pipe: SRPipeline, height: int, width: int, *, tile_batch: int = 1)
     if free is not None and pipe.device.type != "cuda":  # a sharded run's processes share the host's RAM
         free //= local_processes()
     if free is not None:  # the Winograd kernels the first call caches are not in the RSS yet
-        free = max(0, free - pending_cache_bytes(pipe.vq) - pending_cache_bytes(pipe.unet))
+        models = [m for m in (pipe.vq, pipe.unet) if isinstance(m, torch.nn.Module)]
+        free = max(0, free - sum(pending_cache_bytes(m) for m in models))
     itemsize = torch.empty((), dtype=pipe.dtype).element_size()
     vq_cfg = pipe.vq.cfg
     return plan_tiling(
