@@ -121,16 +121,15 @@ def winograd_conv3x3(
         m = mbuf[:, :p]
         v = vbuf.view(_T * _T, p, c) if r == rows else vv.reshape(_T * _T, p, c)
         torch.bmm(v, u, out=m)
+        if bias is not None:  # A^T's column for the point 1 is all ones: bias there is bias everywhere
+            m[_T + 1].add_(bias)
         mv = m.view(_T, _T, b, r, tw, co)
         # A^T along columns (for all 6 rows at once), then along rows straight into the NHWC output
         _output_transform(list(mv.unbind(1)), list(nb), list(ntmp[:, :, :, :r]))
         yo = y[:, i0 : i0 + r]  # [B, r, 4 (row in block), tw, 4 (column in block), Co]
         _output_transform([nb[:, a].permute(1, 2, 3, 0, 4) for a in range(_T)], list(yo.unbind(2)),
                           list(otmp[:, :, :r]))
-    out = y.view(b, he, we, co)
-    if bias is not None:
-        out.add_(bias)
-    out = out.permute(0, 3, 1, 2)
+    out = y.view(b, he, we, co).permute(0, 3, 1, 2)
     if (he, we) != (h, w):
         out = out[:, :, :h, :w].contiguous(memory_format=torch.channels_last)
     return out
