@@ -20,7 +20,6 @@ from __future__ import annotations
 from fractions import Fraction
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .conv import is_channels_last, records_grad
@@ -98,13 +97,18 @@ def winograd_conv3x3(
     b, c, h, w = x.shape
     co = u.shape[-1]
     he, we = -(-h // _M) * _M, -(-w // _M) * _M  # output extent in whole blocks
-    xp = F.pad(x, (1, 1 + we - w, 1, 1 + he - h)).permute(0, 2, 3, 1)  # [B, he+2, we+2, C]
-    if not xp.is_contiguous():
-        xp = xp.contiguous()
+    xv = x.permute(0, 2, 3, 1)  # NHWC: a free view of a channels_last map
     th, tw = he // _M, we // _M
     rows = max(1, min(th, band_elements // (_T * _T * b * tw * c)))
     new = lambda *shape: torch.empty(*shape, dtype=x.dtype, device=x.device)  # noqa: E731
     y = new(b, th, _M, tw, _M, co)
+    # The zero-padded input rows of one band (4 per block row + 2 shared with the next band),
+    # copied in just before its transform: no padded copy of the whole map, which would be one
+    # more input-sized map alive at the conv (the peak of a VQ decode is such a conv).
+    span = _M * rows + 2
+    pbuf = new(b, span, we + 2, c)
+    pbuf[:, :, 0].zero_()
+    pbuf[:, :, w + 1 :].zero_()
     rbuf, rtmp = new(_T, b, rows, we + 2, c), new(2, b, rows, we + 2, c)
     vbuf, vtmp = new(_T, _T, b, rows, tw, c), new(2, _T, b, rows, tw, c)
     mbuf = new(_T * _T, b * rows * tw, co)
@@ -113,8 +117,13 @@ def winograd_conv3x3(
     for i0 in range(0, th, rows):
         r = min(rows, th - i0)
         rr, vv, nb = rbuf[:, :, :r], vbuf[:, :, :, :r], nbuf[:, :, :, :r]
+        top, n = _M * i0 - 1, _M * r + 2  # x row of the band's first padded row; rows it needs
+        j0, j1 = max(0, -top), min(n, h - top)
+        pbuf[:, j0:j1, 1 : w + 1].copy_(xv[:, top + j0 : top + j1])
+        pbuf[:, :j0].zero_()
+        pbuf[:, j1:n].zero_()
         # B^T along rows (6 strided row views of the band), then along columns for all 6 at once
-        _input_transform([xp[:, _M * i0 + k :: _M][:, :r] for k in range(_T)], list(rr), list(rtmp[:, :, :r]))
+        _input_transform([pbuf[:, k::_M][:, :r] for k in range(_T)], list(rr), list(rtmp[:, :, :r]))
         _input_transform([rr[..., k : k + _M * tw : _M, :] for k in range(_T)], list(vv.unbind(1)),
                          list(vtmp[:, :, :, :r]))
         p = b * r * tw
