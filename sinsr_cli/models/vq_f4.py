@@ -94,7 +94,8 @@ class ResnetBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         inplace = not torch.is_grad_enabled()  # reuse fresh buffers at inference (same numbers)
         h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
-        h = self.conv2(F.silu(self.norm2(h), inplace=inplace))
+        h = F.silu(self.norm2(h), inplace=inplace)  # conv1's output is freed before conv2 runs
+        h = self.conv2(h)
         if hasattr(self, "nin_shortcut"):
             x = self.nin_shortcut(x)
         return h.add_(x) if inplace else x + h

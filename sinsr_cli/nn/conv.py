@@ -45,6 +45,10 @@ class Conv1x1(nn.Conv2d):
         return pointwise(x, self.weight, self.bias)
 
 
+#: elements of one band of the 4-phase conv output in ``upsample_conv3x3`` (32 MiB in float32)
+_UPSAMPLE_BAND = 1 << 23
+
+
 def _fold_taps(w: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """3 taps along ``dim`` seen by the two phases of a nearest x2 upsampling -> 2 taps each.
 
@@ -55,7 +59,9 @@ def _fold_taps(w: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([w0, w1 + w2], dim), torch.stack([w0 + w1, w2], dim)
 
 
-def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def upsample_conv3x3(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, band_elements: int = _UPSAMPLE_BAND
+) -> torch.Tensor:
     """``conv3x3(nearest_x2(x), padding=1)`` without building the 4x larger upsampled map.
 
     ``[B, Cin, H, W] -> [B, Cout, 2H, 2W]``. Each of the four output phases is a 2x2 conv of the
@@ -69,8 +75,15 @@ def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     k4 = torch.cat([k for r in rows for k in _fold_taps(r, 3)]).to(weight.dtype)  # phases (0,0) (0,1) (1,0) (1,1)
     if is_channels_last(x):
         k4 = k4.contiguous(memory_format=torch.channels_last)
-    o = F.conv2d(F.pad(x, (1, 1, 1, 1)), k4, None if bias is None else bias.repeat(4))  # [B, 4Co, H+1, W+1]
-    y = torch.empty(b, h, 2, w, 2, co, dtype=o.dtype, device=o.device)  # NHWC, rows/cols split by phase
-    for p, (pr, pc) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
-        y[:, :, pr, :, pc, :] = o[:, p * co : (p + 1) * co, pr : pr + h, pc : pc + w].permute(0, 2, 3, 1)
+    xp = F.pad(x, (1, 1, 1, 1))
+    b4 = None if bias is None else bias.repeat(4)
+    y = torch.empty(b, h, 2, w, 2, co, dtype=x.dtype, device=x.device)  # NHWC, rows/cols split by phase
+    # Bands of source rows: the 4-phase conv output of one band ([B, 4Co, R+1, W+1], one halo row)
+    # is interleaved while in cache, so the whole 4-phase map (the size of y) never exists.
+    band = max(1, band_elements // max(1, b * 4 * co * (w + 1)))
+    for i0 in range(0, h, band):
+        r = min(band, h - i0)
+        o = F.conv2d(xp[:, :, i0 : i0 + r + 2], k4, b4)  # [B, 4Co, r+1, W+1]
+        for p, (pr, pc) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+            y[:, i0 : i0 + r, pr, :, pc, :] = o[:, p * co : (p + 1) * co, pr : pr + r, pc : pc + w].permute(0, 2, 3, 1)
     return like(y.view(b, 2 * h, 2 * w, co).permute(0, 3, 1, 2), x)
