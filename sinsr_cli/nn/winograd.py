@@ -190,7 +190,7 @@ class Conv3x3(nn.Conv2d):
 
     def pending_cache_bytes(self) -> int:
         """Bytes the next Winograd call will allocate for its cached kernel (0 once it is held,
-        or where this conv stays direct); ``36 * Cin * Cout`` floats, 16/9 of the weight."""
+        or where this conv stays direct): ``36 * Cin * Cout`` floats, 4x the weight."""
         if not self._weight_qualifies():
             return 0
         key = self._cache_key()
