@@ -175,11 +175,11 @@ def count_on_meta(unet_cfg: UNetConfig, vq_cfg: VQConfig, scale: int, side: int)
 
 #: ``count_on_meta(..., side=64).linear`` of each zoo preset with VQ-f4 (test_tileplan re-counts)
 _ZOO_LINEAR = {
-    "sinsr-v1": 233_983_570.0,
-    "sinsr-v2": 233_983_570.0,
-    "resshift-v1": 233_983_570.0,
-    "resshift-v2": 233_983_570.0,
-    "resshift-v3": 233_983_570.0,
+    "sinsr-v1": 233_715_602.0,
+    "sinsr-v2": 233_715_602.0,
+    "resshift-v1": 233_715_602.0,
+    "resshift-v2": 233_715_602.0,
+    "resshift-v3": 233_715_602.0,
 }
 
 

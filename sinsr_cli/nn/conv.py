@@ -78,12 +78,15 @@ def upsample_conv3x3(
     xp = F.pad(x, (1, 1, 1, 1))
     b4 = None if bias is None else bias.repeat(4)
     y = torch.empty(b, h, 2, w, 2, co, dtype=x.dtype, device=x.device)  # NHWC, rows/cols split by phase
-    # Bands of source rows: the 4-phase conv output of one band ([B, 4Co, R+1, W+1], one halo row)
-    # is interleaved while in cache, so the whole 4-phase map (the size of y) never exists.
+    # Bands of source rows, one conv per phase row (output row 2i + pr reads padded rows i + pr,
+    # i + pr + 1): each band's phase outputs ([B, 2Co, R, W+1]) are interleaved while in cache, so
+    # the whole 4-phase map (the size of y) never exists, and no row is computed twice.
     band = max(1, band_elements // max(1, b * 4 * co * (w + 1)))
     for i0 in range(0, h, band):
         r = min(band, h - i0)
-        o = F.conv2d(xp[:, :, i0 : i0 + r + 2], k4, b4)  # [B, 4Co, r+1, W+1]
-        for p, (pr, pc) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
-            y[:, i0 : i0 + r, pr, :, pc, :] = o[:, p * co : (p + 1) * co, pr : pr + r, pc : pc + w].permute(0, 2, 3, 1)
+        for pr in (0, 1):
+            ch = slice(2 * pr * co, 2 * (pr + 1) * co)
+            o = F.conv2d(xp[:, :, i0 + pr : i0 + pr + r + 1], k4[ch], None if b4 is None else b4[ch])
+            for pc in (0, 1):
+                y[:, i0 : i0 + r, pr, :, pc, :] = o[:, pc * co : (pc + 1) * co, :, pc : pc + w].permute(0, 2, 3, 1)
     return like(y.view(b, 2 * h, 2 * w, co).permute(0, 3, 1, 2), x)
