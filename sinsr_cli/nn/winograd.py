@@ -188,13 +188,17 @@ class Conv3x3(nn.Conv2d):
         except RuntimeError:  # inference tensors keep no version counter
             return None
 
+    def _holds(self, key: tuple[int, int, int]) -> bool:
+        """True where the cached kernel was made from the weight as ``key`` identifies it."""
+        return self._winograd is not None and self._winograd[0] == key
+
     def pending_cache_bytes(self) -> int:
         """Bytes the next Winograd call will allocate for its cached kernel (0 once it is held,
         or where this conv stays direct): ``36 * Cin * Cout`` floats, 4x the weight."""
         if not self._weight_qualifies():
             return 0
         key = self._cache_key()
-        if key is not None and self._winograd is not None and self._winograd[0] == key:
+        if key is not None and self._holds(key):
             return 0
         return _T * _T * self.in_channels * self.out_channels * self.weight.element_size()
 
@@ -203,7 +207,7 @@ class Conv3x3(nn.Conv2d):
         key = self._cache_key()
         if key is None:  # transform every call
             return winograd_weight(w.detach())
-        if self._winograd is None or self._winograd[0] != key:
+        if not self._holds(key):
             self._winograd = (key, winograd_weight(w.detach()))
         return self._winograd[1]
 
