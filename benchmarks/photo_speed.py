@@ -53,6 +53,17 @@ else:
     tile = B.auto_tile(pipe, tile_pad=8)
     out = {"tile": 0 if tile >= max(h, w) else tile, "overlap": 32, "pad": 8}
 out["dtype"] = str(pipe.dtype).removeprefix("torch.")
+# tiles as this checkout's tiling cuts them (end tiles keep their border-side context since 2026-12-03)
+import inspect
+from sinsr_cli.tiling import plan_tiles
+t = out["tile"]
+if t and t < max(h, w):
+    ctx = out["pad"] + ((-(t + 2 * out["pad"])) % 64) // 2  # SRPipeline.context_pad
+    ov = min(out["overlap"], t // 2 - 1)
+    kw = {"pad": ctx} if "pad" in inspect.signature(plan_tiles).parameters else {}
+    out["tiles"], out["context"] = len(plan_tiles(h, w, t, ov, **kw)), ctx
+else:
+    out["tiles"], out["context"] = 1, 0
 print(json.dumps(out))
 """
 
@@ -99,22 +110,17 @@ def _geometry(checkout: Path, size: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _work(size: int, geom: dict) -> tuple[int, float]:
-    """(tiles, counted FLOPs) of a geometry, with this checkout's cost model."""
+def _work(size: int, geom: dict) -> float:
+    """Counted FLOPs of a geometry (its checkout's tiles), with this checkout's cost model."""
     sys.path.insert(0, str(ROOT))
     from sinsr_cli.config import PRESETS, VQ_PRESETS
     from sinsr_cli.tileplan import count_work
-    from sinsr_cli.tiling import plan_tiles
 
     work = count_work(PRESETS["sinsr-v1"].unet, VQ_PRESETS["vq-f4"], 4)
-    tile = geom["tile"]
-    if not tile or tile >= size:
-        side = -(-size // 64) * 64
-        return 1, work.flops(side * side)
-    pad = geom["pad"] + ((-(tile + 2 * geom["pad"])) % 64) // 2  # SRPipeline.context_pad
-    side = -(-min(size, tile + 2 * pad) // 64) * 64
-    n = len(plan_tiles(size, size, tile, min(geom["overlap"], tile // 2 - 1)))
-    return n, n * work.flops(side * side)
+    tile, n = geom["tile"], geom["tiles"]
+    extent = size if n == 1 else min(size, tile + 2 * geom["context"])
+    side = -(-extent // 64) * 64
+    return n * work.flops(side * side)
 
 
 def _run(checkout: Path, photo: Path, ckpt: tuple[Path, Path], out: Path) -> tuple[float, float, int]:
@@ -147,9 +153,8 @@ def main() -> None:
         photo = _photo(work, size)
         for which, checkout in checkouts:  # interleaved: both checkouts see the same machine state
             geom = _geometry(checkout, size)
-            tiles, flops = _work(size, geom)
             rec = {"kind": "photo", "which": which, "checkout": str(checkout), "lr": size, **geom,
-                   "tiles": tiles, "tflop": round(flops / 1e12, 2), "load_before": os.getloadavg()[0]}
+                   "tflop": round(_work(size, geom) / 1e12, 2), "load_before": os.getloadavg()[0]}
             if f"{which}:{size}" not in skip:
                 wall, rss, _ = _run(checkout, photo, ckpt, work / f"out-{which}-{size}.png")
                 rec.update(seconds=round(wall, 2), peak_rss_mib=round(rss))

@@ -57,8 +57,8 @@ def run_tiled_with_oom_retry(
     ``start_try()`` is called at the start of every try and returns the function the try's tiles
     go through, so state a retry must not inherit (a generator) is made fresh for each.
     Each retry halves the tile (``tile == 0`` or a tile covering the image counts as
-    ``max(H, W)``: a whole-image run that does not fit is retried in tiles too) and lowers the
-    overlap to stay below half the tile, then calls ``on_retry(new_tile, new_overlap)`` so a
+    ``max(H, W)``: a whole-image run that does not fit is retried in tiles too; a tile whose
+    box, with its context, would still hold the whole image is skipped) and lowers the overlap to stay below half the tile, then calls ``on_retry(new_tile, new_overlap)`` so a
     caller working through a folder can keep the size that fits. Progress restarts from zero.
     ``pad`` may be a function of the tile (the context a tile gets), so each retried tile gets
     its own. When the full-size output buffers do not fit on the device (smaller tiles cannot
@@ -71,7 +71,14 @@ def run_tiled_with_oom_retry(
     cur_tile = max(h, w) if tile == 0 else min(tile, max(h, w))
     cur_overlap = overlap
     cur_out = torch.device(out_device) if out_device is not None else x.device
-    pad_for = pad if callable(pad) else (lambda _t: pad)
+    pads: dict[int, int] = {}
+
+    def pad_for(t: int) -> int:
+        """The context of tile ``t`` (asked once per tile size)."""
+        if t not in pads:
+            pads[t] = pad(t) if callable(pad) else pad
+        return pads[t]
+
     while True:
         host_output = False
         try:
@@ -86,6 +93,8 @@ def run_tiled_with_oom_retry(
                 raise
             else:
                 next_tile = cur_tile // 2
+                while next_tile >= min_tile and next_tile + 2 * pad_for(next_tile) >= max(h, w):
+                    next_tile //= 2  # its box would hold the whole image: the run that just failed
                 if next_tile < min_tile and cur_out.type != "cpu":
                     host_output = True  # the device-side output may be what leaves no room
                 elif next_tile < min_tile:
@@ -127,7 +136,8 @@ def geometry(pipe: SRPipeline, plan: Plan, batch: int, height: int, width: int) 
     if tile is None:
         tp = auto_plan(pipe, height, width, tile_batch=t.batch)
         tile, overlap, pad = tp.tile, tp.overlap, tp.pad
-    whole = not tile or tile >= max(height, width)
+    # a tile whose box (tile + context) holds the image runs it whole (tiling.tile_spans)
+    whole = not tile or tile + 2 * pipe.context_pad(tile, pad) >= max(height, width)
     m = pipe.pad_multiple
     if whole and (-(-height // m) * m) * (-(-width // m) * m) > pipe.max_input_pixels(batch):
         whole, tile = False, pipe.max_tile(pad, t.batch)  # past the 32-bit limit in one piece

@@ -30,7 +30,7 @@ from .config import PRESETS, VQ_PRESETS, UNetConfig, VQConfig
 from .devices import cpu_has_native_bf16, dtype_name, free_memory
 from .distributed import local_processes
 from .nn.winograd import pending_cache_bytes
-from .tiling import tile_starts
+from .tiling import tile_spans
 
 if TYPE_CHECKING:
     from .pipeline import SRPipeline
@@ -232,10 +232,9 @@ def plan_tiling(
 
     def evaluate(tile: int, pad: int) -> TilePlan:
         ov = 0 if tile == 0 else min(overlap, tile // 2 - 1)
-        ny = len(tile_starts(height, tile, ov)) if tile and tile < height else 1
-        nx = len(tile_starts(width, tile, ov)) if tile and tile < width else 1
-        ey = _input_extent(height, tile if tile < height else 0, pad, multiple)
-        ex = _input_extent(width, tile if tile < width else 0, pad, multiple)
+        ny, nx = len(tile_spans(height, tile, ov, pad)), len(tile_spans(width, tile, ov, pad))
+        ey = _input_extent(height, tile if ny > 1 else 0, pad, multiple)
+        ex = _input_extent(width, tile if nx > 1 else 0, pad, multiple)
         pixels = float(ey * ex)
         n = ny * nx * batch
         return TilePlan(
@@ -246,7 +245,7 @@ def plan_tiling(
 
     plans = [evaluate(0, 0)]
     side = multiple
-    while side - 2 * min_pad < longest:
+    while side < longest:  # a box of `longest` or more is the untiled run
         tile = side - 2 * min_pad
         if tile >= 2 * max(overlap, 1) + 2:
             plans.append(evaluate(tile, min_pad))

@@ -23,7 +23,7 @@ from .devices import is_oom_error
 
 __all__ = [
     "Tile",
-    "tile_starts",
+    "tile_spans",
     "plan_tiles",
     "blend_window",
     "run_tiled",
@@ -49,39 +49,43 @@ class Tile:
         return self.x1 - self.x0
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of size ``min(tile, length)`` covering ``[0, length)``.
+def tile_spans(length: int, tile: int, overlap: int, pad: int = 0) -> list[tuple[int, int]]:
+    """The ``[start, end)`` spans of the tiles covering ``[0, length)`` along one side.
 
-    The first tile starts at 0 and the last ends exactly at ``length``, so every tile has the
-    same size (one shape per model call helps batching and CUDA graphs). Starts are spread
-    evenly, so neighbours overlap by at least ``overlap`` and by about the same amount, instead of
-    the last tile swallowing all the slack. ``tile == 0`` or ``length <= tile`` gives ``[0]``.
+    Each tile is computed from a box of ``box = min(length, tile + 2 * pad)`` pixels: its span
+    plus ``pad`` px of context on every side that has a neighbour. A side on the image border
+    needs no context, so an end tile keeps its whole box there (``tile + pad`` px): every box has
+    the same size (one shape per model call helps batching and CUDA graphs), and a photo needs up
+    to one tile fewer per side than if every tile kept only ``tile`` px. Boxes are spread evenly
+    from 0 to ``length - box``, so neighbouring spans overlap by at least ``overlap`` and by about
+    the same amount. ``tile == 0`` or ``length <= box`` gives the one span ``[(0, length)]``.
     """
     if length < 1:
         raise ValueError(f"length must be >= 1, got {length}")
-    if tile < 0 or overlap < 0:
-        raise ValueError(f"tile and overlap must be >= 0, got tile={tile}, overlap={overlap}")
-    if tile == 0 or length <= tile:
-        return [0]
+    if tile < 0 or overlap < 0 or pad < 0:
+        raise ValueError(f"tile, overlap and pad must be >= 0, got tile={tile}, overlap={overlap}, pad={pad}")
+    box = tile + 2 * pad
+    if tile == 0 or length <= box:
+        return [(0, length)]
     if overlap >= tile:
         raise ValueError(f"overlap ({overlap}) must be smaller than the tile ({tile})")
-    stride = tile - overlap
-    n = 1 + -(-(length - tile) // stride)  # ceil: the fewest tiles whose stride fits
-    span = length - tile
-    # floor(i * span / (n - 1)): consecutive gaps are <= ceil(span / (n - 1)) <= stride.
-    return [i * span // (n - 1) for i in range(n)]
+    stride = tile - overlap  # the largest step between boxes that keeps `overlap`
+    span = length - box
+    n = 1 + -(-span // stride)  # ceil: the fewest boxes whose steps fit
+    # floor(i * span / (n - 1)): consecutive steps are <= ceil(span / (n - 1)) <= stride.
+    starts = [i * span // (n - 1) for i in range(n)]
+    return [(s + (pad if i else 0), s + box - (pad if i < n - 1 else 0)) for i, s in enumerate(starts)]
 
 
-def plan_tiles(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
-    """Row-major grid of equal-sized LR tiles covering a ``height x width`` image.
+def plan_tiles(height: int, width: int, tile: int, overlap: int, pad: int = 0) -> list[Tile]:
+    """Row-major grid of LR tiles covering a ``height x width`` image (see :func:`tile_spans`).
 
-    A dimension no larger than ``tile`` (or ``tile == 0``) is covered by one full-length tile.
+    Every tile's box (the tile and ``pad`` px of context, shifted inside the image) has the same
+    size; a dimension no larger than ``tile + 2 * pad`` (or ``tile == 0``) is one span.
     """
-    ys = tile_starts(height, tile, overlap)
-    xs = tile_starts(width, tile, overlap)
-    th = height if tile == 0 else min(tile, height)
-    tw = width if tile == 0 else min(tile, width)
-    return [Tile(y, y + th, x, x + tw) for y in ys for x in xs]
+    ys = tile_spans(height, tile, overlap, pad)
+    xs = tile_spans(width, tile, overlap, pad)
+    return [Tile(y0, y1, x0, x1) for y0, y1 in ys for x0, x1 in xs]
 
 
 def _ramp_profile(
@@ -162,16 +166,19 @@ def run_tiled(
     Args:
         fn: maps ``[n, C, th, tw]`` (x's dtype and device) to ``[n, C', th*scale, tw*scale]``.
         x: ``[B, C, H, W]`` input, any value range.
-        tile: LR tile side in pixels; ``0`` or ``>= max(H, W)`` runs each image whole.
+        tile: LR tile side in pixels; ``0``, or a box (``tile + 2 * pad``) covering
+            ``max(H, W)``, runs each image whole. End tiles keep ``tile + pad`` px on their
+            border side (:func:`tile_spans`).
         overlap: minimum LR overlap between neighbouring tiles; must be ``< tile`` when tiling.
         scale: integer upsampling factor of ``fn``.
         batch_size: tiles per ``fn`` call, stacked from the same image and across the batch.
         on_tile: progress callback ``(tiles_done, tiles_total)``, called after each ``fn`` call.
         out_device: where the float32 output is accumulated (default ``x.device``); pass
             ``"cpu"`` to keep a large output off the accelerator.
-        pad: LR context added around each tile (shifted inside the image so every input has
-            the same size) and cropped from ``fn``'s output: operators with a receptive field
-            (bicubic, convs) then see real neighbours instead of the tile's edge.
+        pad: LR context added around each tile on the sides with a neighbour (the box shifted
+            inside the image, so every input has the same size) and cropped from ``fn``'s
+            output: operators with a receptive field (bicubic, convs) then see real neighbours
+            instead of the tile's edge.
         out_channels: ``C'`` when known: the output is then allocated before the first tile,
             so a too-large image fails at once and the peak memory is reached on tile one.
 
@@ -187,9 +194,10 @@ def run_tiled(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     b, _, h, w = x.shape
     out_device = torch.device(out_device) if out_device is not None else x.device
-    if tile >= max(h, w):
-        tile = 0  # one whole-image tile: no blending, no overlap constraint
-    tiles = plan_tiles(h, w, tile, overlap)
+    pad = max(pad, 0)
+    if tile + 2 * pad >= max(h, w):
+        tile = 0  # one box holds the whole image: no blending, no overlap constraint
+    tiles = plan_tiles(h, w, tile, overlap, pad)
     if len(tiles) == 1 and batch_size >= b:  # whole images in one call: nothing to blend
         y = fn(x)
         if y.ndim != 4 or y.shape[0] != b or tuple(y.shape[-2:]) != (h * scale, w * scale):
@@ -216,13 +224,14 @@ def run_tiled(
     for t in tiles:
         weight_sum[..., t.y0 * scale : t.y1 * scale, t.x0 * scale : t.x1 * scale] += window(t)
 
-    # plan_tiles makes every tile the same size, so any run of jobs stacks into one batch.
+    # plan_tiles gives every tile a box of the same size, so any run of jobs stacks into one batch.
     jobs = [(i, t) for i in range(b) for t in tiles]
-    th0, tw0 = tiles[0].height, tiles[0].width
-    ch, cw = min(h, th0 + 2 * max(pad, 0)), min(w, tw0 + 2 * max(pad, 0))
+    box = tile + 2 * pad if tile else max(h, w)
+    ch, cw = min(h, box), min(w, box)
 
     def context(t: Tile) -> tuple[int, int]:
-        """Top-left of the padded input box: the tile grown by ``pad``, shifted inside the image."""
+        """Top-left of the tile's input box: the tile grown by ``pad``, shifted inside the image
+        (an end tile already reaches the border on the side where it has no context)."""
         return min(max(t.y0 - pad, 0), h - ch), min(max(t.x0 - pad, 0), w - cw)
 
     out: torch.Tensor | None = None

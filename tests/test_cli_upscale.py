@@ -318,11 +318,12 @@ def test_rerun_of_a_finished_batch_exits_0_with_skips_counted(tmp_path, fake_mod
 
 
 def test_tile_steps_sampler_reach_the_pipeline(tmp_path, fake_model):
-    _save(tmp_path / "big.png", size=(100, 80))
+    _save(tmp_path / "big.png", size=(160, 200))
     result = invoke(tmp_path / "big.png", "--tile", "64", "--steps", "4", "--sampler", "deterministic", "--batch", "2")
     assert result.exit_code == 0, result.output
-    calls = fake_model[0].calls  # 3 x 2 tiles of 64 px, two per model call
-    assert [c["shape"][0] for c in calls] == [2, 2, 2] and {(c["steps"], c["sampler"]) for c in calls} == {(4, "deterministic")}
+    calls = fake_model[0].calls  # 4 x 2 tiles of 64 px in 128 px boxes (32 px of context), two per call
+    assert [c["shape"] for c in calls] == [(2, 3, 128, 128)] * 4
+    assert {(c["steps"], c["sampler"]) for c in calls} == {(4, "deterministic")}
     _save(tmp_path / "a.png")
     result = invoke(tmp_path / "a.png")  # --tile auto by default: planned per image
     assert [c["shape"] for c in fake_model[1].calls] == [(1, 3, 10, 12)] and "untiled" in result.stderr  # small: the plan tiles nothing

@@ -60,6 +60,20 @@ def test_oom_retry_halves_tile_until_it_fits(typed):
     assert seen[-1] <= 60
 
 
+def test_oom_retry_skips_tiles_whose_box_still_holds_the_whole_image():
+    x = torch.rand(1, 3, 100, 100, generator=torch.Generator().manual_seed(4))
+    fn, seen = fake_oom_fn(80, 2)
+    retries = []
+    out = run_tiled_with_oom_retry(
+        lambda: fn, x, tile=0, overlap=4, scale=2, pad=lambda t: 30, min_tile=8,
+        on_retry=lambda t, o: retries.append(t),
+    )
+    torch.testing.assert_close(out, nearest_up(2)(x), atol=1e-6, rtol=0)
+    # whole (100) fails; 50 px tiles would be 110 px boxes (the whole image again): skipped;
+    # 25 px tiles (85 px boxes) fail too; 12 px tiles (72 px boxes) fit
+    assert retries == [25, 12] and seen.count(100) == 1 and 85 in seen and seen[-1] == 72
+
+
 def test_oom_retry_reraises_below_minimum():
     x = torch.rand(1, 3, 64, 64)
     fn, seen = fake_oom_fn(20, 2)
@@ -166,12 +180,14 @@ def test_a_retried_image_equals_a_fresh_run_at_the_smaller_tile(tiny_pipeline, m
     bit for bit the image a fresh run at the smaller tile gives (it used to draw its noise
     from the state the failed try left behind)."""
     p = tiny_pipeline
-    x = torch.rand(1, 3, 64, 48, generator=torch.Generator().manual_seed(0))  # one 64 px model input
+    x = torch.rand(1, 3, 128, 96, generator=torch.Generator().manual_seed(0))  # one 128 px model input
     fresh_whole = run(p, x, seed=5, steps=steps)
     failed = _oom_first_denoiser_call(p, monkeypatch)
     retries: list[tuple[int, int]] = []
     retried = run(p, x, seed=5, steps=steps, on_retry=lambda t, o: retries.append((t, o)))
-    assert failed and retries == [(32, 15)]  # the whole image failed, then 32 px tiles
+    # the whole image failed; 64 px tiles (128 px boxes with context: the whole image again)
+    # are skipped, then 32 px tiles in 64 px boxes
+    assert failed and retries == [(32, 15)]
     (tile, overlap), = retries
     fresh = run(p, x, seed=5, steps=steps, tile=tile, overlap=overlap)
     assert torch.equal(retried, fresh)

@@ -71,7 +71,7 @@ def test_small_images_run_untiled():
 def test_large_images_tile_at_the_cheapest_geometry(side):
     p = plan(side, side)
     assert p.tile > 0 and (p.tile + 2 * p.pad) % 64 == 0 and p.overlap < p.tile // 2
-    assert p.tiles == len(plan_tiles(side, side, p.tile, p.overlap))
+    assert p.tiles == len(plan_tiles(side, side, p.tile, p.overlap, p.pad))
     untiled = plan(side, side, max_side=None, budget_bytes=None)
     assert p.seconds <= untiled.seconds
     # no model input side does better: force each one through the budget and compare

@@ -15,7 +15,7 @@ from sinsr_cli.tiling import (
     blend_window,
     plan_tiles,
     run_tiled,
-    tile_starts,
+    tile_spans,
 )
 
 FAST = settings(max_examples=40, deadline=None)
@@ -41,51 +41,62 @@ def geometry(draw, max_side: int = 160):
 
 
 @FAST
-@given(length=st.integers(1, 500), tile=st.integers(1, 128), data=st.data())
-def test_tile_starts_cover_and_overlap(length, tile, data):
+@given(length=st.integers(1, 500), tile=st.integers(1, 128), pad=st.integers(0, 40), data=st.data())
+def test_tile_spans_cover_overlap_and_share_one_box(length, tile, pad, data):
     overlap = data.draw(st.integers(0, tile - 1))
-    starts = tile_starts(length, tile, overlap)
-    size = min(tile, length)
-    assert starts[0] == 0
-    assert starts[-1] + size == length  # last tile ends exactly at the edge
-    assert starts == sorted(set(starts))
-    for a, b in zip(starts, starts[1:]):
-        assert a + size - b >= overlap  # consecutive tiles overlap by at least `overlap`
-    if length <= tile:
-        assert starts == [0]
+    spans = tile_spans(length, tile, overlap, pad)
+    box = min(length, tile + 2 * pad)
+    assert spans[0][0] == 0 and spans[-1][1] == length  # the ends reach the image borders
+    for (a0, a1), (b0, b1) in zip(spans, spans[1:]):
+        assert a0 < b0 and a1 < b1  # in order, none inside another
+        assert a1 - b0 >= overlap  # neighbours overlap by at least `overlap`
+    for i, (s0, s1) in enumerate(spans):
+        # the box: the span and `pad` of context on each side with a neighbour, inside the image
+        lo = s0 - (pad if i else 0)
+        hi = s1 + (pad if i < len(spans) - 1 else 0)
+        assert 0 <= lo and hi <= length and hi - lo == box
+    if length <= tile + 2 * pad:
+        assert spans == [(0, length)]
 
 
-def test_tile_starts_small_cases():
-    assert tile_starts(10, 16, 4) == [0]
-    assert tile_starts(16, 16, 4) == [0]
-    assert tile_starts(100, 0, 8) == [0]
-    assert tile_starts(20, 10, 0) == [0, 10]
-    assert tile_starts(28, 16, 4) == [0, 12]
+def test_tile_spans_small_cases():
+    assert tile_spans(10, 16, 4) == [(0, 10)]
+    assert tile_spans(16, 16, 4) == [(0, 16)]
+    assert tile_spans(100, 0, 8) == [(0, 100)]
+    assert tile_spans(20, 10, 0) == [(0, 10), (10, 20)]
+    assert tile_spans(28, 16, 4) == [(0, 16), (12, 28)]
+    assert tile_spans(30, 16, 4, pad=8) == [(0, 30)]  # one 32 px box holds it all
+    # end tiles keep their border-side context: 5 boxes of 128 for 512 px (6 if each kept 112)
+    spans = tile_spans(512, 112, 16, pad=8)
+    assert len(spans) == 5 and spans[0] == (0, 120) and spans[-1] == (392, 512)
+    assert len(tile_spans(512, 112, 16)) == 6
     with pytest.raises(ValueError, match="overlap"):
-        tile_starts(100, 16, 16)
+        tile_spans(100, 16, 16)
     with pytest.raises(ValueError):
-        tile_starts(0, 16, 4)
+        tile_spans(0, 16, 4)
+    with pytest.raises(ValueError):
+        tile_spans(100, 16, 4, pad=-1)
 
 
 @FAST
-@given(g=geometry())
-def test_plan_tiles_cover_every_pixel_in_bounds(g):
+@given(g=geometry(), pad=st.integers(0, 24))
+def test_plan_tiles_cover_every_pixel_in_bounds(g, pad):
     h, w, tile, overlap = g
-    tiles = plan_tiles(h, w, tile, overlap)
+    tiles = plan_tiles(h, w, tile, overlap, pad)
     cover = torch.zeros(h, w, dtype=torch.int32)
-    sizes = {(t.height, t.width) for t in tiles}
-    assert sizes == {(min(tile, h), min(tile, w))}  # one shape for every tile
     for t in tiles:
         assert 0 <= t.y0 < t.y1 <= h and 0 <= t.x0 < t.x1 <= w
         cover[t.y0 : t.y1, t.x0 : t.x1] += 1
     assert bool((cover >= 1).all())
+    if pad == 0:
+        assert {(t.height, t.width) for t in tiles} == {(min(tile, h), min(tile, w))}
 
 
 @FAST
-@given(g=geometry(max_side=64), scale=st.sampled_from([1, 2, 4]))
-def test_blend_weights_normalise_to_one(g, scale):
+@given(g=geometry(max_side=64), scale=st.sampled_from([1, 2, 4]), pad=st.integers(0, 12))
+def test_blend_weights_normalise_to_one(g, scale, pad):
     h, w, tile, overlap = g
-    tiles = plan_tiles(h, w, tile, overlap)
+    tiles = plan_tiles(h, w, tile, overlap, pad)
     total = torch.zeros(1, 1, h * scale, w * scale, dtype=torch.float64)
     windows = []
     for t in tiles:
@@ -141,11 +152,12 @@ def test_blend_ramps_are_a_partition_of_unity_at_exact_overlap():
 def test_nearest_upsample_tiles_back_exactly(b, h, w, tile, scale, data):
     overlap = data.draw(st.integers(0, tile // 2 - 1))
     batch_size = data.draw(st.integers(2, 5))
+    pad = data.draw(st.integers(0, 10))
     x = torch.randn(b, 3, h, w, generator=torch.Generator().manual_seed(h * 100 + w))
     fn = nearest_up(scale)
     ref = fn(x)
-    out1 = run_tiled(fn, x, tile=tile, overlap=overlap, scale=scale, batch_size=1)
-    outn = run_tiled(fn, x, tile=tile, overlap=overlap, scale=scale, batch_size=batch_size)
+    out1 = run_tiled(fn, x, tile=tile, overlap=overlap, scale=scale, batch_size=1, pad=pad)
+    outn = run_tiled(fn, x, tile=tile, overlap=overlap, scale=scale, batch_size=batch_size, pad=pad)
     assert out1.shape == (b, 3, h * scale, w * scale) and out1.dtype == torch.float32
     torch.testing.assert_close(out1, ref, atol=1e-6, rtol=0)
     torch.testing.assert_close(outn, out1, atol=1e-6, rtol=0)
@@ -256,6 +268,46 @@ def test_small_conv_net_differs_only_near_tile_borders(scale):
     # Near borders the blend still stays close: far below the output's own spread.
     assert diff.mean() < 0.05 * ref.std()
     assert diff.max() < 0.1 * (ref.max() - ref.min())
+
+
+@pytest.mark.parametrize("h, w, tile", [(45, 61, 16), (64, 30, 20), (50, 50, 12)])
+def test_context_of_the_receptive_field_makes_tiles_exact_up_to_the_borders(h, w, tile):
+    # pad >= the net's receptive radius: every kept pixel sees what it sees untiled, the end
+    # tiles' border-side pixels included (they keep their whole box there, at the image edge).
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GELU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.GELU(),
+        torch.nn.Conv2d(8, 3 * 4, 3, padding=1), torch.nn.PixelShuffle(2),
+    ).eval()
+    pad, overlap = 3, 4
+    x = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(2))
+    shapes = []
+
+    def fn(t):
+        shapes.append(tuple(t.shape[-2:]))
+        return net(t)
+
+    with torch.inference_mode():
+        out = run_tiled(fn, x, tile=tile, overlap=overlap, scale=2, batch_size=1, pad=pad)
+        ref = net(x)
+    tiles = plan_tiles(h, w, tile, overlap, pad)
+    assert len(shapes) == 2 * len(tiles) > 2 and set(shapes) == {(min(h, tile + 6), min(w, tile + 6))}
+    assert max(t.height for t in tiles) == min(h, tile + pad)  # an end tile kept its border side
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+
+
+def test_one_box_holding_the_image_runs_it_in_one_call():
+    x = torch.rand(1, 3, 40, 30)
+    calls = []
+
+    def fn(t):
+        calls.append(tuple(t.shape))
+        return nearest_up(2)(t)
+
+    out = run_tiled(fn, x, tile=32, overlap=4, scale=2, pad=4)  # 40 <= 32 + 2 * 4
+    assert calls == [(1, 3, 40, 30)]
+    torch.testing.assert_close(out, nearest_up(2)(x), atol=0, rtol=0)
 
 
 def test_an_output_that_fits_nowhere_fails_in_one_line():
