@@ -437,12 +437,13 @@ def _spawn(cmd: list[str]) -> dict[str, Any]:
 OFFICIAL_README_S = {64: 5.25, 128: 30.46}
 
 
-def plot(paths: list[str], out: str) -> None:
+def plot(paths: list[str], out: str, host: str = "CPU 2 threads") -> None:
     """Grouped bar chart (SVG, no plotting package needed) of median seconds per configuration.
 
     Records of kind ``path`` are ours (labelled by ``source`` and dtype), kind ``official`` the
     official code timed on the same host; the README's idle-host official figures are drawn
-    beside them. Later records of the same label and size replace earlier ones.
+    beside them. Later records of the same label and size replace earlier ones, so plot one
+    host's run per chart (``host`` names it in the title).
     """
     recs = [json.loads(ln) for p in paths for ln in Path(p).read_text().splitlines() if ln.startswith("{")]
     series: dict[str, dict[int, float]] = {}
@@ -463,8 +464,8 @@ def plot(paths: list[str], out: str) -> None:
     group_w = (w - left - 10) / max(1, len(sizes))
     bar_w = group_w * 0.8 / max(1, len(series))
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="10">',
-             f'<text x="{w / 2}" y="16" text-anchor="middle" font-size="12">SinSR one-step x4, CPU 2 threads, '
-             "full-size models, random weights (seconds, median)</text>",
+             f'<text x="{w / 2}" y="16" text-anchor="middle" font-size="12">SinSR one-step x4, {host}, '
+             "full-size models, random weights (s, median)</text>",
              f'<line x1="{left}" y1="{top + plot_h}" x2="{w - 10}" y2="{top + plot_h}" stroke="black"/>']
     for gi, size in enumerate(sizes):
         gx = left + gi * group_w + group_w * 0.1
@@ -504,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tag", default="sinsr", help="label stored as 'source' in each record (for --plot)")
     ap.add_argument("--no-peak", action="store_true", help="skip the device peak measurement")
     ap.add_argument("--plot", default=None, metavar="PNG", help="draw an SVG bar chart from --from files; run nothing")
+    ap.add_argument("--host", default="CPU 2 threads", help="the host, for --plot's title")
     ap.add_argument("--from", dest="sources", nargs="+", default=[], help="JSON-lines results for --plot")
     ap.add_argument("--official", default=None, metavar="DIR",
                     help="also time the official code from this checkout of github.com/wyf0912/SinSR, "
@@ -514,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     if args.plot:
-        plot(args.sources, args.plot)
+        plot(args.sources, args.plot, args.host)
         return 0
 
     if args.worker:  # "peak:DEVICE", "path:DEVICE:DTYPE:SIZE" or "official:DEVICE:DTYPE:SIZE"

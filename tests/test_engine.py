@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from sinsr_cli import tiling
 from sinsr_cli.devices import is_oom_error
-from sinsr_cli.engine import Engine, run_tiled_with_oom_retry
+from sinsr_cli.engine import Engine, geometry, run_tiled_with_oom_retry
 from sinsr_cli.pipeline import SRPipeline
 from sinsr_cli.plan import Tiling, make_plan
 from sinsr_cli.tiling import OutputTooLarge
@@ -289,3 +289,14 @@ def test_auto_tiling_and_progress(tiny_pipeline):
 def test_rejects_bad_shapes(tiny_pipeline):
     with pytest.raises(ValueError):
         run(tiny_pipeline, torch.rand(3, 16, 16))
+
+
+def test_a_fixed_tile_whose_box_holds_the_image_runs_it_whole(tiny_pipeline):
+    def geo(tile, h, w):
+        return geometry(tiny_pipeline, make_plan(tiny_pipeline.preset, tiling=Tiling(tile, 32, 8, 1)), 1, h, w)
+
+    # 64 px tiles get 32 px of context (128 px boxes): an image up to 128 px is one box
+    assert geo(64, 100, 80).tile == 0 and geo(64, 128, 128).tile == 0
+    tiled = geo(64, 129, 80)
+    assert (tiled.tile, tiled.overlap, tiled.pad) == (64, 31, 8)
+    assert geo(0, 500, 500).tile == 0
