@@ -58,8 +58,9 @@ def run_tiled_with_oom_retry(
     go through, so state a retry must not inherit (a generator) is made fresh for each.
     Each retry halves the tile (``tile == 0`` or a tile covering the image counts as
     ``max(H, W)``: a whole-image run that does not fit is retried in tiles too; a tile whose
-    box, with its context, would still hold the whole image is skipped) and lowers the overlap to stay below half the tile, then calls ``on_retry(new_tile, new_overlap)`` so a
-    caller working through a folder can keep the size that fits. Progress restarts from zero.
+    box, with its context, would still hold the whole image is skipped) and lowers the overlap
+    to stay below half the tile, then calls ``on_retry(new_tile, new_overlap)`` so a caller
+    working through a folder can keep the size that fits. Progress restarts from zero.
     ``pad`` may be a function of the tile (the context a tile gets), so each retried tile gets
     its own. When the full-size output buffers do not fit on the device (smaller tiles cannot
     help), or even ``min_tile`` fails next to them, they move to the host and the result is a
