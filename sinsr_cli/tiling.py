@@ -14,7 +14,7 @@ tiles, with the out-of-memory retry, is ``engine``'s.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +23,8 @@ from .devices import is_oom_error
 
 __all__ = [
     "Tile",
+    "axis_boxes",
+    "uniform_boxes",
     "tile_spans",
     "plan_tiles",
     "blend_window",
@@ -33,12 +35,14 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Tile:
-    """An LR box ``[y0, y1) x [x0, x1)``, half-open like slicing."""
+    """An LR box ``[y0, y1) x [x0, x1)``, half-open like slicing, and the input box
+    ``(by0, by1, bx0, bx1)`` it is computed from (``None``: the tile itself, no context)."""
 
     y0: int
     y1: int
     x0: int
     x1: int
+    box: tuple[int, int, int, int] | None = None
 
     @property
     def height(self) -> int:
@@ -49,43 +53,86 @@ class Tile:
         return self.x1 - self.x0
 
 
-def tile_spans(length: int, tile: int, overlap: int, pad: int = 0) -> list[tuple[int, int]]:
-    """The ``[start, end)`` spans of the tiles covering ``[0, length)`` along one side.
+def axis_boxes(length: int, boxes: Sequence[int], overlap: int, pad: int = 0) -> list[tuple[int, int, int, int]]:
+    """``(box_start, box_end, span_start, span_end)`` of input boxes of the given sizes, in order
+    along ``[0, length)``: the first starts at 0, the last ends at ``length``.
 
-    Each tile is computed from a box of ``box = min(length, tile + 2 * pad)`` pixels: its span
-    plus ``pad`` px of context on every side that has a neighbour. A side on the image border
-    needs no context, so an end tile keeps its whole box there (``tile + pad`` px): every box has
-    the same size (one shape per model call helps batching and CUDA graphs), and a photo needs up
-    to one tile fewer per side than if every tile kept only ``tile`` px. Boxes are spread evenly
-    from 0 to ``length - box``, so neighbouring spans overlap by at least ``overlap`` and by about
-    the same amount. ``tile == 0`` or ``length <= box`` gives the one span ``[(0, length)]``.
+    A tile's span is its box less ``pad`` px of context on each side with a neighbour; a side
+    on the image border needs no context, so an end tile keeps its box up to the border.
+    Neighbouring spans overlap by at least ``overlap``; the slack of boxes that more than cover
+    the side is spread evenly between them. ``ValueError`` when the boxes cannot cover the side
+    with that overlap, or cover it so amply that spans would not advance.
     """
+    n = len(boxes)
+    if length < 1 or n < 1 or min(boxes) < 1 or max(boxes) > length:
+        raise ValueError(f"boxes {tuple(boxes)} do not fit a side of {length} px")
+    if n == 1:
+        if boxes[0] != length:
+            raise ValueError(f"one box of {boxes[0]} px cannot cover {length} px")
+        return [(0, length, 0, length)]
+    steps = [bx - 2 * pad - overlap for bx in boxes[:-1]]  # the largest steps that keep `overlap`
+    reach = [0]
+    for step in steps:
+        reach.append(reach[-1] + step)
+    slack = reach[-1] + boxes[-1] - length
+    if slack < 0:
+        raise ValueError(f"boxes {tuple(boxes)} with {pad} px context and {overlap} px overlap cover less than {length} px")
+    # ceil(i * slack / (n - 1)) back from the farthest reach: consecutive steps shrink evenly.
+    starts = [r - -(-i * slack // (n - 1)) for i, r in enumerate(reach)]
+    out = [(b0, b0 + bx, b0 + (pad if i else 0), b0 + bx - (pad if i < n - 1 else 0))
+           for i, (b0, bx) in enumerate(zip(starts, boxes))]
+    for (_, _, s0, e0), (_, _, s1, e1) in zip(out, out[1:]):
+        if not (s0 < s1 and e0 < e1 and s0 < e0):
+            raise ValueError(f"boxes {tuple(boxes)} more than cover {length} px: spans would not advance")
+    return out
+
+
+def uniform_boxes(length: int, tile: int, overlap: int, pad: int = 0) -> tuple[int, ...]:
+    """The fewest equal boxes of ``tile + 2 * pad`` px (clamped to the side) that cover
+    ``length`` with tiles of at least ``tile`` px overlapping by ``overlap``; ``tile == 0`` or
+    a box holding the whole side gives the one box ``(length,)``."""
     if length < 1:
         raise ValueError(f"length must be >= 1, got {length}")
     if tile < 0 or overlap < 0 or pad < 0:
         raise ValueError(f"tile, overlap and pad must be >= 0, got tile={tile}, overlap={overlap}, pad={pad}")
     box = tile + 2 * pad
     if tile == 0 or length <= box:
-        return [(0, length)]
+        return (length,)
     if overlap >= tile:
         raise ValueError(f"overlap ({overlap}) must be smaller than the tile ({tile})")
-    stride = tile - overlap  # the largest step between boxes that keeps `overlap`
-    span = length - box
-    n = 1 + -(-span // stride)  # ceil: the fewest boxes whose steps fit
-    # floor(i * span / (n - 1)): consecutive steps are <= ceil(span / (n - 1)) <= stride.
-    starts = [i * span // (n - 1) for i in range(n)]
-    return [(s + (pad if i else 0), s + box - (pad if i < n - 1 else 0)) for i, s in enumerate(starts)]
+    return (box,) * (1 + -(-(length - box) // (tile - overlap)))  # ceil: the fewest steps that fit
 
 
-def plan_tiles(height: int, width: int, tile: int, overlap: int, pad: int = 0) -> list[Tile]:
-    """Row-major grid of LR tiles covering a ``height x width`` image (see :func:`tile_spans`).
+def tile_spans(length: int, tile: int, overlap: int, pad: int = 0) -> list[tuple[int, int]]:
+    """The ``[start, end)`` spans of equal-box tiles covering ``[0, length)`` along one side.
 
-    Every tile's box (the tile and ``pad`` px of context, shifted inside the image) has the same
-    size; a dimension no larger than ``tile + 2 * pad`` (or ``tile == 0``) is one span.
+    Each tile is computed from a box of ``min(length, tile + 2 * pad)`` px: its span plus
+    ``pad`` px of context on every side that has a neighbour. An end tile keeps its whole box
+    on its border side (``tile + pad`` px), so a side needs up to one tile fewer than if every
+    tile kept only ``tile`` px; every box has the same size (one shape per model call helps
+    batching and CUDA graphs). ``tile == 0`` or ``length <= tile + 2 * pad`` gives
+    ``[(0, length)]``. See :func:`axis_boxes`.
     """
-    ys = tile_spans(height, tile, overlap, pad)
-    xs = tile_spans(width, tile, overlap, pad)
-    return [Tile(y0, y1, x0, x1) for y0, y1 in ys for x0, x1 in xs]
+    return [(s0, s1) for _, _, s0, s1 in axis_boxes(length, uniform_boxes(length, tile, overlap, pad), overlap, pad)]
+
+
+def plan_tiles(
+    height: int,
+    width: int,
+    tile: int,
+    overlap: int,
+    pad: int = 0,
+    boxes: tuple[Sequence[int], Sequence[int]] | None = None,
+) -> list[Tile]:
+    """Row-major grid of LR tiles covering a ``height x width`` image, each with its input box.
+
+    ``boxes`` (sizes along y, along x) lays out boxes of several sizes (``tileplan`` puts a
+    smaller one at the far border when that is cheaper); by default every box is
+    ``tile + 2 * pad`` px (:func:`uniform_boxes`), and a side no larger than that is one span.
+    """
+    by, bx = boxes if boxes is not None else (uniform_boxes(height, tile, overlap, pad), uniform_boxes(width, tile, overlap, pad))
+    ys, xs = axis_boxes(height, by, overlap, pad), axis_boxes(width, bx, overlap, pad)
+    return [Tile(sy0, sy1, sx0, sx1, (y0, y1, x0, x1)) for y0, y1, sy0, sy1 in ys for x0, x1, sx0, sx1 in xs]
 
 
 def _ramp_profile(
@@ -160,6 +207,7 @@ def run_tiled(
     out_device: torch.device | str | None = None,
     pad: int = 0,
     out_channels: int | None = None,
+    boxes: tuple[Sequence[int], Sequence[int]] | None = None,
 ) -> torch.Tensor:
     """Apply an upsampling ``fn`` to ``x`` tile by tile and blend the outputs seamlessly.
 
@@ -181,6 +229,8 @@ def run_tiled(
             instead of the tile's edge.
         out_channels: ``C'`` when known: the output is then allocated before the first tile,
             so a too-large image fails at once and the peak memory is reached on tile one.
+        boxes: input box sizes along y and along x (:func:`plan_tiles`) instead of equal
+            boxes of ``tile + 2 * pad``; tiles with equal boxes are batched together.
 
     Returns:
         ``[B, C', H*scale, W*scale]`` float32 on ``out_device``: at each pixel the weighted mean
@@ -195,9 +245,9 @@ def run_tiled(
     b, _, h, w = x.shape
     out_device = torch.device(out_device) if out_device is not None else x.device
     pad = max(pad, 0)
-    if tile + 2 * pad >= max(h, w):
+    if boxes is None and tile + 2 * pad >= max(h, w):
         tile = 0  # one box holds the whole image: no blending, no overlap constraint
-    tiles = plan_tiles(h, w, tile, overlap, pad)
+    tiles = plan_tiles(h, w, tile, overlap, pad, boxes)
     if len(tiles) == 1 and batch_size >= b:  # whole images in one call: nothing to blend
         y = fn(x)
         if y.ndim != 4 or y.shape[0] != b or tuple(y.shape[-2:]) != (h * scale, w * scale):
@@ -211,7 +261,7 @@ def run_tiled(
             on_tile(1, 1)
         return y.to(device=out_device, dtype=torch.float32)
 
-    # Weights depend only on which sides have neighbours: a grid has at most 9 distinct windows.
+    # Weights depend only on the tile's size and which sides have neighbours: a few windows.
     windows: dict[tuple[int, int, bool, bool, bool, bool], torch.Tensor] = {}
 
     def window(t: Tile) -> torch.Tensor:
@@ -224,23 +274,31 @@ def run_tiled(
     for t in tiles:
         weight_sum[..., t.y0 * scale : t.y1 * scale, t.x0 * scale : t.x1 * scale] += window(t)
 
-    # plan_tiles gives every tile a box of the same size, so any run of jobs stacks into one batch.
-    jobs = [(i, t) for i in range(b) for t in tiles]
-    box = tile + 2 * pad if tile else max(h, w)
-    ch, cw = min(h, box), min(w, box)
+    # Jobs with equal boxes stack into one batch: in row-major order within each box shape.
+    def box_of(t: Tile) -> tuple[int, int, int, int]:
+        return t.box if t.box is not None else (t.y0, t.y1, t.x0, t.x1)
 
-    def context(t: Tile) -> tuple[int, int]:
-        """Top-left of the tile's input box: the tile grown by ``pad``, shifted inside the image
-        (an end tile already reaches the border on the side where it has no context)."""
-        return min(max(t.y0 - pad, 0), h - ch), min(max(t.x0 - pad, 0), w - cw)
+    def shape_of(t: Tile) -> tuple[int, int]:
+        by0, by1, bx0, bx1 = box_of(t)
+        return by1 - by0, bx1 - bx0
+
+    first = shape_of(tiles[0])
+    jobs = [(i, t) for i in range(b) for t in tiles]
+    jobs.sort(key=lambda job: (shape_of(job[1]) != first, shape_of(job[1])))  # stable: order kept per shape
+    chunks: list[list[tuple[int, Tile]]] = []
+    for job in jobs:
+        if chunks and len(chunks[-1]) < batch_size and shape_of(chunks[-1][0][1]) == shape_of(job[1]):
+            chunks[-1].append(job)
+        else:
+            chunks.append([job])
 
     out: torch.Tensor | None = None
     if out_channels is not None:
         out = _output_buffer((b, out_channels, h * scale, w * scale), out_device)
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start : start + batch_size]
-        boxes = [context(t) for _, t in chunk]
-        inp = torch.stack([x[i, :, cy : cy + ch, cx : cx + cw] for (i, _), (cy, cx) in zip(chunk, boxes)])
+    done = 0
+    for chunk in chunks:
+        ch, cw = shape_of(chunk[0][1])
+        inp = torch.stack([x[i, :, box_of(t)[0] : box_of(t)[1], box_of(t)[2] : box_of(t)[3]] for i, t in chunk])
         y = fn(inp)
         if y.ndim != 4 or y.shape[0] != len(chunk) or tuple(y.shape[-2:]) != (ch * scale, cw * scale):
             raise ValueError(
@@ -252,13 +310,15 @@ def run_tiled(
         y = y.to(device=out_device, dtype=torch.float32)
         if out is None:
             out = _output_buffer((b, y.shape[1], h * scale, w * scale), out_device)
-        for k, ((i, t), (cy, cx)) in enumerate(zip(chunk, boxes)):
+        for k, (i, t) in enumerate(chunk):
             ys, xs = slice(t.y0 * scale, t.y1 * scale), slice(t.x0 * scale, t.x1 * scale)
-            oy, ox = (t.y0 - cy) * scale, (t.x0 - cx) * scale
+            by0, _, bx0, _ = box_of(t)
+            oy, ox = (t.y0 - by0) * scale, (t.x0 - bx0) * scale
             crop = y[k, :, oy : oy + t.height * scale, ox : ox + t.width * scale]
             out[i, :, ys, xs].addcmul_(crop, window(t)[0])
         del y, inp
+        done += len(chunk)
         if on_tile is not None:
-            on_tile(start + len(chunk), len(jobs))
+            on_tile(done, len(jobs))
     assert out is not None  # jobs is never empty: B >= 1 and plan_tiles returns >= 1 tile
     return out.div_(weight_sum)
