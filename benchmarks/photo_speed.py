@@ -49,6 +49,8 @@ if auto_plan is not None:
     pipe.max_input_pixels = lambda batch=1: SRPipeline.max_input_pixels(pipe, batch)
     g = auto_plan(pipe, h, w)
     out = {"tile": g.tile, "overlap": g.overlap, "pad": g.pad}
+    if getattr(g, "boxes", None) is not None:  # box sizes per side (since 2026-12-03)
+        out["boxes"] = [list(b) for b in g.boxes]
 else:
     tile = B.auto_tile(pipe, tile_pad=8)
     out = {"tile": 0 if tile >= max(h, w) else tile, "overlap": 32, "pad": 8}
@@ -57,7 +59,9 @@ out["dtype"] = str(pipe.dtype).removeprefix("torch.")
 import inspect
 from sinsr_cli.tiling import plan_tiles
 t = out["tile"]
-if t and t < max(h, w):
+if "boxes" in out:
+    out["tiles"], out["context"] = len(out["boxes"][0]) * len(out["boxes"][1]), out["pad"]
+elif t and t < max(h, w):
     ctx = out["pad"] + ((-(t + 2 * out["pad"])) % 64) // 2  # SRPipeline.context_pad
     ov = min(out["overlap"], t // 2 - 1)
     kw = {"pad": ctx} if "pad" in inspect.signature(plan_tiles).parameters else {}
@@ -117,6 +121,9 @@ def _work(size: int, geom: dict) -> float:
     from sinsr_cli.tileplan import count_work
 
     work = count_work(PRESETS["sinsr-v1"].unet, VQ_PRESETS["vq-f4"], 4)
+    if "boxes" in geom:
+        by, bx = ([-(-b // 64) * 64 for b in sizes] for sizes in geom["boxes"])
+        return sum(work.flops(a * b) for a in by for b in bx)
     tile, n = geom["tile"], geom["tiles"]
     extent = size if n == 1 else min(size, tile + 2 * geom["context"])
     side = -(-extent // 64) * 64

@@ -51,6 +51,7 @@ def run_tiled_with_oom_retry(
     on_retry: OnRetry | None = None,
     pad: int | Callable[[int], int] = 0,
     out_channels: int | None = None,
+    boxes: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
 ) -> torch.Tensor:
     """``tiling.run_tiled`` that halves the tile and starts the image again on out-of-memory.
 
@@ -62,7 +63,8 @@ def run_tiled_with_oom_retry(
     to stay below half the tile, then calls ``on_retry(new_tile, new_overlap)`` so a caller
     working through a folder can keep the size that fits. Progress restarts from zero.
     ``pad`` may be a function of the tile (the context a tile gets), so each retried tile gets
-    its own. When the full-size output buffers do not fit on the device (smaller tiles cannot
+    its own. ``boxes`` (a plan's box sizes per side) holds for the first try only; a retry
+    cuts equal boxes of the halved tile. When the full-size output buffers do not fit on the device (smaller tiles cannot
     help), or even ``min_tile`` fails next to them, they move to the host and the result is a
     CPU tensor. Once the tile would drop below ``min_tile`` with host buffers, the
     out-of-memory error is re-raised with a note.
@@ -86,6 +88,7 @@ def run_tiled_with_oom_retry(
             return run_tiled(
                 start_try(), x, tile=cur_tile, overlap=cur_overlap, scale=scale, batch_size=batch_size,
                 on_tile=on_tile, out_device=cur_out, pad=pad_for(cur_tile), out_channels=out_channels,
+                boxes=boxes,
             )
         except Exception as err:
             if isinstance(err, OutputTooLarge) and cur_out.type != "cpu":
@@ -110,7 +113,7 @@ def run_tiled_with_oom_retry(
         if host_output:
             cur_out = torch.device("cpu")
             continue
-        cur_tile = next_tile
+        cur_tile, boxes = next_tile, None
         cur_overlap = min(cur_overlap, (cur_tile - 1) // 2)
         if on_retry is not None:
             on_retry(cur_tile, cur_overlap)
@@ -123,6 +126,9 @@ class Geometry:
     tile: int
     overlap: int
     pad: int
+    #: box sizes along y and x where ``auto`` cut the last box of a side to what is left
+    #: (``tileplan.TilePlan.boxes``); ``None``: equal boxes of the tile and its context
+    boxes: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
 
 def geometry(pipe: SRPipeline, plan: Plan, batch: int, height: int, width: int) -> Geometry:
@@ -133,10 +139,12 @@ def geometry(pipe: SRPipeline, plan: Plan, batch: int, height: int, width: int) 
     in one piece is tiled at :meth:`SRPipeline.max_tile`, and fixed tiles are capped there.
     """
     t = plan.tiling
-    tile, overlap, pad = t.tile, t.overlap, t.pad
+    tile, overlap, pad, boxes = t.tile, t.overlap, t.pad, None
     if tile is None:
         tp = auto_plan(pipe, height, width, tile_batch=t.batch)
-        tile, overlap, pad = tp.tile, tp.overlap, tp.pad
+        tile, overlap, pad, boxes = tp.tile, tp.overlap, tp.pad, tp.boxes
+        if boxes is not None:  # the plan keeps every box under the 32-bit limit
+            return Geometry(tile, overlap, pad, boxes)
     # a tile whose box (tile + context) holds the image runs it whole (tiling.tile_spans)
     whole = not tile or tile + 2 * pipe.context_pad(tile, pad) >= max(height, width)
     m = pipe.pad_multiple
@@ -207,6 +215,6 @@ class Engine:
             out = run_tiled_with_oom_retry(
                 start_try, lq, tile=geo.tile, overlap=geo.overlap, scale=pipe.scale,
                 batch_size=b if geo.tile == 0 else plan.tiling.batch, on_tile=on_tile, on_retry=on_retry,
-                pad=lambda t: pipe.context_pad(t, geo.pad), out_channels=lq.shape[1],
+                pad=lambda t: pipe.context_pad(t, geo.pad), out_channels=lq.shape[1], boxes=geo.boxes,
             )
         return from_model_range(out)

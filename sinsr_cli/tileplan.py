@@ -30,7 +30,7 @@ from .config import PRESETS, VQ_PRESETS, UNetConfig, VQConfig
 from .devices import cpu_has_native_bf16, dtype_name, free_memory
 from .distributed import local_processes
 from .nn.winograd import pending_cache_bytes
-from .tiling import tile_spans
+from .tiling import axis_boxes, uniform_boxes
 
 if TYPE_CHECKING:
     from .pipeline import SRPipeline
@@ -117,6 +117,9 @@ class TilePlan:
     seconds: float
     peak_bytes: float
     flops: float
+    #: input box sizes along y and x when they differ (a smaller or larger box at the far
+    #: border); ``None``: every box is ``tile + 2 * pad`` (``tiling.uniform_boxes``)
+    boxes: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
 
 # -- counting the work ---------------------------------------------------------------------
@@ -195,10 +198,29 @@ def _zoo_work() -> dict[tuple[UNetConfig, VQConfig, int], Work]:
 # -- geometry ------------------------------------------------------------
 
 
-def _input_extent(length: int, tile: int, pad: int, multiple: int) -> int:
-    """Model input extent along one side: the tile and its context (clamped to the image), padded."""
-    extent = length if tile == 0 else min(length, tile + 2 * pad)
+def _padded(extent: int, multiple: int) -> int:
+    """The model input extent of a box: padded up to the model's multiple."""
     return -(-extent // multiple) * multiple
+
+
+def _axis_layouts(length: int, tile: int, overlap: int, pad: int, multiple: int) -> list[tuple[int, ...]]:
+    """Box layouts along one side for tiles of ``tile`` px: the equal boxes, and ``k`` of them
+    followed by the one box (a multiple of the padding) that just reaches the far border, for
+    every shorter ``k``; only layouts ``tiling.axis_boxes`` accepts."""
+    uniform = uniform_boxes(length, tile, overlap, pad)
+    layouts = [uniform]
+    box = tile + 2 * pad
+    for k in range(1, len(uniform)):
+        last = _padded(max(length - k * (tile - overlap), multiple), multiple)
+        if last == box or last > length:
+            continue
+        boxes = (box,) * k + (last,)
+        try:
+            axis_boxes(length, boxes, overlap, pad)
+        except ValueError:
+            continue
+        layouts.append(boxes)
+    return layouts
 
 
 # -- the plan ------------------------------------------------------------------------------
@@ -221,7 +243,10 @@ def plan_tiling(
     """The fastest geometry for a ``height x width`` LR image within ``budget_bytes``.
 
     Candidates: untiled, and for each model input side ``P`` (a multiple of ``multiple``) the
-    tile ``P - 2 * min_pad`` (the context then fills the input exactly). ``bytes_per_pixel`` is
+    tile ``P - 2 * min_pad`` (the context then fills the input exactly), in equal boxes or with
+    the last box along a side (at the far border) cut to what is left: a 256 px side in two
+    128 px boxes and one of 64 costs less than three of 128 (the global attention is quadratic
+    in a box's area). ``bytes_per_pixel`` is
     the working set per model-input LR pixel in the run's dtype; ``max_side`` caps ``P`` (32-bit
     indexing). When nothing fits, the smallest input is returned (its run may still fit: the
     estimate is conservative, and the out-of-memory retry halves the tile).
@@ -230,25 +255,27 @@ def plan_tiling(
         raise ValueError(f"image must be at least 1x1, got {height}x{width}")
     longest = max(height, width)
 
-    def evaluate(tile: int, pad: int) -> TilePlan:
-        ov = 0 if tile == 0 else min(overlap, tile // 2 - 1)
-        ny, nx = len(tile_spans(height, tile, ov, pad)), len(tile_spans(width, tile, ov, pad))
-        ey = _input_extent(height, tile if ny > 1 else 0, pad, multiple)
-        ex = _input_extent(width, tile if nx > 1 else 0, pad, multiple)
-        pixels = float(ey * ex)
-        n = ny * nx * batch
+    def evaluate(tile: int, pad: int, by: tuple[int, ...], bx: tuple[int, ...], ov: int) -> TilePlan:
+        ey, ex = [_padded(e, multiple) for e in by], [_padded(e, multiple) for e in bx]
+        areas = [float(a * b) for a in ey for b in ex]
+        mixed = len(set(by)) > 1 or len(set(bx)) > 1
         return TilePlan(
-            tile=tile, overlap=ov, pad=pad, tiles=ny * nx, input_side=max(ey, ex),
-            seconds=n * rates.seconds(work, pixels), peak_bytes=bytes_per_pixel * pixels * batch,
-            flops=n * work.flops(pixels),
+            tile=tile, overlap=ov, pad=pad, tiles=len(areas), input_side=max(ey + ex),
+            seconds=batch * sum(rates.seconds(work, a) for a in areas),
+            peak_bytes=bytes_per_pixel * max(areas) * batch,
+            flops=batch * sum(work.flops(a) for a in areas),
+            boxes=(by, bx) if mixed else None,
         )
 
-    plans = [evaluate(0, 0)]
+    plans = [evaluate(0, 0, (height,), (width,), 0)]
     side = multiple
     while side < longest:  # a box of `longest` or more is the untiled run
         tile = side - 2 * min_pad
         if tile >= 2 * max(overlap, 1) + 2:
-            plans.append(evaluate(tile, min_pad))
+            ov = min(overlap, tile // 2 - 1)
+            for by in _axis_layouts(height, tile, ov, min_pad, multiple):
+                for bx in _axis_layouts(width, tile, ov, min_pad, multiple):
+                    plans.append(evaluate(tile, min_pad, by, bx, ov))
         side += multiple
 
     def fits(p: TilePlan) -> bool:

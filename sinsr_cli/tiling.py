@@ -81,8 +81,8 @@ def axis_boxes(length: int, boxes: Sequence[int], overlap: int, pad: int = 0) ->
     starts = [r - -(-i * slack // (n - 1)) for i, r in enumerate(reach)]
     out = [(b0, b0 + bx, b0 + (pad if i else 0), b0 + bx - (pad if i < n - 1 else 0))
            for i, (b0, bx) in enumerate(zip(starts, boxes))]
-    for (_, _, s0, e0), (_, _, s1, e1) in zip(out, out[1:]):
-        if not (s0 < s1 and e0 < e1 and s0 < e0):
+    for (b0, _, s0, e0), (b1, _, s1, e1) in zip(out, out[1:]):
+        if not (b0 < b1 and s0 < s1 and e0 < e1 and s0 < e0):
             raise ValueError(f"boxes {tuple(boxes)} more than cover {length} px: spans would not advance")
     return out
 

@@ -300,3 +300,26 @@ def test_a_fixed_tile_whose_box_holds_the_image_runs_it_whole(tiny_pipeline):
     tiled = geo(64, 129, 80)
     assert (tiled.tile, tiled.overlap, tiled.pad) == (64, 31, 8)
     assert geo(0, 500, 500).tile == 0
+
+
+def test_auto_geometry_hands_its_boxes_to_the_tiler_and_a_retry_drops_them(tiny_pipeline, monkeypatch):
+    import sinsr_cli.engine as engine
+    from sinsr_cli.tileplan import TilePlan
+
+    boxes = ((128, 128), (128, 64))  # 200 x 160: two rows of 128 px boxes, a 64 px column at the right
+    monkeypatch.setattr(engine, "auto_plan", lambda *a, **k: TilePlan(112, 16, 8, 4, 128, 1.0, 1.0, 1.0, boxes))
+    plan = make_plan(tiny_pipeline.preset, tiling=Tiling(None, 32, 8, 1))
+    geo = geometry(tiny_pipeline, plan, 1, 200, 160)
+    assert geo.boxes == boxes and geo.tile == 112
+    shapes = []
+    real = tiny_pipeline.upscale_pm1
+    monkeypatch.setattr(tiny_pipeline, "upscale_pm1", lambda x, **kw: shapes.append(tuple(x.shape[-2:])) or real(x, **kw))
+    out = Engine(tiny_pipeline)(torch.rand(1, 3, 200, 160), plan)
+    assert out.shape == (1, 3, 800, 640) and sorted(shapes) == [(128, 64), (128, 64), (128, 128), (128, 128)]
+    # an out-of-memory retry cuts equal boxes of the halved tile (56 px + 36 px context = 128)
+    shapes.clear()
+    _oom_first_denoiser_call(tiny_pipeline, monkeypatch)
+    retries = []
+    out = Engine(tiny_pipeline)(torch.rand(1, 3, 200, 160), plan, on_retry=lambda t, o: retries.append(t))
+    assert retries == [56] and out.shape == (1, 3, 800, 640)
+    assert shapes[0] == (128, 128) and set(shapes[1:]) == {(128, 128)} and len(shapes) > 5

@@ -20,7 +20,7 @@ from sinsr_cli.tileplan import (
     plan_tiling,
     rates_for,
 )
-from sinsr_cli.tiling import plan_tiles
+from sinsr_cli.tiling import axis_boxes, plan_tiles
 
 SINSR = count_work(PRESETS["sinsr-v1"].unet, VQ_PRESETS["vq-f4"], 4)
 BF16 = RATES[("cpu", "bf16")]
@@ -71,7 +71,7 @@ def test_small_images_run_untiled():
 def test_large_images_tile_at_the_cheapest_geometry(side):
     p = plan(side, side)
     assert p.tile > 0 and (p.tile + 2 * p.pad) % 64 == 0 and p.overlap < p.tile // 2
-    assert p.tiles == len(plan_tiles(side, side, p.tile, p.overlap, p.pad))
+    assert p.tiles == len(plan_tiles(side, side, p.tile, p.overlap, p.pad, p.boxes))
     untiled = plan(side, side, max_side=None, budget_bytes=None)
     assert p.seconds <= untiled.seconds
     # no model input side does better: force each one through the budget and compare
@@ -86,6 +86,39 @@ def test_512_photo_costs_less_work_than_the_old_auto_geometry():
     old = old_tiles * SINSR.flops(448 * 448)
     new = plan(512, 512)
     assert new.flops < old / 2.5 and new.peak_bytes < 3 * 2**30
+
+
+FP32 = RATES[("cpu", "fp32")]
+
+
+def test_the_last_box_of_a_side_is_cut_to_what_is_left():
+    # 256 px: two 128 px boxes and one of 64 per side (9 calls, 4 of them small) beat three of
+    # 128 (9 full calls) and the untiled 256 px call, whose global attention is 16x a 64 px box's
+    p = plan(256, 256, rates=FP32)
+    assert p.boxes == ((128, 128, 64), (128, 128, 64)) and p.tiles == 9 and p.input_side == 128
+    full, half, small = (FP32.seconds(SINSR, a) for a in (128 * 128, 128 * 64, 64 * 64))
+    assert p.seconds == pytest.approx(4 * full + 4 * half + small)
+    assert p.seconds < min(9 * full, FP32.seconds(SINSR, 256 * 256))
+    assert p.flops == pytest.approx(4 * SINSR.flops(128 * 128) + 4 * SINSR.flops(128 * 64) + SINSR.flops(64 * 64))
+    assert p.peak_bytes == 32768.0 * 128 * 128  # the largest box
+
+
+@pytest.mark.parametrize("h, w", [(150, 150), (256, 256), (384, 384), (300, 1000), (640, 480), (1024, 1024), (77, 900)])
+def test_every_planned_box_is_laid_out_padded_and_within_the_limits(h, w):
+    for rates in (FP32, BF16):
+        p = plan(h, w, rates=rates, max_side=704)
+        if p.tile == 0:
+            continue
+        by, bx = p.boxes or (None, None)
+        tiles = plan_tiles(h, w, p.tile, p.overlap, p.pad, p.boxes)
+        assert p.tiles == len(tiles)
+        for side, sizes in ((h, by), (w, bx)):
+            if sizes is not None:
+                axis_boxes(side, sizes, p.overlap, p.pad)  # a layout the tiler accepts
+                assert all(b % 64 == 0 or b == side for b in sizes) and max(sizes) <= 704
+        boxes = {(t.box[1] - t.box[0], t.box[3] - t.box[2]) for t in tiles}
+        padded = [(-(-a // 64) * 64) * (-(-b // 64) * 64) for a, b in boxes]
+        assert p.peak_bytes == pytest.approx(32768.0 * max(padded))
 
 
 def test_budget_and_indexing_limit_are_respected():

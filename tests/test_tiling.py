@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from sinsr_cli.tiling import (
     OutputTooLarge,
     Tile,
+    axis_boxes,
     blend_window,
     plan_tiles,
     run_tiled,
@@ -76,6 +77,46 @@ def test_tile_spans_small_cases():
         tile_spans(0, 16, 4)
     with pytest.raises(ValueError):
         tile_spans(100, 16, 4, pad=-1)
+
+
+@FAST
+@given(
+    sizes=st.lists(st.integers(4, 64), min_size=1, max_size=6),
+    overlap=st.integers(0, 6),
+    pad=st.integers(0, 6),
+    extra=st.integers(-30, 30),
+)
+def test_axis_boxes_of_any_sizes_cover_the_side_in_order(sizes, overlap, pad, extra):
+    # a side about as long as the boxes reach: some layouts fit, some are refused
+    reach = sum(b - 2 * pad - overlap for b in sizes[:-1]) + sizes[-1]
+    length = max(1, reach + extra)
+    try:
+        laid = axis_boxes(length, sizes, overlap, pad)
+    except ValueError as err:
+        if not (max(sizes) > length or reach < length or (len(sizes) == 1 and sizes[0] != length)):
+            assert "not advance" in str(err)  # the only other refusal: boxes piled on each other
+        return
+    assert [b1 - b0 for b0, b1, _, _ in laid] == sizes  # the sizes asked for, in order
+    assert laid[0][0] == 0 and laid[-1][1] == length  # first at 0, last ends at the border
+    for i, (b0, b1, s0, s1) in enumerate(laid):
+        assert 0 <= b0 <= s0 < s1 <= b1 <= length
+        assert s0 - b0 == (pad if i else 0) and b1 - s1 == (pad if i < len(laid) - 1 else 0)
+    for (_, _, s0, e0), (_, _, s1, e1) in zip(laid, laid[1:]):
+        assert s0 < s1 and e0 < e1 and e0 - s1 >= overlap
+
+
+def test_axis_boxes_refuse_what_cannot_cover_or_would_not_advance():
+    assert axis_boxes(256, (128, 128, 64), 16, 8) == [
+        (0, 128, 0, 120), (96, 224, 104, 216), (192, 256, 200, 256)
+    ]
+    with pytest.raises(ValueError, match="cover less"):
+        axis_boxes(300, (128, 128, 64), 16, 8)
+    with pytest.raises(ValueError, match="not advance"):
+        axis_boxes(64, (64, 64), 16, 8)  # two boxes on the same pixels
+    with pytest.raises(ValueError, match="do not fit"):
+        axis_boxes(100, (128, 64), 16, 8)
+    with pytest.raises(ValueError, match="cannot cover"):
+        axis_boxes(100, (64,), 16, 8)
 
 
 @FAST
@@ -295,6 +336,32 @@ def test_context_of_the_receptive_field_makes_tiles_exact_up_to_the_borders(h, w
     assert len(shapes) == 2 * len(tiles) > 2 and set(shapes) == {(min(h, tile + 6), min(w, tile + 6))}
     assert max(t.height for t in tiles) == min(h, tile + pad)  # an end tile kept its border side
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_boxes_of_several_sizes_are_exact_with_enough_context_and_batched_by_shape(batch_size):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GELU(),
+        torch.nn.Conv2d(8, 3 * 4, 3, padding=1), torch.nn.PixelShuffle(2),
+    ).eval()
+    pad, overlap, boxes = 2, 4, ((24, 24, 12), (24, 40))  # a small box at the bottom, a large one right
+    x = torch.rand(2, 3, 44, 56, generator=torch.Generator().manual_seed(3))
+    calls = []
+
+    def fn(t):
+        calls.append(tuple(t.shape))
+        return net(t)
+
+    with torch.inference_mode():
+        out = run_tiled(fn, x, tile=20, overlap=overlap, scale=2, batch_size=batch_size, pad=pad, boxes=boxes)
+        ref = net(x)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    assert sum(c[0] for c in calls) == 2 * 6
+    assert {c[2:] for c in calls} == {(24, 24), (24, 40), (12, 24), (12, 40)}
+    assert all(c[0] <= batch_size for c in calls)
+    if batch_size == 3:  # jobs per shape (x 2 images): 24x24 and 24x40 4 each (3 + 1), the 12 px row 2 each
+        assert sorted(c[0] for c in calls) == [1, 1, 2, 2, 3, 3]
 
 
 def test_one_box_holding_the_image_runs_it_in_one_call():
