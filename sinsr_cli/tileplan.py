@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 from typing import TYPE_CHECKING
@@ -210,7 +211,7 @@ def _axis_layouts(length: int, tile: int, overlap: int, pad: int, multiple: int)
     uniform = uniform_boxes(length, tile, overlap, pad)
     layouts = [uniform]
     box = tile + 2 * pad
-    for k in range(1, len(uniform)):
+    for k in range(max(1, len(uniform) - 3), len(uniform)):  # a last box up to ~3 boxes long
         last = _padded(max(length - k * (tile - overlap), multiple), multiple)
         if last == box or last > length:
             continue
@@ -256,15 +257,14 @@ def plan_tiling(
     longest = max(height, width)
 
     def evaluate(tile: int, pad: int, by: tuple[int, ...], bx: tuple[int, ...], ov: int) -> TilePlan:
-        ey, ex = [_padded(e, multiple) for e in by], [_padded(e, multiple) for e in bx]
-        areas = [float(a * b) for a in ey for b in ex]
-        mixed = len(set(by)) > 1 or len(set(bx)) > 1
+        cy, cx = Counter(_padded(e, multiple) for e in by), Counter(_padded(e, multiple) for e in bx)
+        areas = [(float(a * b), na * nb) for a, na in cy.items() for b, nb in cx.items()]  # <= 4 shapes
         return TilePlan(
-            tile=tile, overlap=ov, pad=pad, tiles=len(areas), input_side=max(ey + ex),
-            seconds=batch * sum(rates.seconds(work, a) for a in areas),
-            peak_bytes=bytes_per_pixel * max(areas) * batch,
-            flops=batch * sum(work.flops(a) for a in areas),
-            boxes=(by, bx) if mixed else None,
+            tile=tile, overlap=ov, pad=pad, tiles=len(by) * len(bx), input_side=max(*cy, *cx),
+            seconds=batch * sum(n * rates.seconds(work, a) for a, n in areas),
+            peak_bytes=bytes_per_pixel * max(a for a, _ in areas) * batch,
+            flops=batch * sum(n * work.flops(a) for a, n in areas),
+            boxes=(by, bx) if len(set(by)) > 1 or len(set(bx)) > 1 else None,
         )
 
     plans = [evaluate(0, 0, (height,), (width,), 0)]
