@@ -154,9 +154,15 @@ def leave() -> None:
 
 @contextmanager
 def process_group(device: torch.device, *, timeout: timedelta | None = None) -> Iterator[tuple[DistInfo, torch.device]]:
-    """:func:`join` on entry, :func:`leave` on exit (however the block ends)."""
+    """:func:`join` on entry, :func:`leave` on exit (however the block ends).
+
+    A block that ends normally first waits for every rank: a rank that shuts its gloo
+    connections down while a peer is still finishing the last collective can make that
+    peer abort at exit (seen once in a torchrun test), so the ranks leave together."""
+    info, dev = join(device, timeout=timeout)
     try:
-        yield join(device, timeout=timeout)
+        yield info, dev
+        barrier(info)
     finally:
         leave()
 
