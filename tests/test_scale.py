@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -26,6 +27,7 @@ from sinsr_cli.bench.results import merge_reports as merge_bench
 from sinsr_cli.jobs import plan_jobs, shard_jobs
 from sinsr_cli.options import UpscaleOptions
 from sinsr_cli.results import BatchReport, ItemResult, merge_reports
+from sinsr_cli import distributed
 from sinsr_cli.cli.app import app
 from sinsr_cli.distributed import DistInfo, all_gather, broadcast, deal, from_env, local_processes
 from sinsr_cli.imageio import collect_inputs
@@ -163,6 +165,22 @@ def test_world_of_one_needs_no_process_group(monkeypatch):
     monkeypatch.setenv("RANK", "2")
     with pytest.raises(ValueError, match="RANK=2"):
         from_env()
+
+
+def test_process_group_ranks_leave_together_unless_the_block_failed(monkeypatch):
+    calls: list[str] = []
+    rank = DistInfo(1, 2, 1)
+    monkeypatch.setattr(distributed, "join", lambda device, timeout=None: (rank, device))
+    monkeypatch.setattr(distributed, "barrier", lambda info: calls.append(f"barrier {info.world}"))
+    monkeypatch.setattr(distributed, "leave", lambda: calls.append("leave"))
+    with distributed.process_group(torch.device("cpu")) as (info, dev):
+        assert info == rank and dev == torch.device("cpu")
+    assert calls == ["barrier 2", "leave"]  # a normal end waits for the peers, then leaves
+    calls.clear()
+    with pytest.raises(RuntimeError, match="boom"):
+        with distributed.process_group(torch.device("cpu")):
+            raise RuntimeError("boom")
+    assert calls == ["leave"]  # a failed block leaves at once (a peer's barrier then fails, not hangs)
 
 
 def test_shards_cover_every_job_once_and_merge_back_in_job_order(inputs):
