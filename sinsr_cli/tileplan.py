@@ -81,12 +81,13 @@ class Rates:
 
 #: Calibrated with ``benchmarks/tile_cost.py`` (torch 2.13, 2 threads, full-size sinsr-v1 + VQ-f4,
 #: see docs/performance.md): fp32 on a 2-core AMD EPYC Zen 3 (AVX2) with the CLI's huge pages and
-#: the Winograd convolutions, bf16 on a 2-core Zen 4 (AVX512-BF16, no AMX). Only the ratios between
+#: the Winograd convolutions, bf16 on a 2-core Zen 4 (AVX512-BF16, no AMX; 2026-12-07, where fp32
+#: fitted 257.0 / 143.3 / 0.64 and picks the same geometry as the AVX2 row). Only the ratios between
 #: the terms steer the choice, so hosts of other speeds pick the same geometry.
 #: "bf16-emulated": no native bf16.
 RATES: dict[tuple[str, str], Rates] = {
     ("cpu", "fp32"): Rates(221.6, 173.9, 0.0),  # fit of lq 64 / 128 / 192 calls: 4.41, 23.31, 70.61 s
-    ("cpu", "bf16"): Rates(320.2, 275.1, 0.05),  # fit: 3.2, 16.0, 47.2 s (overhead fitted 0.002 s)
+    ("cpu", "bf16"): Rates(360.7, 308.0, 0.1),  # fit of 2.98, 14.29, 42.06 s (2026-12-01: 320.2 / 275.1 / 0.05)
     ("cpu", "bf16-emulated"): Rates(50.0, 45.0, 0.3),
     ("cpu", "fp16"): Rates(40.0, 40.0, 0.3),
     # CUDA: not yet measured on this project's GPUs (benchmarks/gpu_check.py does); an H100-class

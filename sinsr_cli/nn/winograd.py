@@ -6,7 +6,8 @@ transformed (``B^T d B``), multiplied channel-wise with the transformed kernel (
 instead of 144 multiply-adds per 4 x 4 outputs and channel pair; the transforms are small-integer
 combinations, run as whole-band tensor ops. On a 2-core AVX2 host in float32 that measured
 1.2-1.4x the direct oneDNN conv at 128 channels, 1.5-1.9x at 256 and 2.1-2.4x at 512 (F(2x2, 3x3),
-used before, gave 0.8x / 1.2x / 1.5x). Rounding: with the interpolation points 0, +-1, +-2 the
+used before, gave 0.8x / 1.2x / 1.5x); on an AVX-512 Zen 4 1.17x / 1.96x / 1.96x. Not for bf16:
+with bf16 transforms F(4x4) loses the result (error ~1 on unit-variance maps). Rounding: with the interpolation points 0, +-1, +-2 the
 error against float64 is about 4x the direct kernel's (5e-5 vs 1.2e-5 at unit-variance maps);
 the parity tolerances (1e-4 latents, 1e-3 images) hold with every block on it
 (tests/test_winograd.py), and docs/performance.md gives the full-size model's figures.
@@ -144,9 +145,8 @@ def winograd_conv3x3(
     return out
 
 
-#: Winograd is used where both widths are at least this (measured on a 2-core AVX2 host in fp32:
-#: 1.2-1.4x the direct conv at 128 channels; AVX-512 hosts, whose direct conv is relatively
-#: faster, not measured)
+#: Winograd is used where both widths are at least this (measured in fp32 at 128 channels: 1.2-1.4x
+#: the direct conv on a 2-core AVX2 host, 1.17x on an AVX-512 Zen 4, 2026-12-07)
 MIN_CHANNELS = 128
 
 
