@@ -143,3 +143,39 @@ def test_config_file_sidecar_and_yaml(tmp_path, reference_dir):
     from sinsr_cli.config import UNetConfig
 
     assert UNetConfig.from_official(cfg["unet"]) == tiny_unet()
+
+
+_LOAD_IN_FRESH_PROCESS = r"""
+import sys, torch
+from sinsr_cli.weights import load_unet, load_vq
+unet, _ = load_unet(sys.argv[1])
+vq = load_vq(sys.argv[2])
+want = torch.load(sys.argv[3])
+got = {**{"unet." + k: v for k, v in unet.state_dict().items()}, **{"vq." + k: v for k, v in vq.state_dict().items()}}
+assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+heavy = [m for m in ("sympy", "torch.fx.experimental.symbolic_shapes", "torch._dynamo") if m in sys.modules]
+print(",".join(heavy) or "none")
+"""
+
+
+def test_loading_builds_on_cpu_without_importing_torch_tracing_machinery(tmp_path):
+    """Every start-up loads the models: built straight on the CPU (no meta device and
+    ``to_empty``, whose Python references import sympy and torch.fx's symbolic shapes, 0.4 s),
+    with every parameter and buffer equal to the file's."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    unet, vq = SwinUNet(tiny_unet()), VQModel(tiny_vq())
+    save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, tmp_path / "u.safetensors")
+    save_file({k: v.contiguous() for k, v in vq.state_dict().items()}, tmp_path / "v.safetensors")
+    both = {**{"unet." + k: v for k, v in unet.state_dict().items()}, **{"vq." + k: v for k, v in vq.state_dict().items()}}
+    torch.save(both, tmp_path / "want.pt")
+    out = subprocess.run(
+        [sys.executable, "-c", _LOAD_IN_FRESH_PROCESS, str(tmp_path / "u.safetensors"), str(tmp_path / "v.safetensors"),
+         str(tmp_path / "want.pt")],
+        capture_output=True, text=True, check=True,
+    )
+    assert out.stdout.strip() == "none"
