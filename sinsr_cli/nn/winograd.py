@@ -7,10 +7,11 @@ instead of 144 multiply-adds per 4 x 4 outputs and channel pair; the transforms 
 combinations, run as whole-band tensor ops. On a 2-core AVX2 host in float32 that measured
 1.2-1.4x the direct oneDNN conv at 128 channels, 1.5-1.9x at 256 and 2.1-2.4x at 512 (F(2x2, 3x3),
 used before, gave 0.8x / 1.2x / 1.5x); on an AVX-512 Zen 4 1.17x / 1.96x / 1.96x. Not for bf16:
-with bf16 transforms F(4x4) loses the result (error ~1 on unit-variance maps). Rounding: with the interpolation points 0, +-1, +-2 the
-error against float64 is about 4x the direct kernel's (5e-5 vs 1.2e-5 at unit-variance maps);
-the parity tolerances (1e-4 latents, 1e-3 images) hold with every block on it
-(tests/test_winograd.py), and docs/performance.md gives the full-size model's figures.
+with bf16 transforms F(4x4) loses the result (error ~1 on unit-variance maps). Rounding: with
+the interpolation points 0, +-1, +-2 the error against float64 is about 4x the direct kernel's
+(5e-5 vs 1.2e-5 at unit-variance maps); the parity tolerances (1e-4 latents, 1e-3 images) hold
+with every block on it (tests/test_winograd.py), and docs/performance.md gives the full-size
+model's figures.
 
 Rows of 4 x 4 blocks are processed a band at a time so that the transformed band (the 36 GEMM
 inputs, about ``_BAND_ELEMENTS`` floats) stays in cache between its passes.
