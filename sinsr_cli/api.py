@@ -24,13 +24,15 @@ def upscale(
     steps: int | None = None,
     sampler: str | None = None,
     seed: int | None = DEFAULT_SEED,
-    tile: int | None = 0,
+    tile: int | None = None,
     device: str = "auto",
     dtype: str = "auto",
 ) -> Image.Image | torch.Tensor:
     """Upscale x4. A PIL image gives a PIL RGB image; a ``[B,3,H,W]``/``[3,H,W]`` tensor in [0,1]
     gives a tensor of the same rank. Pass ``pipeline`` to reuse loaded models across calls.
-    ``tile`` > 0 runs LR tiles of that size (None: ``auto``); out of memory, the tile is halved."""
+    ``tile``: None (the default) plans tiles as the CLI's ``--tile auto`` does (the whole image
+    when that is cheapest), 0 runs the image whole, > 0 runs LR tiles of that size; out of
+    memory, the tile is halved."""
     pipe = pipeline or load_pipeline(model, vq, device=device, dtype=dtype)
     plan = make_plan(pipe.preset, steps=steps, sampler=sampler, seed=seed, tiling=Tiling(tile))
     engine = Engine(pipe)
