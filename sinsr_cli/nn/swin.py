@@ -20,8 +20,8 @@ _MASK_VALUE = -100.0
 
 
 def _cpu_arange(n: int) -> torch.Tensor:
-    # always on the CPU: under a meta-device build (weights loading), meta ops route through
-    # torch._refs, whose first use imports torch._dynamo (1.2 s of every start-up)
+    # always on the CPU: under a meta-device build (`sinsr convert`'s shape check), meta ops
+    # route through torch._refs, whose first use imports torch._dynamo (1.2 s)
     return torch.arange(n, device="cpu")
 
 
