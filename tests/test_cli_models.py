@@ -234,3 +234,14 @@ def test_models_verify_and_export(tmp_path, monkeypatch, tiny_checkpoints):
     r = runner.invoke(app, ["models", "--verify"])
     assert r.exit_code == 1 and "vq-f4: the cached file failed sha256 verification" in r.output
     assert not cached.exists()
+
+
+def test_help_paragraphs_reflow_to_the_terminal():
+    """A command's help paragraphs wrap at the terminal's width, not at the docstring's breaks."""
+    r = runner.invoke(app, ["upscale", "--help"], env={"COLUMNS": "200"})
+    assert "A file is an image when its name or its content says so" in r.output
+    narrow = runner.invoke(app, ["upscale", "--help"], env={"COLUMNS": "80"})
+    lines = [ln.strip() for ln in narrow.output.splitlines()]
+    start = lines.index(next(ln for ln in lines if ln.startswith("Inputs are files")))
+    paragraph = lines[start : lines.index("", start)]
+    assert all(len(ln) > 60 for ln in paragraph[:-1]), paragraph  # no ragged half-empty lines

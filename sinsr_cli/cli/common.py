@@ -43,7 +43,14 @@ class SinsrCommand(TyperCommand):
     * Long options may be spelled with underscores (``--tile_pad`` = ``--tile-pad``), as in
       Real-ESRGAN's and BasicSR's scripts.
     * An unknown option names the one nearest real option (``--tiel``: did you mean ``--tile``?).
+    * Help paragraphs reflow to the terminal's width (Typer's rich mode keeps the docstring's
+      line breaks, which wrap raggedly on an 80-column terminal).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.help:
+            self.help = reflow(self.help)
 
     def get_params(self, ctx: Any) -> list[Any]:
         params = super().get_params(ctx)
@@ -72,6 +79,11 @@ class SinsrCommand(TyperCommand):
             if type(e).__name__ == "NoSuchOption":
                 _suggest(e, sorted(known))
             raise
+
+
+def reflow(text: str) -> str:
+    """Each blank-line-separated paragraph of ``text`` on one line (the terminal wraps it)."""
+    return "\n\n".join(" ".join(par.split()) for par in re.split(r"\n\s*\n", text.strip()))
 
 
 def _dashed(args: list[str], known: set[str]) -> list[str]:
