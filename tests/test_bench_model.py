@@ -240,3 +240,16 @@ def test_cuda_warms_up_every_lr_size_once():
     assert R._warmup_images(store, torch.device("cuda"), 2) == [0, 0, 2, 5]
     assert R._warmup_images(store, torch.device("cpu"), 2) == [0, 0]
     assert R._warmup_images(store, torch.device("cuda"), 0) == []
+
+
+def test_tile_auto_and_the_whole_image_default(tmp_path: Path, fake_models: dict) -> None:
+    """`--tile auto` plans as `sinsr upscale` does and is recorded as such; the default runs whole
+    images (the official evaluation's protocol up to 512 px); a bad value is a usage error."""
+    make_pairs(tmp_path / "d", {"a.png": "a.png"})
+    _, doc = bench(tmp_path, tmp_path / "d", "--model", "good", "--warmup", "0", "--tile", "auto")
+    _, whole = bench(tmp_path, tmp_path / "d", "--model", "good", "--warmup", "0")
+    assert [c["tile"] for c in fake_models["good"].calls] == [None, 0]
+    assert doc["settings"]["tile"] == "auto" and whole["settings"]["tile"] == 0
+    result, _ = bench(tmp_path, tmp_path / "d", "--model", "good", "--tile", "big", expect=2)
+    assert "--tile must be a number of LR pixels, 0 (off) or 'auto'" in result.output
+    assert fake_models["loads"] == ["good", "good"]  # refused before any model is loaded

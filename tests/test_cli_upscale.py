@@ -24,7 +24,7 @@ from PIL import Image, ImageCms
 from typer.testing import CliRunner
 
 from sinsr_cli.cli.app import app
-from sinsr_cli.cli.upscale import parse_tile
+from sinsr_cli.cli.common import parse_tile
 from test_batch import FakePipe, _save
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -55,7 +55,7 @@ class BenchOptions:
     dtype: str = "auto"
     sampler: str | None = None
     seed: int = DEFAULT_SEED
-    tile: int = 0
+    tile: int | None = 0  # 0: whole image; None: auto (planned per image, as `sinsr upscale`)
     tile_overlap: int = 32
     tile_pad: int = 8
     warmup: int = 1

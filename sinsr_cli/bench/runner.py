@@ -219,7 +219,7 @@ def run_bench(
         "seed": options.seed,
         "sampler": options.sampler,
         "vq": options.vq,
-        "tile": options.tile,
+        "tile": "auto" if options.tile is None else options.tile,
         "tile_overlap": options.tile_overlap,
         "tile_pad": options.tile_pad,
         "warmup": options.warmup,

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..config import DEFAULT_SEED
-from .common import EXIT_PARTIAL, console, handle_errors, quiet_option
+from .common import EXIT_PARTIAL, console, handle_errors, parse_tile, quiet_option
 
 if TYPE_CHECKING:
     from ..bench.dataset import BenchDataset
@@ -163,7 +163,11 @@ def bench_cmd(
     seed: str = typer.Option(str(DEFAULT_SEED), "--seed", help="Noise seed, the same for every image and run, or 'random'."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on CUDA, bf16 on CPUs with AMX or AVX512-BF16, else fp32), fp32, fp16 or bf16."),
-    tile: int = typer.Option(0, "--tile", help="LR tile size (0 = whole image); recorded in the report."),
+    tile: str = typer.Option(
+        "0", "--tile",
+        help="LR tile size; 0 = whole image (the default: the official evaluation runs images up to 512 px "
+        "whole), auto = as `sinsr upscale` plans by default. Recorded in the report.",
+    ),
     tile_overlap: int = typer.Option(32, "--tile-overlap", help="Overlap between tiles, LR pixels."),
     warmup: int = typer.Option(1, "--warmup", help="Untimed passes on the first image before timing each run."),
     crop_border: int = typer.Option(0, "--crop-border", help="Pixels cut from each side before PSNR/SSIM (4 = BasicSR convention)."),
@@ -205,6 +209,7 @@ def bench_cmd(
     from ..plan import resolve_seed
 
     seed_value = resolve_seed(seed)
+    tile_size = parse_tile(tile)
     models = _split(model) or ["sinsr-v1"]
     if [m.lower() for m in models] == ["none"]:
         models = []
@@ -226,7 +231,7 @@ def bench_cmd(
             rank, dataset, models, step_list,
             dict(
                 vq=vq, config=None if config is None else str(config), device=str(dev), dtype=dtype, sampler=sampler,
-                seed=distributed.broadcast(seed_value, rank), tile=tile, tile_overlap=tile_overlap, warmup=warmup,
+                seed=distributed.broadcast(seed_value, rank), tile=tile_size, tile_overlap=tile_overlap, warmup=warmup,
                 crop_border=crop_border, center_crop=center_crop, learned=learned_names, save_dir=save_images,
                 offline=offline or None,
             ),

@@ -30,6 +30,21 @@ console = Console(stderr=True, highlight=False)
 QUIET_HELP = "Errors only: no progress, notes or summary (the exit code tells the rest)."
 
 
+def parse_tile(value: str) -> int | None:
+    """``--tile``: ``auto`` -> None (planned per image once the model is loaded), else an int
+    in the range ``plan.Tiling`` takes (SettingError otherwise)."""
+    from ..plan import Tiling
+
+    text = str(value).strip().lower()
+    if text == "auto":
+        return None
+    try:
+        tile = int(text)
+    except ValueError:
+        raise ValueError(f"--tile must be a number of LR pixels, 0 (off) or 'auto', got {value!r}") from None
+    return Tiling(tile=tile).tile
+
+
 def quiet_option() -> Any:
     """The ``-q/--quiet`` option, the same in every command."""
     return typer.Option(False, "-q", "--quiet", help=QUIET_HELP)

@@ -23,7 +23,7 @@ import typer
 from rich.text import Text
 
 from ..config import DEFAULT_SEED
-from .common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, console, fail, handle_errors, quiet_option
+from .common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, console, fail, handle_errors, parse_tile, quiet_option
 from .upscale_render import Renderer, summary, summary_dict
 
 if TYPE_CHECKING:  # the batch engine imports torch: keep `sinsr --help` fast
@@ -36,19 +36,6 @@ if TYPE_CHECKING:  # the batch engine imports torch: keep `sinsr --help` fast
     from ..pipeline import SRPipeline
 
 EXIT_INTERRUPTED = 130
-def parse_tile(value: str) -> int | None:
-    """``--tile``: ``auto`` -> None (planned per image once the model is loaded), else an int
-    in the range ``plan.Tiling`` takes (SettingError otherwise)."""
-    from ..plan import Tiling
-
-    text = str(value).strip().lower()
-    if text == "auto":
-        return None
-    try:
-        tile = int(text)
-    except ValueError:
-        raise ValueError(f"--tile must be a number of LR pixels, 0 (off) or 'auto', got {value!r}") from None
-    return Tiling(tile=tile).tile
 
 
 def _check_output(output: Path | None, single_input_file: bool, n_inputs: int) -> None:
@@ -298,4 +285,4 @@ def _run_sharded(
 upscale_cmd.__doc__ = _HELP
 
 
-__all__ = ["upscale_cmd", "parse_tile", "EXIT_INTERRUPTED"]
+__all__ = ["upscale_cmd", "EXIT_INTERRUPTED"]
