@@ -7,7 +7,9 @@ Policies:
     kept and its input skipped (reason :data:`SKIP_EXISTS`, so a rerun of a finished batch does
     nothing and succeeds), unless ``overwrite`` (replaced). Files found inside the output
     directory while walking an input directory that contains it are skipped, so a rerun never
-    upscales its own results.
+    upscales its own results; so are inputs that are another input's output (``bird_x4.png``
+    beside ``bird.png`` when outputs go next to their inputs, and no ``overwrite``), which keeps
+    their source skipped.
   * Inputs that ``collect_inputs`` rejected: named explicitly, missing, or carrying an image
     extension (``broken.png``, a zero-byte ``x.jpg``) -> failed, with ``read_image``'s reason;
     other non-images met while walking a folder (``notes.txt``) -> skipped with a note. So a
@@ -107,16 +109,26 @@ def plan_jobs(
             jobs.append(Job(item, None, "skipped", f"{item.path} (inside the output directory)"))
         else:
             inputs.append(item)
-    input_paths = {_resolved(i.path): i.path for i in inputs}
-    claimed: dict[str, Path] = {}
+    planned: list[tuple[InputItem, Path | None, SinsrIOError | None]] = []
     for item in inputs:
         try:
             target = output_path(
                 item, output=options.output, suffix=options.file_suffix, format=options.format,
                 single_input_file=single_input_file,
             )
+            planned.append((item, target, None))
         except SinsrIOError as e:
-            jobs.append(Job(item, None, "failed", message_for(item.path, e), e))
+            planned.append((item, None, e))
+    previous = _previous_results(planned, options)
+    input_paths = {_resolved(i.path): i.path for i, _, _ in planned if _resolved(i.path) not in previous}
+    claimed: dict[str, Path] = {}
+    for item, target, err in planned:
+        if _resolved(item.path) in previous:
+            source = previous[_resolved(item.path)]
+            jobs.append(Job(item, None, "skipped", f"{item.path} (the output of {source}, not an input)"))
+            continue
+        if err is not None or target is None:
+            jobs.append(Job(item, None, "failed", message_for(item.path, err), err))
             continue
         key = _resolved(target)
         if key in input_paths:
@@ -134,6 +146,26 @@ def plan_jobs(
             jobs.append(Job(item, target))
         claimed.setdefault(key, item.path)
     return jobs
+
+
+def _previous_results(
+    planned: Sequence[tuple[InputItem, Path | None, SinsrIOError | None]], options: UpscaleOptions
+) -> dict[str, Path]:
+    """Inputs that are another input's output (``bird_x4.png`` beside ``bird.png``): a previous
+    run's results, met again when outputs go next to their inputs. Real path -> the input whose
+    output it is. Only with a non-empty suffix (without one an output's name is no evidence) and
+    without ``overwrite``: replacing such a file would replace an input, so under ``overwrite``
+    it stays an input and its source fails."""
+    if not options.file_suffix or options.overwrite:
+        return {}
+    target_of = {_resolved(t): item.path for item, t, _ in planned if t is not None}
+    found: dict[str, Path] = {}
+    for item, _, _ in planned:
+        key = _resolved(item.path)
+        source = target_of.get(key)
+        if source is not None and _resolved(source) != key:
+            found[key] = source
+    return found
 
 
 def _read_failure(path: Path, reason: str) -> tuple[str, BaseException | None]:

@@ -309,6 +309,25 @@ def test_output_that_is_another_input_is_refused_even_with_overwrite(tmp_path):
     assert by_name["a_x4.png"].status == "done"
 
 
+def test_rerun_beside_the_inputs_does_nothing(tmp_path):
+    """Outputs written next to their inputs are met again by a rerun over the same folder: they
+    are the previous run's results, not new inputs (no ``a_x4_x4.png``, no failure)."""
+    _save(tmp_path / "d" / "a.png")
+    _save(tmp_path / "d" / "sub" / "b.png")
+    report, pipe = _run(tmp_path, [tmp_path / "d"])
+    assert [r.status for r in report.results] == ["done", "done"] and len(pipe.calls) == 2
+    before = {p: p.read_bytes() for p in (tmp_path / "d").rglob("*_x4.png")}
+    assert len(before) == 2
+    report, pipe = _run(tmp_path, [tmp_path / "d"])
+    by_name = {r.item.path.name: r for r in report.results}
+    assert not pipe.calls and not report.failed
+    assert by_name["a.png"].reason == SKIP_EXISTS and by_name["b.png"].reason == SKIP_EXISTS
+    assert by_name["a_x4.png"].status == "skipped" and "the output of" in by_name["a_x4.png"].message
+    assert {p: p.read_bytes() for p in (tmp_path / "d").rglob("*_x4*.png")} == before
+    report, pipe = _run(tmp_path, [tmp_path / "d" / "a.png", tmp_path / "d" / "a_x4.png"])  # as `*.png` expands
+    assert not pipe.calls and not report.failed
+
+
 def test_existing_output_is_skipped_or_replaced(tmp_path):
     _save(tmp_path / "in" / "a.png")
     out = tmp_path / "out"
