@@ -29,7 +29,7 @@ from typing import Literal
 
 from .distributed import deal
 from .errors import one_line
-from .imageio import IMAGE_EXTENSIONS, InputItem, SinsrIOError, output_path, read_image
+from .imageio import InputItem, SinsrIOError, named_as_image, output_path, read_image
 from .options import UpscaleOptions
 
 __all__ = ["SKIP_EXISTS", "Job", "Status", "message_for", "plan_jobs", "plan_key", "shard_jobs"]
@@ -97,7 +97,7 @@ def plan_jobs(
     for path, reason in rejected:
         item = InputItem(path=path, rel=Path(path.name))
         named = _resolved(path) in explicit_paths
-        if named or not os.path.lexists(path) or path.suffix.lower() in IMAGE_EXTENSIONS:
+        if named or not os.path.lexists(path) or named_as_image(path):
             message, error = _read_failure(path, reason)
             jobs.append(Job(item, None, "failed", message, error))
         else:

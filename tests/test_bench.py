@@ -215,6 +215,21 @@ def test_unpaired_files_are_an_error_naming_them(tmp_path: Path) -> None:
     assert "b.png" in line and "c.png" in line and "paired by file name" in line
 
 
+@pytest.mark.parametrize("where", ["lr", "hr", "no-reference"])
+def test_a_file_named_as_an_image_that_cannot_be_read_is_an_error(tmp_path: Path, where: str) -> None:
+    """As in `sinsr upscale`: ``x.png`` holding text (or nothing) is an error naming it, not a file
+    quietly left out of the benchmark; other non-images (``notes.txt``) are ignored."""
+    make_pairs(tmp_path / "d", {"a.png": "a.png"})
+    folder = tmp_path / "d" / ("lr" if where == "no-reference" else where)
+    (folder / "notes.txt").write_text("hello")
+    target = tmp_path / "d" / "lr" if where == "no-reference" else tmp_path / "d"
+    bench(tmp_path, target, "--model", "none", "--learned", "none")  # notes.txt alone is fine
+    (folder / "x.png").write_text("not a picture")
+    (tmp_path / "report.json").unlink()
+    result, doc = bench(tmp_path, target, "--model", "none", "--learned", "none", expect=2)
+    assert "x.png" in error_line(result) and "not an image" in error_line(result) and not doc
+
+
 def test_hr_not_exactly_4x_is_an_error(tmp_path: Path) -> None:
     make_pairs(tmp_path / "d", {"a.png": "a.png"})
     save(tmp_path / "d" / "hr" / "a.png", smooth_image(65, 64, 0))

@@ -253,3 +253,9 @@ def test_tile_auto_and_the_whole_image_default(tmp_path: Path, fake_models: dict
     result, _ = bench(tmp_path, tmp_path / "d", "--model", "good", "--tile", "big", expect=2)
     assert "--tile must be a number of LR pixels, 0 (off) or 'auto'" in result.output
     assert fake_models["loads"] == ["good", "good"]  # refused before any model is loaded
+
+
+def test_unknown_sampler_is_a_usage_error_before_any_model(tmp_path: Path, fake_models: dict) -> None:
+    make_pairs(tmp_path / "d", {"a.png": "a.png"})
+    result, doc = bench(tmp_path, tmp_path / "d", "--model", "good", "--sampler", "foo", expect=2)
+    assert "--sampler must be one of" in result.output and not doc and fake_models["loads"] == []

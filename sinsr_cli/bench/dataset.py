@@ -14,7 +14,8 @@ in it.
 
 Pairs are matched by relative path without extension (``imageio.pair_by_stem``), never by sort
 order; an image without a partner, or an HR image that is not exactly ``scale`` x its LR, is an
-error that names the files. :class:`ImageStore` decodes every image once up front (so a bad
+error that names the files, and so is a file named as an image that cannot be read (other
+non-images in the folders are ignored). :class:`ImageStore` decodes every image once up front (so a bad
 file fails before any model is loaded), keeps LR images in memory as 8/16-bit arrays, and keeps
 HR images too while they fit in ``hr_cache_bytes`` (re-reading the rest when needed).
 """
@@ -38,6 +39,7 @@ from ..imageio import (
     image_to_tensor,
     pair_by_stem,
     read_image,
+    refuse_unreadable,
     tensor_to_image,
     write_image,
 )
@@ -120,6 +122,7 @@ def find_dataset(
 
     if hr_dir is None:
         found, skipped = collect_inputs([lr_dir])
+        refuse_unreadable(skipped)
         if not found:
             why = f" ({skipped[0][1]})" if skipped else ""
             raise SinsrIOError(lr_dir, f"no images found{why}")

@@ -25,7 +25,7 @@ from ..engine import Engine
 from ..errors import SettingError, one_line
 from ..imageio import image_to_tensor, tensor_to_image, to_uint8, write_image
 from ..pipeline import SRPipeline, load_pipeline
-from ..plan import OneStepOnly, Tiling, make_plan
+from ..plan import OneStepOnly, Tiling, check_settings, make_plan
 from . import metrics as M
 from .dataset import BenchDataset, ImageStore
 from .protocol import BICUBIC, SCALE, bench_protocol, bicubic_upscale
@@ -131,6 +131,7 @@ def run_bench(
     if options.warmup < 0:
         raise SettingError("warmup", f"warmup must be >= 0, got {options.warmup}")
     Tiling(options.tile, options.tile_overlap, options.tile_pad)  # checks the tile settings
+    check_settings(sampler=options.sampler)  # a bad name is a usage error, not a failed run per model
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype, device)
     if store is None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SinsrIOError
-from .formats import choose_output_format, format_named
+from .formats import IMAGE_EXTENSIONS, choose_output_format, format_named
 from .read import sniff, sniff_format
 
 
@@ -83,6 +83,20 @@ def collect_inputs(
     return sorted(unique.values(), key=lambda i: i.path), sorted(skipped)
 
 
+def named_as_image(path: Path) -> bool:
+    """Whether ``path``'s name says "image" (``x.png``, ``y.JPG``): such a file that cannot be read
+    is an error, where other non-images met in a folder (``notes.txt``) are only skipped."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def refuse_unreadable(skipped: Sequence[tuple[Path, str]]) -> None:
+    """Raise SinsrIOError for the first of ``collect_inputs``' skipped files named as an image."""
+    bad = [(path, reason) for path, reason in skipped if named_as_image(path)]
+    if bad:
+        more = f" (and {len(bad) - 1} more unreadable image file(s))" if len(bad) > 1 else ""
+        raise SinsrIOError(bad[0][0], f"{bad[0][1]}{more}")
+
+
 def _has_magic(s: str) -> bool:
     return any(c in s for c in "*?[")
 
@@ -151,14 +165,16 @@ def pair_by_stem(
     """Match LR and HR images by relative path without extension (recursive), never by position.
 
     Returns ``(pairs, lr_only, hr_only)``, each sorted. ``a.png`` pairs with ``a.jpg``; ``x/a``
-    does not pair with ``a``. Raises SinsrIOError if a folder is missing or holds two images
-    with the same stem (e.g. ``a.png`` and ``a.jpg``), which would make pairing ambiguous.
+    does not pair with ``a``. Raises SinsrIOError if a folder is missing, holds a file named as
+    an image that cannot be read (:func:`refuse_unreadable`), or holds two images with the same
+    stem (e.g. ``a.png`` and ``a.jpg``), which would make pairing ambiguous.
     """
     sides = []
     for d in (Path(lr_dir), Path(hr_dir)):
         if not d.is_dir():
             raise SinsrIOError(d, "not a directory")
-        items, _ = collect_inputs([d], recursive=True)
+        items, skipped = collect_inputs([d], recursive=True)
+        refuse_unreadable(skipped)
         by_stem: dict[str, Path] = {}
         for item in items:
             key = item.rel.with_suffix("").as_posix()
