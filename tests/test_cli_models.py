@@ -245,3 +245,19 @@ def test_help_paragraphs_reflow_to_the_terminal():
     start = lines.index(next(ln for ln in lines if ln.startswith("Inputs are files")))
     paragraph = lines[start : lines.index("", start)]
     assert all(len(ln) > 60 for ln in paragraph[:-1]), paragraph  # no ragged half-empty lines
+
+
+def test_usage_errors_are_one_error_line():
+    """A wrong-typed value, a missing argument, an unknown command or option: one `error:` line
+    and exit 2, like every other error (no Typer panel)."""
+    for args, words in (
+        (["upscale", "x.png", "--quality", "abc"], "--quality"),
+        (["upscale", "x.png", "--dtype"], "--dtype"),
+        (["convert"], "Missing argument"),
+        (["upscal", "x.png"], "Did you mean 'upscale'?"),
+        (["--bogus"], "--bogus"),
+    ):
+        r = runner.invoke(app, args)
+        lines = [ln for ln in r.output.splitlines() if ln.strip()]
+        assert r.exit_code == 2 and len(lines) == 1, (args, r.output)
+        assert lines[0].startswith("error: ") and words in lines[0], (args, r.output)

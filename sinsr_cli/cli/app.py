@@ -7,13 +7,14 @@ import typer
 from .. import __version__
 from ..hugepages import enable_huge_pages
 from .bench import bench_cmd
-from .common import SinsrCommand
+from .common import SinsrCommand, SinsrGroup
 from .distill import distill_cmd
 from .models import convert_cmd, download_cmd, export_cmd, models_cmd
 from .upscale import upscale_cmd
 
 app = typer.Typer(
     name="sinsr",
+    cls=SinsrGroup,
     help="One-step diffusion image super-resolution (SinSR / ResShift).",
     no_args_is_help=True,
     add_completion=True,

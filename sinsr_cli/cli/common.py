@@ -15,7 +15,8 @@ from typing import Any, Callable, TypeVar
 
 import typer
 from rich.console import Console
-from typer.core import TyperCommand
+from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup
 
 from ..errors import one_line
 
@@ -58,6 +59,8 @@ class SinsrCommand(TyperCommand):
     * Long options may be spelled with underscores (``--tile_pad`` = ``--tile-pad``), as in
       Real-ESRGAN's and BasicSR's scripts.
     * An unknown option names the one nearest real option (``--tiel``: did you mean ``--tile``?).
+    * A usage error (an unknown option, a value of the wrong type, a missing argument) is one
+      ``error:`` line and exit 2, like every other error, not Typer's boxed panel.
     * Help paragraphs reflow to the terminal's width (Typer's rich mode keeps the docstring's
       line breaks, which wrap raggedly on an 80-column terminal).
     """
@@ -90,15 +93,41 @@ class SinsrCommand(TyperCommand):
         args = _dashed(args, known)
         try:
             return super().parse_args(ctx, args)
-        except Exception as e:  # click's or Typer's vendored NoSuchOption, by name
+        except Exception as e:  # click's or Typer's vendored usage errors, by name
             if type(e).__name__ == "NoSuchOption":
                 _suggest(e, sorted(known))
+            _usage_error_in_one_line(e)
             raise
 
 
 def reflow(text: str) -> str:
     """Each blank-line-separated paragraph of ``text`` on one line (the terminal wraps it)."""
     return "\n\n".join(" ".join(par.split()) for par in re.split(r"\n\s*\n", text.strip()))
+
+
+def _usage_error_in_one_line(e: BaseException) -> None:
+    """A click usage error (exit code 2) as one ``error:`` line and exit 2; anything else returns."""
+    if getattr(e, "exit_code", None) == EXIT_USAGE and hasattr(e, "format_message"):
+        raise fail(escape(one_line(e.format_message())), EXIT_USAGE) from None  # no usage box
+
+
+class SinsrGroup(TyperGroup):
+    """The ``sinsr`` group: an unknown command or root option is one ``error:`` line, as in
+    :class:`SinsrCommand`."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except Exception as e:
+            _usage_error_in_one_line(e)
+            raise
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)
+        except Exception as e:
+            _usage_error_in_one_line(e)
+            raise
 
 
 def _dashed(args: list[str], known: set[str]) -> list[str]:
