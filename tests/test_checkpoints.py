@@ -83,6 +83,21 @@ def test_pickled_code_is_refused(tmp_path):
         read_checkpoint(tmp_path / "evil.pth")
 
 
+def test_a_refused_pickle_says_why_without_torch_paragraph_or_warning(tmp_path):
+    """A plain pickle (protocol 4, not torch's) gives the unpickler's reason, not torch's text on
+    its 2.6 default cut off mid-sentence, and no UserWarning on the way."""
+    import pickle
+    import warnings
+
+    (tmp_path / "plain.pth").write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(CheckpointError) as e:
+            read_checkpoint(tmp_path / "plain.pth")
+    msg = str(e.value)
+    assert "safe loader refused it: Unsupported operand" in msg and "PyTorch 2.6" not in msg
+
+
 def test_infer_configs_from_shapes():
     assert infer_unet_config(_sd(SwinUNet(tiny_unet()))) == tiny_unet()
     assert infer_vq_config(_sd(VQModel(tiny_vq()))) == tiny_vq()

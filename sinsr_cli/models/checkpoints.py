@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -58,6 +59,17 @@ class Checkpoint:
 # -- reading -------------------------------------------------------------------------------
 
 
+def _load_failure(e: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, without torch's paragraph on its 2.6
+    default (the reason sits after "WeightsUnpickler error:")."""
+    text = str(e)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        detail = text.split(marker, 1)[1].split("Check the documentation", 1)[0]
+        return f"torch's safe loader refused it: {one_line(detail, 160)}; it is not a state dict of tensors"
+    return one_line(e, 200)
+
+
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read ``.safetensors`` or a torch pickle (``weights_only=True``: no code runs on load)."""
     path = Path(path)
@@ -78,11 +90,13 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
                 for k in f.keys():
                     sd[k] = f.get_tensor(k)
         else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns of pickle protocols before failing on them
+                warnings.simplefilter("ignore", UserWarning)
+                sd = torch.load(path, map_location="cpu", weights_only=True)
     except CheckpointError:
         raise
     except Exception as e:  # corrupt zip, truncated file, pickle with code, ...
-        raise CheckpointError(f"{path}: not a readable checkpoint ({one_line(e, 200)})") from e
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_load_failure(e)})") from e
     return Checkpoint(canonicalize(sd, source=str(path)), meta, path)
 
 
