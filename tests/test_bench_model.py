@@ -259,3 +259,9 @@ def test_unknown_sampler_is_a_usage_error_before_any_model(tmp_path: Path, fake_
     make_pairs(tmp_path / "d", {"a.png": "a.png"})
     result, doc = bench(tmp_path, tmp_path / "d", "--model", "good", "--sampler", "foo", expect=2)
     assert "--sampler must be one of" in result.output and not doc and fake_models["loads"] == []
+
+
+def test_negative_crop_border_names_the_flag_before_any_model(tmp_path: Path, fake_models: dict) -> None:
+    make_pairs(tmp_path / "d", {"a.png": "a.png"})
+    result, _ = bench(tmp_path, tmp_path / "d", "--model", "good", "--crop-border", "-1", expect=2)
+    assert "--crop-border must be >= 0" in result.output and fake_models["loads"] == []

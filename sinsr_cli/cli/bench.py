@@ -314,7 +314,7 @@ def _bench_sharded(
     center_crop = options.center_crop
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True, disable=not show,
+        console=console, transient=True, disable=not (show and console.is_terminal),  # no bar in logs
     )
     tasks: dict[str, int] = {}
 
