@@ -34,8 +34,9 @@ class UpscaleOptions:
     """Everything ``run_batch`` needs besides the pipeline and the inputs.
 
     ``tile``: LR pixels, 0 = whole image, None = ``auto`` (planned per image by
-    :func:`auto_plan`). ``suffix`` None means :func:`default_suffix`. ``max_pixels`` None
-    disables the decompression-bomb check.
+    :func:`auto_plan`). ``suffix`` None means :func:`default_suffix`. ``format`` None or
+    ``"auto"`` keeps each input's format. ``max_pixels`` None disables the decompression-bomb
+    check.
     """
 
     scale: float = 4.0
@@ -67,8 +68,10 @@ class UpscaleOptions:
             resolve_seed(self.seed)
         if self.alpha not in ALPHA_MODES:
             raise SettingError("alpha", f"alpha must be one of {', '.join(ALPHA_MODES)}, got {self.alpha!r}")
+        if isinstance(self.format, str) and self.format.strip().lower() == "auto":
+            object.__setattr__(self, "format", None)  # the input's format, as None
         if self.format is not None and format_named(self.format) is None:
-            raise SettingError("format", f"format must be png, jpg, webp or tif, got {self.format!r}")
+            raise SettingError("format", f"format must be png, jpg, webp, tif or auto, got {self.format!r}")
         if not 1 <= self.quality <= 100:
             raise SettingError("quality", f"quality must be in 1..100, got {self.quality}")
         if self.max_pixels is not None and self.max_pixels < 1:

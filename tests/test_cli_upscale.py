@@ -716,3 +716,11 @@ def test_readme_and_help_agree():
             cell = readme[p.opts[0]].split("|")[2].strip()
             assert cell in (str(shown), str(shown).removesuffix(".0")), p.opts[0]
             assert f"[default: {shown}]" in help_text, p.opts[0]
+
+
+def test_format_and_max_pixels_errors_speak_the_flags_terms(tmp_path):
+    """The refusal names the values the flag takes (`auto`, `0 = no limit`), not the library's."""
+    result = invoke(tmp_path / "x.png", "-f", "bmp")
+    assert result.exit_code == 2 and err_lines(result) == ["error: --format must be png, jpg, webp, tif or auto, got 'bmp'"]
+    result = invoke(tmp_path / "x.png", "--max-pixels", "-1")
+    assert result.exit_code == 2 and err_lines(result) == ["error: --max-pixels must be >= 0 (0 = no limit), got -1"]

@@ -156,17 +156,12 @@ def upscale_cmd(
     tile_size = parse_tile(tile)
     seed_value = resolve_seed(seed)  # "random" becomes a number here, shown in the header
     device, dtype = _real_esrgan_options(device, gpu_id, dtype, fp32)
-    fmt_name = None if fmt.strip().lower() == "auto" else fmt
-    from ..imageio import format_named
-
-    if fmt_name is not None and format_named(fmt_name) is None:
-        raise ValueError(f"--format must be png, jpg, webp, tif or auto, got {fmt!r}")
-    if max_pixels < 0:
+    if max_pixels < 0:  # the flag's 0 is the library's None
         raise ValueError(f"--max-pixels must be >= 0 (0 = no limit), got {max_pixels}")
     options = UpscaleOptions(
         scale=scale, steps=steps, sampler=sampler, seed=seed_value, tile=tile_size,
         tile_overlap=tile_overlap, tile_pad=tile_pad, tile_batch=batch, alpha=alpha, output=output,
-        suffix=suffix, format=fmt_name, quality=quality, strip_metadata=strip_metadata, overwrite=overwrite,
+        suffix=suffix, format=fmt, quality=quality, strip_metadata=strip_metadata, overwrite=overwrite,
         max_pixels=max_pixels or None,
     )
 
