@@ -109,23 +109,23 @@ def plan_jobs(
             jobs.append(Job(item, None, "skipped", f"{item.path} (inside the output directory)"))
         else:
             inputs.append(item)
-    planned: list[tuple[InputItem, Path | None, SinsrIOError | None]] = []
+    planned: list[_Planned] = []
     for item in inputs:
         try:
             target = output_path(
                 item, output=options.output, suffix=options.file_suffix, format=options.format,
                 single_input_file=single_input_file,
             )
-            planned.append((item, target, None))
+            planned.append((item, _resolved(item.path), target, None))
         except SinsrIOError as e:
-            planned.append((item, None, e))
+            planned.append((item, _resolved(item.path), None, e))
     previous = _previous_results(planned, options)
-    input_paths = {_resolved(i.path): i.path for i, _, _ in planned if _resolved(i.path) not in previous}
+    input_paths = {key: i.path for i, key, _, _ in planned if key not in previous}
     claimed: dict[str, Path] = {}
-    for item, target, err in planned:
-        if _resolved(item.path) in previous:
-            source = previous[_resolved(item.path)]
-            jobs.append(Job(item, None, "skipped", f"{item.path} (the output of {source}, not an input)"))
+    for item, item_key, target, err in planned:
+        if item_key in previous:
+            note = f"{item.path} (the output of {previous[item_key]}, not an input)"
+            jobs.append(Job(item, None, "skipped", note))
             continue
         if err is not None or target is None:
             jobs.append(Job(item, None, "failed", message_for(item.path, err), err))
@@ -148,9 +148,11 @@ def plan_jobs(
     return jobs
 
 
-def _previous_results(
-    planned: Sequence[tuple[InputItem, Path | None, SinsrIOError | None]], options: UpscaleOptions
-) -> dict[str, Path]:
+#: an input as planned: the item, its real path, its output (None when ``output_path`` refused it, and why)
+_Planned = tuple[InputItem, str, Path | None, SinsrIOError | None]
+
+
+def _previous_results(planned: Sequence[_Planned], options: UpscaleOptions) -> dict[str, Path]:
     """Inputs that are another input's output (``bird_x4.png`` beside ``bird.png``): a previous
     run's results, met again when outputs go next to their inputs. Real path -> the input whose
     output it is. Only with a non-empty suffix (without one an output's name is no evidence) and
@@ -158,12 +160,11 @@ def _previous_results(
     it stays an input and its source fails."""
     if not options.file_suffix or options.overwrite:
         return {}
-    target_of = {_resolved(t): item.path for item, t, _ in planned if t is not None}
+    target_of = {_resolved(t): (item.path, key) for item, key, t, _ in planned if t is not None}
     found: dict[str, Path] = {}
-    for item, _, _ in planned:
-        key = _resolved(item.path)
-        source = target_of.get(key)
-        if source is not None and _resolved(source) != key:
+    for _, key, _, _ in planned:
+        source, source_key = target_of.get(key, (None, key))
+        if source is not None and source_key != key:
             found[key] = source
     return found
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import one_line
+from ..errors import SettingError, one_line
 
 __all__ = [
     "FULL_REFERENCE",
@@ -116,6 +116,12 @@ def _compute_device(x: torch.Tensor) -> torch.device:
     return torch.device("cpu") if x.device.type == "mps" else x.device
 
 
+def check_crop_border(crop_border: int) -> None:
+    """``crop_border`` an int >= 0 (SettingError otherwise), checked up front by the runner too."""
+    if isinstance(crop_border, bool) or not isinstance(crop_border, int) or crop_border < 0:
+        raise SettingError("crop_border", f"crop_border must be >= 0 (an int), got {crop_border!r}")
+
+
 def _prepare_pair(
     sr: torch.Tensor, hr: torch.Tensor, crop_border: int, min_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,8 +130,7 @@ def _prepare_pair(
         raise ValueError(f"SR and HR shapes differ: {tuple(sr.shape)} vs {tuple(hr.shape)}")
     if sr.ndim != 4 or sr.shape[1] != 3:
         raise ValueError(f"expected RGB batches [B, 3, H, W], got {tuple(sr.shape)}")
-    if isinstance(crop_border, bool) or not isinstance(crop_border, int) or crop_border < 0:
-        raise ValueError(f"crop_border must be a non-negative int, got {crop_border!r}")
+    check_crop_border(crop_border)
     h, w = sr.shape[-2] - 2 * crop_border, sr.shape[-1] - 2 * crop_border
     if min(h, w) < min_size:
         raise ValueError(

@@ -130,8 +130,7 @@ def run_bench(
 
     if options.warmup < 0:
         raise SettingError("warmup", f"warmup must be >= 0, got {options.warmup}")
-    if options.crop_border < 0:
-        raise SettingError("crop_border", f"crop_border must be >= 0, got {options.crop_border}")
+    M.check_crop_border(options.crop_border)
     Tiling(options.tile, options.tile_overlap, options.tile_pad)  # checks the tile settings
     check_settings(sampler=options.sampler)  # a bad name is a usage error, not a failed run per model
     device = resolve_device(options.device)

@@ -3,6 +3,7 @@ command class that makes help and usage errors read as users of other CLIs expec
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import logging
@@ -10,7 +11,7 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Callable, TypeVar
 
 import typer
@@ -93,7 +94,7 @@ class SinsrCommand(TyperCommand):
         args = _dashed(args, known)
         try:
             return super().parse_args(ctx, args)
-        except Exception as e:  # click's or Typer's vendored usage errors, by name
+        except Exception as e:  # click's or Typer's vendored NoSuchOption, by name
             if type(e).__name__ == "NoSuchOption":
                 _suggest(e, sorted(known))
             _usage_error_in_one_line(e)
@@ -111,23 +112,26 @@ def _usage_error_in_one_line(e: BaseException) -> None:
         raise fail(escape(one_line(e.format_message())), EXIT_USAGE) from None  # no usage box
 
 
+@contextlib.contextmanager
+def _usage_errors_in_one_line() -> Iterator[None]:
+    try:
+        yield
+    except Exception as e:
+        _usage_error_in_one_line(e)
+        raise
+
+
 class SinsrGroup(TyperGroup):
     """The ``sinsr`` group: an unknown command or root option is one ``error:`` line, as in
     :class:`SinsrCommand`."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        try:
+        with _usage_errors_in_one_line():
             return super().parse_args(ctx, args)
-        except Exception as e:
-            _usage_error_in_one_line(e)
-            raise
 
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
-        try:
+        with _usage_errors_in_one_line():
             return super().resolve_command(ctx, args)
-        except Exception as e:
-            _usage_error_in_one_line(e)
-            raise
 
 
 def _dashed(args: list[str], known: set[str]) -> list[str]:
