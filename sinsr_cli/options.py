@@ -43,7 +43,7 @@ class UpscaleOptions:
     steps: int | None = None
     sampler: str | None = None
     seed: int | None = None
-    tile: int | None = 0
+    tile: int | None = None  # auto, as the CLI's default --tile
     tile_overlap: int = 32
     tile_pad: int = 8
     tile_batch: int = 1

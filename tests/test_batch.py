@@ -425,6 +425,27 @@ def test_disk_full_leaves_no_partial_file(tmp_path, disk_full_once):
     assert sorted(p.name for p in out.iterdir()) == ["b_x4.png"]  # no partial a_x4.png, no temp file
 
 
+def test_options_plan_tiles_as_the_cli_by_default(tmp_path, monkeypatch):
+    """``UpscaleOptions()`` means ``--tile auto`` (the CLI's default): each image is planned by
+    the cost model; ``tile=0`` runs it whole without planning."""
+    import sinsr_cli.engine as engine
+
+    planned = []
+    real = engine.auto_plan
+
+    def recording(pipe, height, width, **kw):
+        planned.append((height, width))
+        return real(pipe, height, width, **kw)
+
+    monkeypatch.setattr(engine, "auto_plan", recording)
+    assert UpscaleOptions().tile is None
+    _save(tmp_path / "in" / "a.png", size=(14, 10))
+    report, _ = _run(tmp_path, [tmp_path / "in"], output=tmp_path / "auto")
+    assert [r.status for r in report.results] == ["done"] and planned == [(10, 14)]
+    report, _ = _run(tmp_path, [tmp_path / "in"], output=tmp_path / "whole", tile=0)
+    assert [r.status for r in report.results] == ["done"] and planned == [(10, 14)]
+
+
 def test_out_of_memory_message_suggests_a_tile(tmp_path):
     _save(tmp_path / "a.png")
     pipe = FakePipe(raise_on={1: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")})
