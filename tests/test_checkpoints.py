@@ -126,6 +126,25 @@ def test_detect_preset_from_official_file_names(tmp_path, name, preset):
     assert got.name == preset and got.schedule == PRESETS[preset].schedule
 
 
+def test_another_size_of_a_preset_keeps_its_sampling_rules(tmp_path):
+    """A SinSR-style file of a size no preset has is still a one-step student (other step
+    counts refused); a ResShift one keeps the teacher's steps and sampler."""
+    from sinsr_cli.models.checkpoints import Checkpoint
+    from sinsr_cli.plan import make_plan
+    from sinsr_cli.errors import SettingError
+
+    sd = _sd(SwinUNet(tiny_unet()))
+    student = detect_preset(Checkpoint(sd, {}, tmp_path / "my_sinsr.pth"))
+    assert student.name == "custom-sinsr-v1" and student.unet == tiny_unet()
+    assert student.one_step and student.default_steps == 1 and student.schedule == PRESETS["sinsr-v1"].schedule
+    with pytest.raises(SettingError):
+        make_plan(student, steps=4)
+    teacher = detect_preset(Checkpoint(sd, {}, tmp_path / "resshift_realsrx4_s4_v3.pth"))
+    assert teacher.name == "custom-resshift-v3" and not teacher.one_step
+    assert (teacher.default_steps, teacher.default_sampler) == (PRESETS["resshift-v3"].default_steps, PRESETS["resshift-v3"].default_sampler)
+    assert make_plan(teacher, steps=2).steps == 2
+
+
 def test_convert_writes_self_describing_safetensors(tmp_path):
     torch.manual_seed(0)
     unet, vq = SwinUNet(tiny_unet()), VQModel(tiny_vq())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from typing import Mapping
 
 import torch
@@ -145,7 +146,9 @@ def detect_preset(ckpt: Checkpoint, hint: str = "") -> ModelPreset:
     base = PRESETS[key]
     if arch == base.unet:
         return base
-    return ModelPreset(f"custom-{key}", arch, base.schedule, base.default_steps, base.default_sampler, "inferred")
+    # another size of the same model: its schedule, sampling and one-step rule (a student's
+    # other step counts are noise, so they stay refused)
+    return replace(base, name=f"custom-{key}", unet=arch, description="inferred")
 
 
 def vq_config_of(ckpt: Checkpoint) -> VQConfig:
