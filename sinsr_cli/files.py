@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-__all__ = ["atomic_path", "new_file_mode"]
+__all__ = ["atomic_path", "new_file_mode", "unwritable_reason"]
 
 
 @contextmanager
@@ -37,6 +37,23 @@ def atomic_path(path: str | os.PathLike[str], *, suffix: str = ".tmp", fsync: bo
         with suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def unwritable_reason(path: str | os.PathLike[str]) -> str | None:
+    """Why ``atomic_path`` could not write ``path`` (a directory there, a file where a folder
+    must be, no write permission), or None: checked before long work whose result would
+    otherwise be lost at the end."""
+    p = Path(path)
+    if p.is_dir():
+        return "is a directory"
+    for parent in p.parents:  # the nearest existing ancestor is where the folders get made
+        if parent.exists():
+            if not parent.is_dir():
+                return "a parent path is a file, not a directory"
+            if not os.access(parent, os.W_OK | os.X_OK):
+                return "permission denied"
+            return None
+    return None
 
 
 def new_file_mode() -> int:

@@ -270,6 +270,59 @@ def test_cli_usage_errors_are_one_line(args, message):
     assert message in r.output and "Traceback" not in r.output
 
 
+def test_cli_threads_must_not_be_negative(tmp_path, hr_dir, teacher_files):
+    args = _cli_args(teacher_files, hr_dir, tmp_path / "run", 1)
+    args[args.index("--threads") + 1] = "-1"
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2 and "--threads must be >= 0" in r.output and not (tmp_path / "run").exists()
+
+
+def test_a_new_run_never_mixes_with_an_old_one_nor_replaces_an_export(tmp_path, hr_dir, teacher_files):
+    """A new run in a folder holding a run's checkpoints or log is refused before any model loads
+    (pruning by step number deleted the new run's checkpoint among the old ones, and --resume of
+    the folder took either); an existing --export needs --force, checked before training."""
+    out, export = tmp_path / "run", tmp_path / "s.safetensors"
+    r = CliRunner().invoke(app, _cli_args(teacher_files, hr_dir, out, 2, "--ckpt-every", "1", "--export", str(export)))
+    assert r.exit_code == 0, r.output
+    before = {p.name: p.read_bytes() for p in (out / "checkpoints").iterdir()}
+    exported = export.read_bytes()
+    r = CliRunner().invoke(app, _cli_args(teacher_files, hr_dir, out, 1, "--seed", "8"))
+    assert r.exit_code == 2 and "holds another run" in r.output and f"--resume {out}" in r.output
+    assert {p.name: p.read_bytes() for p in (out / "checkpoints").iterdir()} == before
+    (tmp_path / "logonly").mkdir()
+    (tmp_path / "logonly" / "log.jsonl").write_text("{}\n")
+    r = CliRunner().invoke(app, _cli_args(teacher_files, hr_dir, tmp_path / "logonly", 1))
+    assert r.exit_code == 2 and "holds another run (a log.jsonl)" in r.output
+    r = CliRunner().invoke(app, _cli_args(teacher_files, hr_dir, tmp_path / "new", 1, "--export", str(export)))
+    assert r.exit_code == 2 and "already exists (use --force" in r.output and not (tmp_path / "new").exists()
+    assert export.read_bytes() == exported
+    r = CliRunner().invoke(app, ["distill", "--resume", str(out), "--steps", "3", "--export", str(export), "--force", "-q"])
+    assert r.exit_code == 0, r.output  # its own folder, and --force replaces the export
+    assert export.read_bytes() != exported and read_checkpoint_state(out)["step"] == 3
+    r = CliRunner().invoke(app, ["distill", "--resume", str(out), "--steps", "4", "--out", str(tmp_path / "logonly"), "-q"])
+    assert r.exit_code == 2 and "holds another run" in r.output
+    with pytest.raises(ValueError, match="holds another run"):  # the library's own check
+        train(DistillConfig.from_dict(read_checkpoint_state(out)["config"]), *tiny_teacher(), out)
+
+
+def test_unreadable_training_images_are_one_line_errors(tmp_path, teacher_files):
+    """An empty x.png among the data stops the run before training; a truncated one, read by a
+    DataLoader worker mid-run, is still one line naming the file (not the worker's traceback)."""
+    data = write_hr_dir(tmp_path / "hr")
+    (data / "empty.png").write_bytes(b"")
+    r = CliRunner().invoke(app, _cli_args(teacher_files, data, tmp_path / "a", 1))
+    assert r.exit_code == 2 and r.output.strip().splitlines() == [f"error: {data / 'empty.png'}: empty file"]
+    (data / "empty.png").unlink()
+    good = next(data.glob("*.png"))
+    good.write_bytes(good.read_bytes()[:200])
+    args = _cli_args(teacher_files, data, tmp_path / "b", 4)
+    args[args.index("--workers") + 1] = "1"
+    r = CliRunner().invoke(app, args)
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1 and str(good) in lines[0], r.output
+    assert "Traceback" not in r.output and "DataLoader" not in r.output
+
+
 def test_cli_tad_run_end_to_end(tmp_path, hr_dir, teacher_files):
     """`sinsr distill --tad`: the paper's objective (no SinSR inverse/GT terms), HSD and the
     discriminator logged, the discriminator checkpointed, an exported student that loads; and

@@ -42,7 +42,7 @@ def distill_cmd(
     crop: int = typer.Option(256, "--crop", help="HR crop size (LR = crop/4, latent = crop/4)."),
     crop_mode: str = typer.Option("rescale", "--crop-mode", help="rescale: official (random square of the short side, resized to --crop); random: a native-resolution crop."),
     pool: int = typer.Option(0, "--pool", help="Training-pair pool size in samples (official: 10 x batch); 0 = off. Resuming refills it."),
-    workers: int = typer.Option(4, "--workers", help="Data-loader worker processes (0: load in the main process)."),
+    workers: int = typer.Option(4, "--workers", help="Data-loader worker processes (0: load in the main process; at most the CPUs available)."),
     lr: float = typer.Option(5e-5, "--lr", help="AdamW learning rate."),
     weight_decay: float = typer.Option(0.0, "--weight-decay", help="AdamW weight decay."),
     warmup: int = typer.Option(5000, "--warmup", help="Linear warm-up iterations."),
@@ -72,6 +72,7 @@ def distill_cmd(
     name: str = typer.Option("sinsr-distilled", "--name", help="Preset name written into the exported student."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Checkpoint file or run folder (latest checkpoint) to continue exactly."),
     export: Optional[Path] = typer.Option(None, "--export", help="Write the EMA student here at the end (.safetensors, loadable by `sinsr upscale --model`)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --export file."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps (under torchrun: cuda:LOCAL_RANK)."),
     threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write TensorBoard scalars to OUT/tb (if tensorboard is installed)."),
@@ -82,13 +83,21 @@ def distill_cmd(
     import torch
 
     from ..distill.losses import LossWeights
+    from ..distill.state import check_run_folder
     from ..distill.trainer import DistillConfig, read_checkpoint_state, schedule_warnings, train
+    from ..files import unwritable_reason
     from ..weights import load_unet, load_vq
 
+    if threads < 0:
+        raise ValueError(f"--threads must be >= 0 (0: torch's default), got {threads}")
     if threads:
         torch.set_num_threads(threads)
-    if export is not None and export.suffix != ".safetensors":
-        raise ValueError(f"{export}: --export must end in .safetensors")
+    if export is not None:  # checked now: the export is written after the whole run
+        if export.suffix != ".safetensors":
+            raise ValueError(f"{export}: --export must end in .safetensors")
+        reason = unwritable_reason(export) or ("already exists (use --force to replace it)" if export.exists() and not force else None)
+        if reason:
+            raise ValueError(f"--export {export}: {reason}")
     base = LossWeights.tad() if tad else LossWeights()  # then every --lambda-* given wins
     asked = dict(distill=lambda_distill, inverse=lambda_inverse, gt=lambda_gt, hsd=lambda_hsd, adv=lambda_adv)
     weights = LossWeights(**{k: (getattr(base, k) if v is None else v) for k, v in asked.items()})
@@ -112,6 +121,7 @@ def distill_cmd(
         if not teacher:
             raise ValueError("--teacher is required (a ResShift checkpoint or zoo name)")
         out = out or Path("runs/distill")
+    check_run_folder(out, resume)  # before the models load
 
     from ..distributed import from_env
 
@@ -182,7 +192,7 @@ def _resumed_config(stored: Any, fields: dict[str, Any], given: dict[str, Any]) 
     any other option given with a different value is an error (the run would not be the same)."""
     over: dict[str, Any] = {}
     for param in given:
-        if param in ("resume", "export", "device", "threads", "tensorboard", "quiet", "verbose", "out"):
+        if param in ("resume", "export", "force", "device", "threads", "tensorboard", "quiet", "verbose", "out"):
             continue
         if param in _WEIGHTS or param == "tad":
             continue  # compared below, term by term
@@ -220,18 +230,20 @@ class _Render:
         self.last_checkpoint: tuple[int, str] | None = None  # (step, path), recorded even when quiet
 
     def __enter__(self) -> "_Render":
-        if self.enabled:
-            from rich.progress import (
-                BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
-            )
+        return self  # the bar starts with the run: an error before it leaves no empty bar line
 
-            self.progress = Progress(
-                TextColumn("[bold]distill[/bold]"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                TextColumn("{task.fields[terms]}"), console=console, transient=False,
-            )
-            self.progress.__enter__()
-        return self
+    def _start(self) -> Any:
+        from rich.progress import (
+            BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("[bold]distill[/bold]"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            TextColumn("{task.fields[terms]}"), console=console, transient=False,
+        )
+        self.progress.__enter__()
+        return self.progress
 
     def __exit__(self, *exc: Any) -> None:
         if self.progress is not None:
@@ -244,6 +256,7 @@ class _Render:
             return
         p = self.progress
         if kind == "start":
+            p = p or self._start()
             self.task = p.add_task("distill", total=info["steps"], completed=info["step"], rate="", terms="")
             p.console.print(
                 f"{info['images']} training images, {info['params'] / 1e6:.1f}M student parameters, "
@@ -259,8 +272,8 @@ class _Render:
             p.update(self.task, terms=terms, rate=rate)
         elif kind == "val":
             vals = " ".join(f"{k} {v:.4f}" for k, v in info.items() if k not in ("event", "step", "n"))
-            p.console.print(f"step {info['step']} validation ({info['n']} images): {vals}")
+            console.print(f"step {info['step']} validation ({info['n']} images): {vals}")
         elif kind == "skip":
-            p.console.print(f"[yellow]step {info['step']}: non-finite loss, step skipped ({info['streak']} in a row)[/yellow]")
+            console.print(f"[yellow]step {info['step']}: non-finite loss, step skipped ({info['streak']} in a row)[/yellow]")
         elif kind == "warning":
-            p.console.print(f"[yellow]warning:[/yellow] {info['message']}")
+            console.print(f"[yellow]warning:[/yellow] {info['message']}")

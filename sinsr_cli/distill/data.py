@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from ..imageio import SinsrIOError, collect_inputs, image_to_tensor, pair_by_stem, read_image
+from ..imageio import ImageReadError, SinsrIOError, collect_inputs, image_to_tensor, pair_by_stem, read_image, refuse_unreadable
 from .degradations import random_crop_pair, rescale_gt
 
 CROP_MODES = ("rescale", "random")
@@ -199,7 +199,11 @@ def stream_loader(
     workers: int = 0,
     pin_memory: bool = False,
 ) -> Iterator[dict[str, Tensor]]:
-    """An endless iterator of this rank's per-step batches (``[B/W, ...]`` dicts)."""
+    """An endless iterator of this rank's per-step batches (``[B/W, ...]`` dicts).
+
+    ``workers`` is capped at the CPUs this process may use: more only contend (torch warns),
+    and the batches do not depend on the number of workers."""
+    workers = min(workers, _usable_cpus())
     sampler = StreamSampler(len(dataset), global_batch, seed, rank, world, start_step)  # type: ignore[arg-type]
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -210,7 +214,28 @@ def stream_loader(
         persistent_workers=workers > 0,
         prefetch_factor=2 if workers > 0 else None,
     )
-    return iter(loader)
+    return _worker_errors_in_one_line(iter(loader))
+
+
+def _worker_errors_in_one_line(batches: Iterator[dict[str, Tensor]]) -> Iterator[dict[str, Tensor]]:
+    """``batches``, with an image error raised in a worker process as the worker raised it.
+
+    torch re-raises a worker's exception as ``Caught ImageReadError in DataLoader worker process
+    0. Original Traceback ...`` (a RuntimeError, since our errors take a path and a reason): the
+    last line of that traceback is the error's own message."""
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except RuntimeError as e:
+            text = str(e)
+            last = text.rstrip().splitlines()[-1] if text.strip() else ""
+            name, _, message = last.partition(": ")
+            if text.startswith("Caught ") and "DataLoader worker" in text and name.endswith(("ImageReadError", "SinsrIOError")):
+                raise ImageReadError(None, message) from None
+            raise
+        yield batch
 
 
 # -- finding the data -------------------------------------------------------------------------
@@ -221,7 +246,8 @@ def find_hr_images(root: str | os.PathLike[str]) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise SinsrIOError(root, "not a directory")
-    items, _ = collect_inputs([root], recursive=True)
+    items, skipped = collect_inputs([root], recursive=True)
+    refuse_unreadable(skipped)  # an empty or broken x.png is an error now, not hours into the run
     if not items:
         raise SinsrIOError(root, "no images found (searched recursively)")
     return [i.path for i in items]
@@ -267,6 +293,13 @@ def load_val_pairs(root: str | os.PathLike[str], limit: int = 0) -> list[ValPair
         ValPair(lr.relative_to(lr_root).with_suffix("").as_posix(), _read(lr)[None], _read(hr)[None])
         for lr, hr in pairs
     ]
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 __all__ = [

@@ -113,6 +113,30 @@ def find_checkpoint(path: str | Path) -> Path:
     raise FileNotFoundError(f"{p}: no such checkpoint file or run directory")
 
 
+def check_run_folder(out_dir: str | Path, resume: str | Path | None = None) -> None:
+    """Refuse to start a run in a folder that holds another run's checkpoints or log: pruning
+    by step number would delete the new run's checkpoints among the old ones, and ``--resume``
+    of the folder would pick up either. ``resume``: the checkpoint this run continues, whose own
+    run folder is fine."""
+    out = Path(out_dir)
+    if resume is not None and _same_dir(out, Path(resume).parent.parent):
+        return
+    found = list_checkpoints(out)
+    if found or (out / "log.jsonl").exists():
+        what = f"checkpoints up to {found[-1].name}" if found else "a log.jsonl"
+        raise ValueError(
+            f"{out}: holds another run ({what}); continue it with --resume {out}, "
+            "or start this run in a new --out folder"
+        )
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
 def read_checkpoint_state(path: str | Path) -> dict[str, Any]:
     """Load a training checkpoint (``weights_only``: no code runs) and check its format."""
     path = find_checkpoint(path)
@@ -148,6 +172,7 @@ __all__ = [
     "checkpoint_path",
     "list_checkpoints",
     "find_checkpoint",
+    "check_run_folder",
     "read_checkpoint_state",
     "save_checkpoint",
     "prune_checkpoints",

@@ -40,7 +40,7 @@ from .degradations import DegradationConfig, TrainingPairPool
 from .discriminator import TimeAwareDiscriminator
 from .logs import EventFn, RunLog, RunningMeans
 from .processes import all_reduce_mean, autocast, no_sync, wrap_ddp
-from .state import TrainState, find_checkpoint, list_checkpoints, read_checkpoint_state, save_checkpoint, save_state
+from .state import TrainState, check_run_folder, find_checkpoint, list_checkpoints, read_checkpoint_state, save_checkpoint, save_state
 from .step import Models, discriminator_loss, discriminator_step, optimizer_step, prepare, slice_batch, student_losses, term_names
 from .validate import load_val_metrics, validate
 
@@ -81,6 +81,7 @@ def train(
     EMA student as safetensors. ``resume`` (a checkpoint or a run directory) continues exactly.
     """
     out_dir, emit = Path(out_dir), on_event or (lambda kind, info: None)
+    check_run_folder(out_dir, find_checkpoint(resume) if resume is not None else None)
     info, dev = join(resolve_device(device))  # torchrun: this rank and its device
     torch.manual_seed(cfg.seed + info.rank)
     # models and their trainable state: the frozen teacher + VQ, the student (a copy), its EMA, the discriminator
