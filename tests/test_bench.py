@@ -230,6 +230,31 @@ def test_a_file_named_as_an_image_that_cannot_be_read_is_an_error(tmp_path: Path
     assert "x.png" in error_line(result) and "not an image" in error_line(result) and not doc
 
 
+def test_report_paths_are_checked_before_the_run_and_never_replace_an_image(tmp_path: Path) -> None:
+    """A report path that cannot be written, two reports on one path, a report (or the sheet next
+    to --markdown) on one of the benchmark's images, or saved SR images inside its folders: exit 2
+    before anything runs, nothing written, the images untouched."""
+    make_pairs(tmp_path / "d", {"a.png": "a.png", "b.png": "b.png"})
+    images = {p: p.read_bytes() for p in (tmp_path / "d").rglob("*.png")}
+    (tmp_path / "afile").write_text("keep")
+    d, hr = tmp_path / "d", tmp_path / "d" / "hr"
+    cases = [
+        (["--csv", tmp_path / "afile" / "r.csv"], "--csv", "a parent path is a file"),
+        (["--csv", tmp_path / "d"], "--csv", "is a directory"),
+        (["--csv", tmp_path / "report.json"], "--csv", "is also the --json file"),
+        (["--markdown", hr / "a.md"], "--markdown's sheet", "is one of the benchmark's images"),
+        (["--sheet", d / "lr" / "b.png"], "--sheet", "is one of the benchmark's images"),
+        (["--save-images", hr / "sr"], "--save-images", "inside the benchmark's images"),
+    ]
+    for extra, label, needle in cases:
+        result, doc = bench(tmp_path, d, "--model", "none", "--learned", "none", *extra, expect=2)
+        line = error_line(result)
+        assert line.startswith(f"error: {label} ") and needle in line, line
+        assert not doc and "bicubic" not in result.output  # nothing ran, no report
+    assert {p: p.read_bytes() for p in (tmp_path / "d").rglob("*.png")} == images
+    assert not (hr / "sr").exists() and (tmp_path / "afile").read_text() == "keep"
+
+
 def test_hr_not_exactly_4x_is_an_error(tmp_path: Path) -> None:
     make_pairs(tmp_path / "d", {"a.png": "a.png"})
     save(tmp_path / "d" / "hr" / "a.png", smooth_image(65, 64, 0))

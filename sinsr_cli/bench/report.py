@@ -15,18 +15,20 @@ import io
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..files import unwritable_reason
 from ..imageio import atomic_write_bytes
-from .dataset import LR_RECIPES
+from .dataset import LR_RECIPES, BenchDataset
 from .metrics import LOWER_IS_BETTER
 from .results import BenchReport, RunResult
 
 __all__ = [
     "METRIC_LABELS",
+    "check_outputs",
     "SummaryTable",
     "format_metric",
     "report_to_dict",
@@ -143,6 +145,46 @@ def _csv_number(x: float | None) -> str:
     if x is None:
         return ""
     return repr(float(x)) if math.isfinite(x) else ("inf" if x > 0 else "nan" if x != x else "-inf")
+
+
+def check_outputs(
+    files: Mapping[str, Path | None], dataset: BenchDataset, images: tuple[str, Path | None] = ("images", None)
+) -> None:
+    """Refuse, before any model runs, report files that could not be written (a benchmark's
+    results would be lost at its end), two reports on one path, a report on one of the
+    benchmark's images, and saved SR images inside its LR or HR folder. ``files``: label (the
+    flag that names it) -> path; ``images``: (label, folder) of the saved SR images."""
+    inputs = {_real(p) for item in dataset.items for p in (item.lr, item.hr) if p is not None}
+    seen: dict[str, str] = {}
+    for label, path in files.items():
+        if path is None:
+            continue
+        reason = unwritable_reason(path)
+        key = _real(path)
+        if reason is None and key in inputs:
+            reason = "is one of the benchmark's images"
+        if reason is None and key in seen:
+            reason = f"is also the {seen[key]} file"
+        if reason is not None:
+            raise ValueError(f"{label} {path}: {reason}")
+        seen[key] = label
+    label, image_dir = images
+    if image_dir is not None:
+        reason = unwritable_reason(image_dir / "x.png")
+        where = os.path.realpath(image_dir)
+        for root in (dataset.lr_root, dataset.hr_root):
+            if reason is None and root is not None and _within(where, _real(root)):
+                reason = f"is inside the benchmark's images ({root}); choose a folder outside them"
+        if reason is not None:
+            raise ValueError(f"{label} {image_dir}: {reason}")
+
+
+def _real(path: Path) -> str:
+    return os.path.realpath(path)
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:

@@ -204,7 +204,7 @@ def bench_cmd(
     rank = distributed.from_env()
     if not rank.main:  # errors found before the processes join are every rank's: rank 0 tells them
         console.quiet = True
-    from ..bench.report import to_csv, to_json, to_markdown, write_text
+    from ..bench.report import check_outputs, to_csv, to_json, to_markdown, write_text
     from ..devices import resolve_device
     from ..plan import resolve_seed
 
@@ -219,14 +219,17 @@ def bench_cmd(
     learned_names = _parse_learned(learned)
     if sheet_images < 0:
         raise ValueError(f"--sheet-images must be >= 0, got {sheet_images}")
+    sheet_label = "--sheet"
     if sheet is None and markdown is not None and sheet_images > 0:
-        sheet = markdown.with_suffix(".png")
+        sheet, sheet_label = markdown.with_suffix(".png"), "--markdown's sheet"
 
     wanted = resolve_device(device)
     with distributed.process_group(wanted, timeout=distributed.SHARD_TIMEOUT) as (rank, dev):
         if not rank.main:
             console.quiet = False  # joined: from here on, errors are this rank's own
         dataset = _shared_dataset(rank, input, hr, limit, make_lr, pairs_dir)
+        reports = {"--json": json_path, "--csv": csv_path, "--markdown": markdown, sheet_label: sheet}
+        check_outputs(reports, dataset, ("--save-images", save_images))  # now, not after the run
         report, collector = _bench_sharded(
             rank, dataset, models, step_list,
             dict(
