@@ -72,6 +72,8 @@ class UpscaleOptions:
             object.__setattr__(self, "format", None)  # the input's format, as None
         if self.format is not None and format_named(self.format) is None:
             raise SettingError("format", f"format must be png, jpg, webp, tif or auto, got {self.format!r}")
+        if self.suffix is not None and any(c in self.suffix for c in ("/", "\\", "\0")):
+            raise SettingError("suffix", f"suffix must be part of a file name (no / or \\), got {self.suffix!r}")
         if not 1 <= self.quality <= 100:
             raise SettingError("quality", f"quality must be in 1..100, got {self.quality}")
         if self.max_pixels is not None and self.max_pixels < 1:
@@ -91,4 +93,9 @@ class UpscaleOptions:
 
     @property
     def file_suffix(self) -> str:
-        return default_suffix(self.scale) if self.suffix is None else self.suffix
+        """What goes between an output's stem and extension: a suffix that starts with a letter
+        or digit is joined with ``_`` (Real-ESRGAN's ``--suffix out`` -> ``photo_out.png``); one
+        that starts otherwise (``_x4``, ``-sr``, ``.up``) is used as given."""
+        if self.suffix is None:
+            return default_suffix(self.scale)
+        return "_" + self.suffix if self.suffix[:1].isalnum() else self.suffix

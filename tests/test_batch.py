@@ -175,6 +175,17 @@ def test_default_suffix():
     assert default_suffix(4) == "_x4" and default_suffix(2.0) == "_x2" and default_suffix(1.5) == "_x1.5"
 
 
+def test_suffix_joins_as_in_real_esrgan_and_stays_in_the_name():
+    """``out`` -> ``photo_out`` (Real-ESRGAN's ``f"{name}_{suffix}"``); punctuation first is kept
+    as given; a suffix with a path separator would write outside ``-o`` and is refused."""
+    got = {s: UpscaleOptions(suffix=s).file_suffix for s in ("out", "4k", "_x4", "-sr", ".up", "", None)}
+    assert got == {"out": "_out", "4k": "_4k", "_x4": "_x4", "-sr": "-sr", ".up": ".up", "": "", None: "_x4"}
+    for bad in ("/sub", "/../../esc", "a\\b"):
+        with pytest.raises(SettingError) as e:
+            UpscaleOptions(suffix=bad)
+        assert e.value.setting == "suffix"
+
+
 @pytest.mark.parametrize(
     "kw, setting",
     [

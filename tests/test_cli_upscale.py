@@ -597,7 +597,7 @@ def test_real_esrgan_spellings(tmp_path, fake_model):
     result = invoke("-i", tmp_path / "in", "-o", tmp_path / "out", "--outscale", "2", "-t", "64", "--tile_pad", "12",
                     "--ext", "jpg", "--fp32", "-n", "sinsr-v1", "--suffix", "out")
     assert result.exit_code == 0, result.output
-    im = Image.open(tmp_path / "out" / "aout.jpg")
+    im = Image.open(tmp_path / "out" / "a_out.jpg")  # Real-ESRGAN joins the suffix with "_"
     assert im.format == "JPEG" and im.size == (20, 16)
     assert fake_model[0].dtype == torch.float32 and fake_model[0].calls[0]["shape"] == (1, 3, 8, 10)  # -t 64 covers it
     assert invoke("-i", tmp_path / "in", "-o", tmp_path / "o2", "--ext", "auto").exit_code == 0
