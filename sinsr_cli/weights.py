@@ -25,7 +25,8 @@ def _resolve(name_or_path: str | Path, kind: str, offline: bool | None) -> Path:
     p = Path(name_or_path)
     if p.exists() or p.suffix in (".pth", ".pt", ".ckpt", ".safetensors", ".bin"):
         if not p.is_file():
-            raise CheckpointError(f"{p}: no such checkpoint file")
+            what = "is a directory, not a checkpoint file" if p.is_dir() else "no such checkpoint file"
+            raise CheckpointError(f"{p}: {what}")
         return p
     from .hub import resolve_weights
 
@@ -73,13 +74,14 @@ def _build(module_cls: type, cfg: object, ckpt: Checkpoint, what: str) -> torch.
 
 
 def load_unet(
-    name_or_path: str | Path, *, config: str | Path | None = None, offline: bool | None = None
+    name_or_path: str | Path, *, config: str | Path | None = None, offline: bool | None = None, setting: str = "model"
 ) -> tuple[SwinUNet, ModelPreset]:
-    """A UNet and its preset from a zoo name or file; ``config`` overrides the architecture."""
+    """A UNet and its preset from a zoo name or file; ``config`` overrides the architecture.
+    ``setting``: the caller's name for it in errors (``model``; ``teacher`` for distillation)."""
     path = _resolve(name_or_path, "unet", offline)
     ckpt = read_checkpoint(path)
     if ckpt.kind != "unet":
-        raise CheckpointError(f"{path}: this is a {ckpt.kind} checkpoint, not a UNet (model)", ("model",))
+        raise CheckpointError(f"{path}: this is a {ckpt.kind} checkpoint, not a UNet ({setting})", (setting,))
     zoo_hint = str(name_or_path) if str(name_or_path) in PRESETS else ""
     preset = detect_preset(ckpt, zoo_hint)
     if zoo_hint and preset.name != zoo_hint and "sinsr.preset" not in ckpt.metadata:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sinsr_cli.config import PRESETS, VQ_PRESETS, tiny_preset, tiny_unet, tiny_vq
-from sinsr_cli.models.checkpoints import CheckpointError, canonicalize, detect_kind, load_strict, read_checkpoint
+from sinsr_cli.models.checkpoints import CheckpointError, canonicalize, detect_kind, load_strict, read_checkpoint, vq_metadata, write_safetensors
 from sinsr_cli.models.convert import convert_checkpoint, read_config_file
 from sinsr_cli.models.detect import detect_preset, infer_unet_config, infer_vq_config
 from sinsr_cli.models.swin_unet import SwinUNet
@@ -96,6 +96,32 @@ def test_a_refused_pickle_says_why_without_torch_paragraph_or_warning(tmp_path):
             read_checkpoint(tmp_path / "plain.pth")
     msg = str(e.value)
     assert "safe loader refused it: Unsupported operand" in msg and "PyTorch 2.6" not in msg
+
+
+def test_files_that_are_no_checkpoint_are_named_so(tmp_path):
+    """Text, an image or a folder where a checkpoint should be: one line saying what it is, not
+    torch's unpickler error (``(101)``) nor its paragraph on the 2.6 default."""
+    from PIL import Image
+
+    from sinsr_cli.distill.state import read_checkpoint_state
+    from sinsr_cli.weights import load_unet
+
+    (tmp_path / "text.pth").write_text("hello")
+    Image.new("RGB", (4, 4)).save(tmp_path / "x.png")
+    (tmp_path / "folder").mkdir()
+    for path in (tmp_path / "text.pth", tmp_path / "x.png"):
+        with pytest.raises(CheckpointError, match="neither a torch file nor safetensors"):
+            read_checkpoint(path)
+        with pytest.raises(CheckpointError, match="not a training checkpoint .neither a torch file"):
+            read_checkpoint_state(path)
+    with pytest.raises(CheckpointError, match="is a directory, not a checkpoint file"):
+        read_checkpoint(tmp_path / "folder")
+    with pytest.raises(CheckpointError, match="is a directory, not a checkpoint file"):
+        load_unet(tmp_path / "folder")
+    vq = write_safetensors(_sd(VQModel(tiny_vq())), tmp_path / "vq.safetensors", vq_metadata(tiny_vq()))
+    with pytest.raises(CheckpointError, match=r"not a UNet \(teacher\)") as e:
+        load_unet(vq, setting="teacher")
+    assert e.value.mentions == ("teacher",)
 
 
 def test_infer_configs_from_shapes():

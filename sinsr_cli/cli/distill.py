@@ -131,7 +131,7 @@ def distill_cmd(
         hints = {"warmup": f"lower --warmup (e.g. --warmup {max(1, cfg.steps // 10)})", "milestone": "see --halve-at"}
         for part, message in schedule_warnings(cfg, milestones="halve_at" in given):
             console.print(f"[yellow]warning:[/yellow] {message}; {hints[part]}", soft_wrap=True, highlight=False)
-    teacher_model, preset = load_unet(cfg.teacher)
+    teacher_model, preset = load_unet(cfg.teacher, setting="teacher")
     vq_model = load_vq(cfg.vq)
     render = _Render(enabled=talk)
     try:

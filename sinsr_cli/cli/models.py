@@ -115,10 +115,14 @@ def convert_cmd(
     verbose: bool = typer.Option(False, "--verbose", help="Show tracebacks on errors."),
 ) -> None:
     """Convert an official checkpoint to a self-describing safetensors file."""
+    from ..files import unwritable_reason
     from ..models.convert import convert_checkpoint
 
     if dst.suffix != ".safetensors":
         raise ValueError(f"{dst}: the output must end in .safetensors")
+    reason = unwritable_reason(dst)
+    if reason:
+        raise ValueError(f"{dst}: {reason}")
     if dst.exists() and not force:
         raise ValueError(f"{dst}: already exists (use --force to overwrite)")
     if src.resolve() == dst.resolve():

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..config import ModelPreset
-from ..errors import one_line
+from ..models.checkpoints import load_torch_file
 from ..files import atomic_path
 from ..models.swin_unet import SwinUNet
 from .config import DistillConfig
@@ -140,10 +140,7 @@ def _same_dir(a: Path, b: Path) -> bool:
 def read_checkpoint_state(path: str | Path) -> dict[str, Any]:
     """Load a training checkpoint (``weights_only``: no code runs) and check its format."""
     path = find_checkpoint(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated / not a checkpoint
-        raise ValueError(f"{path}: not a readable training checkpoint ({one_line(e, 160)})") from e
+    state = load_torch_file(path, "training checkpoint")  # one-line reasons for text, images, truncation
     if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT:
         raise ValueError(f"{path}: not a sinsr distill checkpoint")
     state["path"] = str(path)

@@ -73,12 +73,7 @@ def _load_failure(e: BaseException) -> str:
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read ``.safetensors`` or a torch pickle (``weights_only=True``: no code runs on load)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: empty file")
-    with open(path, "rb") as f:
-        head = f.read(16)
+    head = _head(path)
     meta: dict[str, str] = {}
     try:
         if _looks_like_safetensors(head):
@@ -90,14 +85,40 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
                 for k in f.keys():
                     sd[k] = f.get_tensor(k)
         else:
-            with warnings.catch_warnings():  # torch warns of pickle protocols before failing on them
-                warnings.simplefilter("ignore", UserWarning)
-                sd = torch.load(path, map_location="cpu", weights_only=True)
+            sd = load_torch_file(path)
     except CheckpointError:
         raise
-    except Exception as e:  # corrupt zip, truncated file, pickle with code, ...
+    except Exception as e:  # corrupt header, truncated file, ...
         raise CheckpointError(f"{path}: not a readable checkpoint ({_load_failure(e)})") from e
     return Checkpoint(canonicalize(sd, source=str(path)), meta, path)
+
+
+def load_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
+    """``torch.load(weights_only=True)`` on the CPU (no code runs), its refusals in one line:
+    a file that is no torch file at all (text, an image) is named so, not by torch's unpickler
+    error (``(101)``) or its paragraph on the 2.6 default."""
+    path = Path(path)
+    head = _head(path, what)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch's zip format, or a legacy pickle
+        raise CheckpointError(f"{path}: not a {what} (neither a torch file nor safetensors)")
+    try:
+        with warnings.catch_warnings():  # torch warns of pickle protocols before failing on them
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt zip, truncated file, pickle with code, ...
+        raise CheckpointError(f"{path}: not a readable {what} ({_load_failure(e)})") from e
+
+
+def _head(path: Path, what: str = "checkpoint") -> bytes:
+    """The first bytes of a file that must exist and hold something."""
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, not a {what} file")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such {what} file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file")
+    with open(path, "rb") as f:
+        return f.read(16)
 
 
 def _looks_like_safetensors(head: bytes) -> bool:
