@@ -305,6 +305,20 @@ def test_cmyk_converts_to_rgb(tmp_path: Path) -> None:
         assert np.abs(img.rgb * 255 - a).mean() < 6  # naive CMYK round trip through JPEG
 
 
+def test_an_intact_tiff_pillow_cannot_decode_says_its_layout(tmp_path: Path) -> None:
+    """Float or 32-bit samples: the file is fine, its layout is unsupported (not "corrupt"); a
+    TIFF cut inside its header is still corrupt."""
+    tifffile.imwrite(tmp_path / "f.tif", np.random.default_rng(0).random((10, 14, 3)).astype(np.float32))
+    tifffile.imwrite(tmp_path / "u.tif", np.zeros((4, 4), np.uint32), byteorder=">")
+    for name, layout in (("f.tif", "3 sample(s) of 32-bit floating point"), ("u.tif", "1 sample(s) of 32-bit unsigned integer")):
+        with pytest.raises(ImageReadError) as e:
+            read_image(tmp_path / name)
+        assert str(e.value) == f"{tmp_path / name}: unsupported TIFF layout ({layout}); save it as 8- or 16-bit integer samples"
+    (tmp_path / "cut.tif").write_bytes((tmp_path / "f.tif").read_bytes()[:12])
+    with pytest.raises(ImageReadError, match="truncated or corrupt TIFF file"):
+        read_image(tmp_path / "cut.tif")
+
+
 def test_gray16_png_and_tiff_stay_16bit_gray(tmp_path: Path) -> None:
     g = rand16(7, 5, 1)[..., 0]
     img = read_image(save(tmp_path / "g.png", Image.fromarray(g)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import typer
 
 from .. import __version__
@@ -46,4 +48,7 @@ app.command("convert", cls=SinsrCommand)(convert_cmd)
 
 def main() -> None:
     enable_huge_pages()  # before anything imports torch (hugepages.py says why)
+    # Pillow's notes on damaged metadata ("Corrupt EXIF data") are a Python warning with its
+    # source line: the file's own one-line error or output says what happened to it
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
     app()
