@@ -579,6 +579,8 @@ def test_pair_crops_stay_aligned(tmp_path):
     write_png(root / "lr" / "p1.png", torch.rand(3, 11, 12))
     with pytest.raises(SinsrIOError, match="not 4x its LR"):
         PairCrops(find_pairs(root), crop=32, scale=4)
+    with pytest.raises(SinsrIOError, match="not 4x its LR"):  # validation pairs follow the same rule
+        load_val_pairs(root)
     with pytest.raises(SinsrIOError, match="lr/ and hr/"):
         find_pairs(tmp_path)
     write_png(root / "lr" / "p1.png", F.avg_pool2d(smooth_images(2, 2, 48), 4)[1])

@@ -127,9 +127,8 @@ class PairCrops(Dataset):
         if crop % scale:
             raise ValueError(f"crop {crop} must be a multiple of the scale {scale}")
         for lr, hr in pairs:  # checked up front (headers only): a worker's error would be opaque
-            (lw, lh), (hw, hh) = _size(lr), _size(hr)
-            if (hw, hh) != (lw * scale, lh * scale):
-                raise SinsrIOError(hr, f"is {hw}x{hh}, not {scale}x its LR {lr.name} ({lw}x{lh})")
+            (lw, lh) = _size(lr)
+            _refuse_wrong_scale(lr, hr, (lw, lh), _size(hr), scale)
             if min(lw, lh) < crop // scale:
                 raise SinsrIOError(lr, f"{lw}x{lh} is smaller than the LR crop {crop // scale}x{crop // scale}")
         self.pairs, self.crop, self.scale, self.seed = list(pairs), crop, scale, seed
@@ -289,10 +288,19 @@ def load_val_pairs(root: str | os.PathLike[str], limit: int = 0) -> list[ValPair
     if limit:
         pairs = pairs[:limit]
     lr_root = pair_dirs(root)[0]
-    return [
-        ValPair(lr.relative_to(lr_root).with_suffix("").as_posix(), _read(lr)[None], _read(hr)[None])
-        for lr, hr in pairs
-    ]
+    out = []
+    for lr_path, hr_path in pairs:
+        lr, hr = _read(lr_path), _read(hr_path)
+        _refuse_wrong_scale(lr_path, hr_path, (lr.shape[-1], lr.shape[-2]), (hr.shape[-1], hr.shape[-2]))
+        out.append(ValPair(lr_path.relative_to(lr_root).with_suffix("").as_posix(), lr[None], hr[None]))
+    return out
+
+
+def _refuse_wrong_scale(lr: Path, hr: Path, lr_size: tuple[int, int], hr_size: tuple[int, int], scale: int = 4) -> None:
+    """The rule of every LR/HR pair (training and validation): the HR is exactly ``scale`` x the LR."""
+    (lw, lh), (hw, hh) = lr_size, hr_size
+    if (hw, hh) != (lw * scale, lh * scale):
+        raise SinsrIOError(hr, f"is {hw}x{hh}, not {scale}x its LR {lr.name} ({lw}x{lh})")
 
 
 def _usable_cpus() -> int:
