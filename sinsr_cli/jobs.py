@@ -155,10 +155,10 @@ _Planned = tuple[InputItem, str, Path | None, SinsrIOError | None]
 def _previous_results(planned: Sequence[_Planned], options: UpscaleOptions) -> dict[str, Path]:
     """Inputs that are another input's output (``bird_x4.png`` beside ``bird.png``): a previous
     run's results, met again when outputs go next to their inputs. Real path -> the input whose
-    output it is. Only with a non-empty suffix (without one an output's name is no evidence) and
-    without ``overwrite``: replacing such a file would replace an input, so under ``overwrite``
-    it stays an input and its source fails."""
-    if not options.file_suffix or options.overwrite:
+    output it is. Only with a non-empty suffix (without one an output's name is no evidence).
+    Under ``overwrite`` they are replaced by their source's new output, as a rerun in place
+    with ``--overwrite`` asks; an input that is not some other input's output never is."""
+    if not options.file_suffix:
         return {}
     target_of = {_resolved(t): (item.path, key) for item, key, t, _ in planned if t is not None}
     found: dict[str, Path] = {}

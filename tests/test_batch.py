@@ -311,13 +311,28 @@ def test_never_overwrites_an_input(tmp_path):
     assert (tmp_path / "a.png").read_bytes() == before
 
 
-def test_output_that_is_another_input_is_refused_even_with_overwrite(tmp_path):
+def test_overwrite_in_place_replaces_the_previous_results(tmp_path):
+    """A rerun with ``overwrite`` over a folder holding its previous outputs replaces them: no
+    failure on ``a.png``, no ``a_x4_x4.png``; the other inputs are never replaced."""
     _save(tmp_path / "a.png")
-    _save(tmp_path / "a_x4.png")  # looks like a previous result, but it is an input now
+    _save(tmp_path / "b.png")
+    _save(tmp_path / "a_x4.png", size=(5, 5))  # a previous result (of another size, to tell)
+    before = (tmp_path / "b.png").read_bytes()
     report, pipe = _run(tmp_path, [tmp_path], overwrite=True)
     by_name = {r.item.path.name: r for r in report.results}
-    assert by_name["a.png"].status == "failed" and "is an input of this run" in by_name["a.png"].message
-    assert by_name["a_x4.png"].status == "done"
+    assert by_name["a.png"].status == "done" and by_name["b.png"].status == "done" and len(pipe.calls) == 2
+    assert by_name["a_x4.png"].status == "skipped" and "the output of" in by_name["a_x4.png"].message
+    assert Image.open(tmp_path / "a_x4.png").size == (48, 40) and not (tmp_path / "a_x4_x4.png").exists()
+    assert (tmp_path / "b.png").read_bytes() == before
+
+
+def test_an_input_named_like_no_output_is_never_replaced_even_with_overwrite(tmp_path):
+    _save(tmp_path / "a.png")
+    before = (tmp_path / "a.png").read_bytes()
+    report, _ = _run(tmp_path, [tmp_path], suffix="", overwrite=True)
+    (r,) = report.results
+    assert r.status == "failed" and "overwrite the input" in r.message
+    assert (tmp_path / "a.png").read_bytes() == before
 
 
 def test_rerun_beside_the_inputs_does_nothing(tmp_path):
