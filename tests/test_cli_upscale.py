@@ -221,6 +221,14 @@ def test_output_file_name_for_many_inputs_is_a_usage_error(tmp_path, fake_model)
     assert result.exit_code == 2 and "looks like a file name" in result.stderr
 
 
+def test_output_file_against_format_is_a_usage_error_before_loading(tmp_path, fake_model):
+    _save(tmp_path / "a.png")
+    result = invoke(tmp_path / "a.png", "-o", tmp_path / "x.jpg", "-f", "png")
+    assert result.exit_code == 2 and err_lines(result) == [f"error: {tmp_path / 'x.jpg'}: the extension of --output does not match --format png"]
+    assert not fake_model and not (tmp_path / "x.jpg").exists()  # no model loaded
+    assert invoke(tmp_path / "a.png", "-o", tmp_path / "x.jpg", "-f", "jpeg").exit_code == 0
+
+
 def test_nothing_found(tmp_path, fake_model):
     (tmp_path / "empty").mkdir()
     result = invoke(tmp_path / "empty")

@@ -38,11 +38,18 @@ if TYPE_CHECKING:  # the batch engine imports torch: keep `sinsr --help` fast
 EXIT_INTERRUPTED = 130
 
 
-def _check_output(output: Path | None, single_input_file: bool, n_inputs: int) -> None:
+def _check_output(output: Path | None, single_input_file: bool, n_inputs: int, fmt: str | None = None) -> None:
     """Usage errors about ``-o``, found before any model is loaded (ValueError, SinsrIOError: exit 2)."""
-    from ..imageio import SinsrIOError, format_named
+    from ..imageio import SinsrIOError, choose_output_format, format_named
 
-    if output is None or single_input_file:
+    if output is None:
+        return
+    if single_input_file:  # a named output file and --format that disagree: before any model loads
+        if output.suffix and not output.is_dir() and fmt is not None:
+            try:
+                choose_output_format(fmt, output_file=output)
+            except ValueError:
+                raise ValueError(f"{output}: the extension of --output does not match --format {fmt}") from None
         return
     if output.exists() and not output.is_dir():
         raise ValueError(f"{output}: --output exists and is not a directory ({n_inputs} inputs need a folder)")
@@ -168,7 +175,7 @@ def upscale_cmd(
     items, rejected = collect_inputs(given, recursive=recursive)
     single = _single_input_file(given, len(items))
     if items:
-        _check_output(output, single, len(items))
+        _check_output(output, single, len(items), options.format)
     jobs = plan_jobs(items, rejected, options, explicit=given, single_input_file=single)
     if not items and not any(j.status == "failed" for j in jobs):
         raise fail(f"no images found in {', '.join(given)}", EXIT_PARTIAL)
