@@ -719,6 +719,17 @@ def test_collect_directory_recursive_and_flat(tree: Path) -> None:
     assert [i.rel.as_posix() for i in flat] == ["a.jpeg", "b.png"]
 
 
+def test_a_linked_folder_met_while_walking_is_noted_not_followed(tree: Path) -> None:
+    (tree / "sub" / "loop").symlink_to(tree)  # followed, it would never end
+    (tree / "linked").symlink_to(tree / "sub" / "deeper")
+    items, skipped = collect_inputs([tree])
+    assert [i.rel.as_posix() for i in items] == ["a.jpeg", "b.png", "sub/c.jpg", "sub/deeper/d.webp"]
+    reason = "a link to a folder: not followed, name it to include it"
+    assert dict(skipped) == {tree / "readme.txt": "not an image", tree / "linked": reason, tree / "sub" / "loop": reason}
+    named, _ = collect_inputs([tree / "linked"])  # named, it is walked
+    assert [i.rel.as_posix() for i in named] == ["d.webp"]
+
+
 def test_collect_files_globs_dedup_and_missing(tree: Path) -> None:
     (tree / "link.png").symlink_to(tree / "b.png")
     items, skipped = collect_inputs(

@@ -36,8 +36,9 @@ def collect_inputs(
 
     Returns ``(images, skipped)``: images sorted by path and de-duplicated (same real file once),
     each with ``rel`` below the root it came from (a directory, a glob's fixed prefix, or just the
-    file name); skipped is ``[(path, reason)]`` for non-images ("not an image"), unreadable files
-    and inputs that do not exist or match nothing. Hidden files and directories (".name") found
+    file name); skipped is ``[(path, reason)]`` for non-images ("not an image"), unreadable files,
+    inputs that do not exist or match nothing, and links to folders met while walking (not
+    followed). Hidden files and directories (".name") found
     while walking are ignored silently; a hidden file named explicitly is used.
     """
     found: list[InputItem] = []
@@ -53,6 +54,9 @@ def collect_inputs(
     def walk(root: Path, prefix: Path) -> None:
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
+            for d in dirnames:  # os.walk does not enter them (a link may loop): say so
+                if os.path.islink(os.path.join(dirpath, d)):
+                    skipped.append((Path(dirpath) / d, "a link to a folder: not followed, name it to include it"))
             for name in sorted(filenames):
                 if not name.startswith("."):
                     path = Path(dirpath) / name
