@@ -318,6 +318,8 @@ def _process(
         src, pixels = read()
         prefetch_next()  # decode the next file while this one is on the model
         result.input_size = src.size
+        if src.frames > 1:
+            warn(f"{job.item.path}: {src.frames} frames (animated or multi-page); only the first is upscaled")
         color, alpha = upscale_image(
             engine, src, options, state=state, warn=warn, on_tile=obs.tiles, pixels=pixels
         )

@@ -567,6 +567,18 @@ def test_jpeg_output_drops_alpha_with_a_warning(tmp_path):
     assert any("JPEG has no alpha" in w for w in rec.warnings())
 
 
+def test_an_animated_input_warns_that_only_its_first_frame_is_upscaled(tmp_path):
+    frames = [Image.new("RGB", (6, 6), (40 * k, 20, 30)) for k in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "still.gif")
+    rec = Recorder()
+    report, _ = _run(tmp_path, [tmp_path], observer=rec, output=tmp_path / "out")
+    assert [r.status for r in report.results] == ["done", "done"]
+    by_name = {r.item.path.name: r.warnings for r in report.results}
+    assert by_name == {"anim.gif": [f"{tmp_path / 'anim.gif'}: 3 frames (animated or multi-page); only the first is upscaled"],
+                       "still.gif": []}
+
+
 def test_run_without_pending_needs_no_pipeline(tmp_path):
     (tmp_path / "x.txt").write_text("x")
     options = UpscaleOptions()

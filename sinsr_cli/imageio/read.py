@@ -40,6 +40,7 @@ class LoadedImage:
     icc_profile: bytes | None
     exif: bytes | None  # "Exif\0\0" + TIFF block, Orientation already 1
     path: Path | None
+    frames: int = 1  # frames or pages in the file (animated GIF/WebP/APNG, multi-page TIFF); the first is read
 
     @property
     def size(self) -> tuple[int, int]:
@@ -73,6 +74,8 @@ def read_image(
                 setting="max_pixels",
             )
         fmt = im.format or "UNKNOWN"
+        # MPO's further frames are a phone's previews or depth maps, not part of the picture
+        frames = 1 if fmt == "MPO" else int(getattr(im, "n_frames", 1) or 1)
         rawmode = _tile_rawmode(im)
         _load(im, p)
         color, alpha, grayscale, bit_depth, icc = _decode(im, p, rawmode, f)
@@ -91,6 +94,7 @@ def read_image(
         icc_profile=icc or None,
         exif=exif,
         path=p,
+        frames=frames,
     )
 
 
