@@ -581,6 +581,10 @@ def test_pair_crops_stay_aligned(tmp_path):
         PairCrops(find_pairs(root), crop=32, scale=4)
     with pytest.raises(SinsrIOError, match="not 4x its LR"):  # validation pairs follow the same rule
         load_val_pairs(root)
+    write_png(root / "lr" / "alone.png", torch.rand(3, 12, 12))
+    with pytest.raises(SinsrIOError, match=r"1 LR image\(s\) have no HR image of the same name \(alone.png\)"):
+        find_pairs(root)  # as in bench: half a pair is an error, for --pairs and --val alike
+    (root / "lr" / "alone.png").unlink()
     with pytest.raises(SinsrIOError, match="lr/ and hr/"):
         find_pairs(tmp_path)
     write_png(root / "lr" / "p1.png", F.avg_pool2d(smooth_images(2, 2, 48), 4)[1])

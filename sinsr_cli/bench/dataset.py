@@ -39,6 +39,7 @@ from ..imageio import (
     image_to_tensor,
     pair_by_stem,
     read_image,
+    refuse_unpaired,
     refuse_unreadable,
     tensor_to_image,
     write_image,
@@ -53,8 +54,6 @@ __all__ = [
     "make_lr_dataset",
     "recipe_seed",
 ]
-
-_SHOW = 5  # file names listed in an error before "and N more"
 
 
 @dataclass(frozen=True)
@@ -83,11 +82,6 @@ class BenchDataset:
     @property
     def mode(self) -> str:
         return "paired" if self.paired else "no-reference"
-
-
-def _names(paths: list[Path]) -> str:
-    shown = ", ".join(p.name for p in paths[:_SHOW])
-    return shown + (f" and {len(paths) - _SHOW} more" if len(paths) > _SHOW else "")
 
 
 def find_dataset(
@@ -135,15 +129,7 @@ def find_dataset(
         ]
     else:
         pairs, lr_only, hr_only = pair_by_stem(lr_dir, hr_dir)
-        if lr_only or hr_only:
-            parts = []
-            if lr_only:
-                parts.append(f"{len(lr_only)} LR image(s) have no HR image of the same name ({_names(lr_only)})")
-            if hr_only:
-                parts.append(f"{len(hr_only)} HR image(s) have no LR image of the same name ({_names(hr_only)})")
-            raise SinsrIOError(
-                lr_dir, "; ".join(parts) + f" in {hr_dir}; images are paired by file name without extension"
-            )
+        refuse_unpaired(lr_dir, hr_dir, lr_only, hr_only)
         if not pairs:
             raise SinsrIOError(lr_dir, f"no images found to pair with {hr_dir}")
         items = [BenchItem(lr.relative_to(lr_dir).with_suffix("").as_posix(), lr, h) for lr, h in pairs]

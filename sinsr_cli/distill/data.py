@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from ..imageio import ImageReadError, SinsrIOError, collect_inputs, image_to_tensor, pair_by_stem, read_image, refuse_unreadable
+from ..imageio import ImageReadError, SinsrIOError, collect_inputs, image_to_tensor, pair_by_stem, read_image, refuse_unpaired, refuse_unreadable
 from .degradations import random_crop_pair, rescale_gt
 
 CROP_MODES = ("rescale", "random")
@@ -267,7 +267,8 @@ def pair_dirs(root: str | os.PathLike[str]) -> tuple[Path, Path]:
 def find_pairs(root: str | os.PathLike[str]) -> list[tuple[Path, Path]]:
     """(LR, HR) paths matched by relative path without extension (``imageio.pair_by_stem``)."""
     lr, hr = pair_dirs(root)
-    pairs, _, _ = pair_by_stem(lr, hr)
+    pairs, lr_only, hr_only = pair_by_stem(lr, hr)
+    refuse_unpaired(lr, hr, lr_only, hr_only)  # as bench does: half a pair is a mistake
     if not pairs:
         raise SinsrIOError(root, "no LR/HR pairs with matching names")
     return pairs

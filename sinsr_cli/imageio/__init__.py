@@ -31,7 +31,7 @@ Policies (documented for the CLI):
 
 from __future__ import annotations
 
-from .discover import InputItem, collect_inputs, named_as_image, output_path, pair_by_stem, refuse_unreadable
+from .discover import InputItem, collect_inputs, named_as_image, output_path, pair_by_stem, refuse_unpaired, refuse_unreadable
 from .errors import ImageReadError, ImageWriteError, SinsrIOError
 from .formats import FORMAT_NAMES, IMAGE_EXTENSIONS, Format, choose_output_format, format_named, format_of, parse_format
 from .pixels import image_to_tensor, luma, tensor_to_image, to_uint8
@@ -59,6 +59,7 @@ __all__ = [
     "output_path",
     "pair_by_stem",
     "named_as_image",
+    "refuse_unpaired",
     "refuse_unreadable",
     "parse_format",
     "read_image",

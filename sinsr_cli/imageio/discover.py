@@ -194,3 +194,24 @@ def pair_by_stem(
     lr_only = sorted(lr[k] for k in lr.keys() - hr.keys())
     hr_only = sorted(hr[k] for k in hr.keys() - lr.keys())
     return pairs, lr_only, hr_only
+
+
+def refuse_unpaired(lr_dir: Path, hr_dir: Path, lr_only: Sequence[Path], hr_only: Sequence[Path]) -> None:
+    """Raise SinsrIOError naming ``pair_by_stem``'s images without a partner: a benchmark or a
+    training set missing half of some pairs is a mistake to fix, not images to leave out."""
+    parts = []
+    if lr_only:
+        parts.append(f"{len(lr_only)} LR image(s) have no HR image of the same name ({_names(lr_only)})")
+    if hr_only:
+        parts.append(f"{len(hr_only)} HR image(s) have no LR image of the same name ({_names(hr_only)})")
+    if parts:
+        raise SinsrIOError(lr_dir, "; ".join(parts) + f" in {hr_dir}; images are paired by file name without extension")
+
+
+_SHOW = 5  # file names listed in an error before "and N more"
+
+
+def _names(paths: Sequence[Path]) -> str:
+    shown = ", ".join(p.name for p in paths[:_SHOW])
+    return shown + (f" and {len(paths) - _SHOW} more" if len(paths) > _SHOW else "")
+
