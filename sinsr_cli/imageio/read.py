@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from ..errors import one_line
 from .errors import ImageReadError, megapixels, os_reason
 from .metadata import orient, orientation_and_exif
+from .tiffheader import tiff_layout
 
 DEFAULT_MAX_PIXELS = 178_956_970  # the size at which Pillow itself refuses to open a file
 _GRAY16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -169,7 +169,7 @@ def _open(p: Path, f: IO[bytes]) -> ImageFile.ImageFile:
             return Image.open(f)
     except UnidentifiedImageError:
         claimed = _magic_format(f)
-        layout = _tiff_layout(f) if claimed == "TIFF" else None
+        layout = tiff_layout(f) if claimed == "TIFF" else None
         if layout:  # a whole TIFF in a layout Pillow does not decode (float, 64-bit samples, ...)
             reason = f"unsupported TIFF layout ({layout}); save it as 8- or 16-bit integer samples"
             raise ImageReadError(p, reason) from None
@@ -193,42 +193,6 @@ _MAGIC = (
     (b"MM\x00*", "TIFF"),
     (b"BM", "BMP"),
 )
-
-
-_TIFF_SAMPLE_FORMATS = {1: "unsigned integer", 2: "signed integer", 3: "floating point", 4: "undefined", 5: "complex integer", 6: "complex float"}
-
-
-def _tiff_layout(f: IO[bytes]) -> str | None:
-    """"3 samples of 32-bit floating point" when ``f``'s first TIFF directory parses whole (so
-    the file is intact and only its layout is unsupported), else None."""
-    try:
-        f.seek(0)
-        head = f.read(8)
-        order = {b"II": "<", b"MM": ">"}.get(head[:2])
-        if order is None or len(head) < 8 or struct.unpack(order + "H", head[2:4])[0] != 42:
-            return None
-        f.seek(struct.unpack(order + "I", head[4:8])[0])
-        (n,) = struct.unpack(order + "H", f.read(2))
-        tags: dict[int, tuple[int, ...]] = {}
-        for _ in range(n):
-            entry = f.read(12)
-            tag, kind, count = struct.unpack(order + "HHI", entry[:8])
-            size = {3: 2, 4: 4}.get(kind)  # SHORT or LONG values only: the ones read here
-            if size is None or tag not in (258, 277, 339):
-                continue
-            data = entry[8:12]
-            if size * count > 4:
-                here = f.tell()
-                f.seek(struct.unpack(order + "I", data)[0])
-                data = f.read(size * count)
-                f.seek(here)
-            tags[tag] = struct.unpack(order + ("H" if size == 2 else "I") * count, data[: size * count])
-    except (struct.error, OSError, ValueError):
-        return None
-    bits = sorted(set(tags.get(258, (1,))))
-    samples = tags.get(277, (1,))[0]
-    kind = _TIFF_SAMPLE_FORMATS.get(tags.get(339, (1,))[0], "unknown")
-    return f"{samples} sample(s) of {'/'.join(map(str, bits))}-bit {kind}"
 
 
 def _magic_format(f: IO[bytes]) -> str | None:
