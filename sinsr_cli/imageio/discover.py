@@ -214,4 +214,3 @@ _SHOW = 5  # file names listed in an error before "and N more"
 def _names(paths: Sequence[Path]) -> str:
     shown = ", ".join(p.name for p in paths[:_SHOW])
     return shown + (f" and {len(paths) - _SHOW} more" if len(paths) > _SHOW else "")
-
