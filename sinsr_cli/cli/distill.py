@@ -94,7 +94,7 @@ def distill_cmd(
         torch.set_num_threads(threads)
     if export is not None:  # checked now: the export is written after the whole run
         if export.suffix != ".safetensors":
-            raise ValueError(f"{export}: --export must end in .safetensors")
+            raise ValueError(f"--export {export}: must end in .safetensors")
         reason = unwritable_reason(export) or ("already exists (use --force to replace it)" if export.exists() and not force else None)
         if reason:
             raise ValueError(f"--export {export}: {reason}")
