@@ -453,3 +453,41 @@ def test_no_infinite_mean_breaks_the_table() -> None:
     from sinsr_cli.bench.report import format_metric
 
     assert format_metric("psnr", math.inf) == "inf" and format_metric("psnr", None) == "-"
+
+
+def test_odd_file_names_keep_every_report_intact(tmp_path: Path) -> None:
+    """A newline, an escape sequence or bytes that are not UTF-8 in a name: every report is
+    written; Markdown and the sheet show them as escapes, the CSV keeps the file's own bytes."""
+    import os
+
+    odd = {"new\nline.png": "new\nline.png", "esc\x1b[31m.png": "esc\x1b[31m.png"}
+    undecodable = os.fsdecode(b"bad\xff.png")
+    odd[undecodable] = undecodable
+    make_pairs(tmp_path / "d", odd, size=32)
+    result, doc = bench(tmp_path, tmp_path / "d", "--model", "none", "--learned", "none", "--csv", tmp_path / "r.csv",
+                        "--markdown", tmp_path / "r.md", "--sheet-crop", "16")
+    stems = {n[:-4] for n in odd}
+    assert {i["name"] for i in doc["runs"][0]["images"]} == stems
+    assert Image.open(tmp_path / "r.png").width > 0  # the sheet next to the Markdown
+    md = (tmp_path / "r.md").read_text(encoding="utf-8")  # valid UTF-8
+    assert "new\\nline" in md and "esc\\x1b[31m" in md and "bad\\xff" in md
+    assert "\x1b" not in md
+    table = [ln for ln in md.splitlines() if "new" in ln or "esc" in ln or "bad" in ln]
+    assert table and all(ln.startswith("| ") and ln.endswith(" |") for ln in table)
+    rows = list(csv.reader(io.StringIO((tmp_path / "r.csv").read_bytes().decode("utf-8", "surrogateescape"))))
+    assert {r[5] for r in rows[1:]} == stems
+    assert b"bad\xff.png" in (tmp_path / "r.csv").read_bytes()
+
+
+def test_a_report_that_cannot_be_written_leaves_the_others(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sinsr_cli.bench.sheet import SheetCollector
+
+    def broken(self: object, path: object, report: object) -> Path:
+        raise ValueError("no room for the sheet")
+
+    monkeypatch.setattr(SheetCollector, "save", broken)
+    make_pairs(tmp_path / "d", {"a.png": "a.png"}, size=32)
+    result, doc = bench(tmp_path, tmp_path / "d", "--model", "none", "--learned", "none", "--csv", tmp_path / "r.csv",
+                        "--sheet", tmp_path / "s.png", "--sheet-crop", "16", expect=1)
+    assert doc["runs"][0]["images"] and (tmp_path / "r.csv").exists() and not (tmp_path / "s.png").exists()
+    assert error_line(result) == f"error: could not write --sheet {tmp_path / 's.png'}: no room for the sheet"

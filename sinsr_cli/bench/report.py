@@ -22,6 +22,7 @@ from typing import Any
 
 from ..files import unwritable_reason
 from ..imageio import atomic_write_bytes
+from ..text import printable
 from .dataset import LR_RECIPES, BenchDataset
 from .metrics import LOWER_IS_BETTER
 from .results import BenchReport, RunResult
@@ -188,8 +189,9 @@ def _within(path: str, root: str) -> bool:
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Atomically write a report file (parents created)."""
-    return atomic_write_bytes(Path(path), text.encode("utf-8"))
+    """Atomically write a report file (parents created). A path from a name that was not UTF-8
+    is written back as its original bytes, so the CSV names the file that exists."""
+    return atomic_write_bytes(Path(path), text.encode("utf-8", "surrogateescape"))
 
 
 # --------------------------------------------------------------------------- summary table
@@ -272,7 +274,7 @@ def summary_table(report: BenchReport) -> SummaryTable:
 
 
 def _md_escape(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    return printable(str(text)).replace("|", "\\|")
 
 
 def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]], bold: Sequence[Sequence[bool]] | None = None) -> str:
@@ -291,7 +293,7 @@ def to_markdown(report: BenchReport, *, sheet: str | None = None, title: str | N
     ds, env, st = report.dataset, report.environment, report.settings
     name = title or (ds.lr_root.parent.name if ds.lr_root.name == "lr" else ds.lr_root.name)
     table = summary_table(report)
-    out = [f"# sinsr bench: {name}", ""]
+    out = [f"# sinsr bench: {printable(name)}", ""]
     crop = f", central {st['center_crop']} px LR crops" if st.get("center_crop") else ""
     out.append(
         f"{len(ds.items)} {'image pairs' if ds.paired else 'images'} ({ds.mode}, x{st['scale']}{crop}) · "
@@ -331,12 +333,12 @@ def to_markdown(report: BenchReport, *, sheet: str | None = None, title: str | N
     out += ["", "## Protocol", ""]
     out += [f"- **{k}**: {_md_escape(v)}" for k, v in report.protocol.items()]
     out += ["", "## Settings", ""]
-    out += [f"- {k}: `{v}`" for k, v in st.items() if v is not None]
-    out += [f"- lr_dir: `{ds.lr_root}`"] + ([f"- hr_dir: `{ds.hr_root}`"] if ds.hr_root else [])
+    out += [f"- {k}: `{printable(str(v))}`" for k, v in st.items() if v is not None]
+    out += [f"- lr_dir: `{printable(str(ds.lr_root))}`"] + ([f"- hr_dir: `{printable(str(ds.hr_root))}`"] if ds.hr_root else [])
     if ds.lr_recipe is not None:
         out += [f"- LR made by sinsr: `{ds.lr_recipe}`: {_md_escape(LR_RECIPES[ds.lr_recipe])}"]
     model_lines = [
-        f"- {r.label}: model `{r.model}`, preset `{r.preset}`, sampler `{r.sampler}`"
+        f"- {_md_escape(r.label)}: model `{printable(str(r.model))}`, preset `{r.preset}`, sampler `{r.sampler}`"
         for r in report.runs if r.model is not None
     ]
     out += model_lines

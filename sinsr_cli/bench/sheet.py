@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import SettingError
 from ..imageio import luma, to_uint8, write_image
+from ..text import printable
 from .dataset import ImageStore
 from .report import format_metric
 from .results import BenchReport, RunResult
@@ -59,6 +60,8 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 
 def _fit(draw: ImageDraw.ImageDraw, text: str, width: int, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> str:
+    """``text`` on one line (a name's newline shown as ``\\n``), cut with "…" to ``width`` px."""
+    text = printable(text)
     if draw.textlength(text, font=font) <= width:
         return text
     while text and draw.textlength(text + "…", font=font) > width:
@@ -110,7 +113,7 @@ class SheetCollector:
     def left_out_text(self, limit: int = 12) -> str:
         names = self.left_out
         more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
-        return ", ".join(names[:limit]) + more
+        return ", ".join(printable(n) for n in names[:limit]) + more
 
     @staticmethod
     def _cut(rgb: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:

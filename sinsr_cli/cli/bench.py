@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..config import DEFAULT_SEED
+from ..errors import one_line
 from .common import EXIT_PARTIAL, console, handle_errors, parse_tile, quiet_option
 
 if TYPE_CHECKING:
@@ -252,19 +253,27 @@ def bench_cmd(
         for r in report.runs:
             if r.error:
                 console.print(f"[red]error:[/red] {escape(r.label)}: {escape(r.error)}", soft_wrap=True, highlight=False)
-    written: list[Path] = []
-    if collector is not None and sheet is not None:
-        written.append(collector.save(sheet, report))
     command = ["sinsr", "bench", *sys.argv[2:]] if len(sys.argv) > 1 and sys.argv[1] == "bench" else None
-    if json_path is not None:
-        written.append(write_text(json_path, to_json(report, command=command)))
-    if csv_path is not None:
-        written.append(write_text(csv_path, to_csv(report)))
-    if markdown is not None:
-        link = None
-        if sheet is not None:
-            link = Path(os.path.relpath(sheet.resolve(), markdown.resolve().parent)).as_posix()
-        written.append(write_text(markdown, to_markdown(report, sheet=link)))
+    link = None
+    if markdown is not None and sheet is not None:
+        link = Path(os.path.relpath(sheet.resolve(), markdown.resolve().parent)).as_posix()
+    # Each report on its own: one that cannot be written (a full disk, a name a font cannot
+    # lay out) must not take the others, and the run's results, with it.
+    writers: list[tuple[str, Optional[Path], Callable[[Path], Path]]] = [
+        ("--json", json_path, lambda p: write_text(p, to_json(report, command=command))),
+        ("--csv", csv_path, lambda p: write_text(p, to_csv(report))),
+        ("--markdown", markdown, lambda p: write_text(p, to_markdown(report, sheet=link))),
+        (sheet_label, sheet if collector is not None else None, lambda p: collector.save(p, report)),
+    ]
+    written: list[Path] = []
+    unwritten: list[str] = []
+    for label, path, write in writers:
+        if path is None:
+            continue
+        try:
+            written.append(write(path))
+        except Exception as e:  # noqa: BLE001 - reported in one line, exit 1
+            unwritten.append(f"{label} {path}: {one_line(e)}")
     if show:
         if collector is not None and collector.left_out:
             shown = len(dataset.items) - len(collector.left_out)
@@ -274,7 +283,9 @@ def bench_cmd(
         if save_images is not None:
             console.print(f"SR images under {save_images}")
         console.print(f"bench took {report.wall_s:.1f} s")
-    if report.failed:
+    for text in unwritten:
+        console.print(f"[red]error:[/red] could not write {escape(text)}", soft_wrap=True, highlight=False)
+    if report.failed or unwritten:
         raise typer.Exit(EXIT_PARTIAL)
 
 
