@@ -12,6 +12,7 @@ from pathlib import Path
 from . import __version__
 from .errors import SettingError
 from .fetch import Progress, sha256_file
+from .files import atomic_path, unwritable_reason
 from .cache import CachePaths, cache_root, link_or_copy, read_sidecar
 from .hub import resolve_weights
 from .zoo import HF_LICENCE, LICENCE_URLS, ZOO, ZooEntry, zoo_entry
@@ -37,6 +38,11 @@ def export_mirror(
     entries = [zoo_entry(n) for n in dict.fromkeys(names)] if names else list(ZOO)
     out = Path(folder).expanduser()
     targets = [out / e.hub_filename for e in entries] + [out / "README.md", out / "SHA256SUMS"]
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: is a file, not a folder")
+    reason = unwritable_reason(out / "README.md")
+    if reason:
+        raise ValueError(f"{out}: {reason}")
     existing = [t for t in targets if os.path.lexists(t)]
     if existing and not force:
         raise SettingError("force", f"{existing[0]}: already exists (use force to replace the mirror's files)", ("force",))
@@ -49,9 +55,16 @@ def export_mirror(
         link_or_copy(src, dst)
         sha = rec.get("sha256") or sha256_file(dst)
         rows.append((e, sha, dst.stat().st_size, rec.get("source", e.url)))
-    (out / "SHA256SUMS").write_text("".join(f"{sha}  {e.hub_filename}\n" for e, sha, _, _ in rows))
-    (out / "README.md").write_text(_model_card(rows))
+    _write(out / "SHA256SUMS", "".join(f"{sha}  {e.hub_filename}\n" for e, sha, _, _ in rows))
+    _write(out / "README.md", _model_card(rows))
     return [out / e.hub_filename for e in entries] + [out / "SHA256SUMS", out / "README.md"]
+
+
+def _write(path: Path, text: str) -> None:
+    """Replace ``path`` whole: a link there is replaced, never written through (``--force`` over a
+    folder where README.md links to a user's file must not change that file)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def _model_card(rows: Sequence[tuple[ZooEntry, str, int, str]]) -> str:

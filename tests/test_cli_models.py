@@ -225,6 +225,17 @@ def test_models_verify_and_export(tmp_path, monkeypatch, tiny_checkpoints):
     assert sums == [json.loads((tmp_path / "cache" / "models" / "vq-f4.json").read_text())["sha256"], "vq_f4.safetensors"]
     r = runner.invoke(app, ["export", str(tmp_path / "mirror"), "vq-f4"])
     assert r.exit_code == 2 and "already exists" in r.output
+    mine = tmp_path / "my-notes.md"  # --force replaces a link in the folder, never the file it points to
+    mine.write_text("my own notes")
+    (tmp_path / "mirror" / "README.md").unlink()
+    (tmp_path / "mirror" / "README.md").symlink_to(mine)
+    r = runner.invoke(app, ["export", str(tmp_path / "mirror"), "vq-f4", "--force"])
+    assert r.exit_code == 0, r.output
+    assert mine.read_text() == "my own notes" and not (tmp_path / "mirror" / "README.md").is_symlink()
+    assert "sinsr weights mirror" in (tmp_path / "mirror" / "README.md").read_text()
+    for where, reason in ((mine, "is a file, not a folder"), (mine / "sub", "a parent path is a file")):
+        r = runner.invoke(app, ["export", str(where), "vq-f4"])
+        assert r.exit_code == 2 and r.output.startswith(f"error: {where}: {reason}"), r.output
     r = runner.invoke(app, ["export", str(tmp_path / "m2"), "sinsr-v1"])
     assert r.exit_code == 1 and "sinsr-v1 is not in the cache" in r.output
 
