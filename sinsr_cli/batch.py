@@ -25,6 +25,7 @@ Policies:
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -38,8 +39,9 @@ import torch
 from .devices import HALF_DTYPES, dtype_name, is_oom_error, release_cached_memory
 from .engine import Engine
 from .errors import one_line
+from .files import OutputExists
 from .imageio import LoadedImage, SinsrIOError, format_of, image_to_tensor, read_image, tensor_to_image, write_image
-from .jobs import Job, message_for, plan_jobs
+from .jobs import SKIP_EXISTS, Job, message_for, plan_jobs
 from .options import UpscaleOptions
 from .plan import Plan, Tiling, resolve_seed
 from .postprocess import finish_color, output_size, upscale_alpha
@@ -213,6 +215,10 @@ def run_batch(
                 interrupted = True
                 emit(ItemResult(job.item, "cancelled", job.target, f"{job.item.path}: not started (interrupted)"))
                 continue
+            if not options.overwrite and job.target is not None and os.path.lexists(job.target):
+                io.drop(k)  # another run into the same folder did this one since the plan: no work twice
+                emit(_written_meanwhile(ItemResult(job.item, "skipped", job.target)))
+                continue
             index += 1
             obs.file_started(job, index, pending)
             nxt = next_pending(k)
@@ -273,6 +279,12 @@ class _IO:
         fut = self.reads.pop(k, None)
         return fut.result if fut is not None else (lambda: self._read(job, options))
 
+    def drop(self, k: int) -> None:
+        """Forget job ``k``'s prefetched image (the job is skipped)."""
+        fut = self.reads.pop(k, None)
+        if fut is not None:
+            fut.cancel()
+
     def background(self, size: tuple[int, int] | None) -> bool:
         return self.pool is not None and size is not None and size[0] * size[1] <= BACKGROUND_WRITE_PIXELS
 
@@ -330,7 +342,7 @@ def _process(
         def write() -> None:
             write_image(
                 target, color, alpha, like=src, quality=options.quality,
-                strip_metadata=options.strip_metadata,
+                strip_metadata=options.strip_metadata, replace=options.overwrite,
             )
 
     except KeyboardInterrupt:
@@ -342,6 +354,14 @@ def _process(
         release_cached_memory(engine.device)
         result.seconds = time.perf_counter() - t0
     return result, write, t0
+
+
+def _written_meanwhile(result: ItemResult) -> ItemResult:
+    """``result`` as a file skipped because another run wrote its output since the plan (two
+    runs into one folder without ``overwrite`` share the work; neither replaces the other's)."""
+    result.status, result.reason = "skipped", SKIP_EXISTS
+    result.message = f"{result.item.path} (output exists: {result.target}; written by another run meanwhile)"
+    return result
 
 
 def _finish_write(result: ItemResult, write: Future[None], t0: float, device: torch.device) -> bool:
@@ -361,6 +381,8 @@ def _finish_write(result: ItemResult, write: Future[None], t0: float, device: to
             result.status, result.message = "cancelled", f"{result.item.path}: interrupted; nothing written"
             keep_error(result, e)
             return True
+        except OutputExists:  # another run wrote it while this one was on it: keep theirs
+            _written_meanwhile(result)
         except Exception as e:  # noqa: BLE001 - a failed write fails this file only
             _fail(result, e, device)
         else:

@@ -6,23 +6,32 @@ The lowest layer (no torch, no other sinsr module), so models, the cache and ima
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-__all__ = ["atomic_path", "new_file_mode", "unwritable_reason"]
+__all__ = ["OutputExists", "atomic_path", "new_file_mode", "unwritable_reason"]
+
+
+class OutputExists(FileExistsError):
+    """``atomic_path(replace=False)`` found a file at its path when the body finished."""
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike[str], *, suffix: str = ".tmp", fsync: bool = True) -> Iterator[Path]:
+def atomic_path(
+    path: str | os.PathLike[str], *, suffix: str = ".tmp", fsync: bool = True, replace: bool = True
+) -> Iterator[Path]:
     """A new empty file next to ``path`` for the body to write; it replaces ``path`` (after an
     fsync) only if the body finishes, and is removed otherwise.
 
     The name starts with "." so input discovery skips what a killed run leaves; the file is made
     ``0o666 & ~umask`` like any new file (``mkstemp`` would make it 0600). ``fsync=False`` for a
-    body that syncs its own handle.
+    body that syncs its own handle. ``replace=False``: ``path`` is created only if nothing is
+    there when the body finishes (:class:`OutputExists` otherwise), so two runs writing the same file
+    at once never both write it.
     """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -32,7 +41,10 @@ def atomic_path(path: str | os.PathLike[str], *, suffix: str = ".tmp", fsync: bo
         if fsync:
             with open(tmp, "r+b") as f:
                 os.fsync(f.fileno())
-        os.replace(tmp, p)
+        if replace:
+            os.replace(tmp, p)
+        else:
+            _publish_new(tmp, p)
     except BaseException:
         with suppress(OSError):
             os.unlink(tmp)
@@ -54,6 +66,21 @@ def unwritable_reason(path: str | os.PathLike[str]) -> str | None:
                 return "permission denied"
             return None
     return None
+
+
+def _publish_new(tmp: Path, p: Path) -> None:
+    """Move ``tmp`` to ``p`` only where ``p`` does not exist: a hard link fails atomically on an
+    existing name. Where links are impossible (FAT, some network shares) a check, then a rename."""
+    try:
+        os.link(tmp, p)
+    except FileExistsError:
+        raise OutputExists(errno.EEXIST, "already exists", str(p)) from None
+    except OSError:
+        if os.path.lexists(p):
+            raise OutputExists(errno.EEXIST, "already exists", str(p)) from None
+        os.replace(tmp, p)
+        return
+    os.unlink(tmp)
 
 
 def new_file_mode() -> int:

@@ -367,6 +367,68 @@ def test_existing_output_is_skipped_or_replaced(tmp_path):
     assert report.results[0].status == "done" and Image.open(out / "a_x4.png").size == (48, 40)
 
 
+def test_an_output_another_run_wrote_meanwhile_is_kept(tmp_path):
+    """Two runs into one folder at once: the file the other run wrote while this one was on the
+    model is kept (skipped, output exists) unless --overwrite; no temporary file is left."""
+    _save(tmp_path / "in" / "a.png")
+    out = tmp_path / "out"
+    theirs = out / "a_x4.png"
+
+    def other_run(n):
+        out.mkdir(exist_ok=True)
+        theirs.write_bytes(b"theirs")
+
+    report, _ = _run(tmp_path, [tmp_path / "in"], pipe=FakePipe(on_call=other_run), output=out)
+    r = report.results[0]
+    assert (r.status, r.reason) == ("skipped", SKIP_EXISTS) and not report.failed
+    assert "written by another run meanwhile" in r.message
+    assert theirs.read_bytes() == b"theirs" and not _leftovers(out)
+    report, _ = _run(tmp_path, [tmp_path / "in"], pipe=FakePipe(on_call=other_run), output=out, overwrite=True)
+    assert report.results[0].status == "done" and Image.open(theirs).size == (48, 40)
+
+
+def test_files_another_run_finished_are_not_upscaled_again(tmp_path):
+    """Two runs into one folder share the work: a file whose output appeared since the plan
+    is skipped before it is read."""
+    for name in "abc":
+        _save(tmp_path / "in" / f"{name}.png")
+    out = tmp_path / "out"
+
+    def other_run(n):
+        if n == 1:
+            out.mkdir(exist_ok=True)
+            (out / "c_x4.png").write_bytes(b"theirs")
+
+    report, pipe = _run(tmp_path, [tmp_path / "in"], pipe=FakePipe(on_call=other_run), output=out, io_threads=True)
+    assert [(r.item.path.name, r.status) for r in report.results] == [("a.png", "done"), ("b.png", "done"), ("c.png", "skipped")]
+    assert len(pipe.calls) == 2 and (out / "c_x4.png").read_bytes() == b"theirs"
+    assert report.results[2].reason == SKIP_EXISTS and "another run" in report.results[2].message
+
+
+def test_atomic_path_without_replace_never_replaces(tmp_path, monkeypatch):
+    from sinsr_cli.files import OutputExists, atomic_path
+
+    target = tmp_path / "f.txt"
+    with atomic_path(target, replace=False) as tmp:
+        tmp.write_text("first")
+    with pytest.raises(OutputExists):
+        with atomic_path(target, replace=False) as tmp:
+            tmp.write_text("second")
+    assert target.read_text() == "first" and sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]
+
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")  # FAT, some network shares
+
+    monkeypatch.setattr("os.link", no_links)
+    with pytest.raises(OutputExists):
+        with atomic_path(target, replace=False) as tmp:
+            tmp.write_text("third")
+    with atomic_path(tmp_path / "g.txt", replace=False) as tmp:
+        tmp.write_text("fourth")
+    assert target.read_text() == "first" and (tmp_path / "g.txt").read_text() == "fourth"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt", "g.txt"]
+
+
 def test_two_inputs_one_output_is_refused(tmp_path):
     _save(tmp_path / "in" / "a.png")
     _save(tmp_path / "in" / "a.webp", format="WEBP")

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import one_line
-from ..files import atomic_path
+from ..files import OutputExists, atomic_path
 from .encoders import encode_png16, encode_tiff
 from .errors import ImageWriteError, SinsrIOError, os_reason
 from .formats import format_of, parse_format
@@ -39,6 +39,7 @@ def write_image(
     strip_metadata: bool = False,
     bit_depth: int | None = None,
     png_compress_level: int = PNG_COMPRESS_LEVEL,
+    replace: bool = True,
 ) -> Path:
     """Atomically write float ``rgb`` ``[H, W, 3]`` (or ``[H, W]`` gray) in [0, 1], optional alpha.
 
@@ -46,7 +47,8 @@ def write_image(
     overrides it. ``like`` supplies the ICC
     profile, EXIF, grayscale-ness and bit depth of the source. ``bit_depth`` (8 or 16) overrides
     ``like``; 16 is PNG/TIFF only. ``quality`` (1-100) is for JPEG/WebP. Alpha is dropped for
-    JPEG. ``png_compress_level`` (0-9) trades PNG size for time. Raises ``ImageWriteError``
+    JPEG. ``png_compress_level`` (0-9) trades PNG size for time. ``replace=False`` writes only
+    where no file is there by the end (``files.OutputExists`` otherwise: another run wrote it). Raises ``ImageWriteError``
     (one line) if the file cannot be written; an EXIF block too large for JPEG is one whose
     ``setting`` is "strip_metadata".
     """
@@ -101,14 +103,14 @@ def write_image(
         )
 
     try:
-        with _atomic_open(p) as f:
+        with _atomic_open(p, replace) as f:
             if fmt == "PNG" and depth == 16:
                 encode_png16(f, pixels, icc, exif, png_compress_level)
             elif fmt == "TIFF":
                 encode_tiff(f, pixels, icc, exif)
             else:
                 _encode_pillow(f, pixels, fmt, quality, icc, exif, png_compress_level)
-    except SinsrIOError:
+    except (SinsrIOError, OutputExists):
         raise
     except OSError as e:
         raise ImageWriteError(p, f"cannot write: {os_reason(e)}") from None
@@ -131,12 +133,12 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 
 
 @contextmanager
-def _atomic_open(p: Path) -> Iterator[IO[bytes]]:
+def _atomic_open(p: Path, replace: bool = True) -> Iterator[IO[bytes]]:
     """A file in ``p``'s directory that replaces ``p`` only if the body finishes; removed otherwise.
 
     The temporary name starts with "." so input discovery skips leftovers of a killed run.
     """
-    with atomic_path(p, fsync=False) as tmp, open(tmp, "wb") as f:
+    with atomic_path(p, fsync=False, replace=replace) as tmp, open(tmp, "wb") as f:
         yield f
         f.flush()
         os.fsync(f.fileno())
