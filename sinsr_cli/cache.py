@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .files import atomic_path
+from .files import atomic_path, unwritable_reason
 from .zoo import ZooEntry, zoo_entry
 
-__all__ = ["SIDECAR_FORMAT", "CachePaths", "cache_root", "link_or_copy", "read_sidecar",
+__all__ = ["SIDECAR_FORMAT", "CachePaths", "cache_root", "cache_unwritable", "link_or_copy", "read_sidecar",
            "safetensors_metadata", "weights_path", "write_json"]
 
 SIDECAR_FORMAT = 1
@@ -36,6 +36,22 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     if xdg and os.path.isabs(xdg):
         return Path(xdg) / "sinsr"
     return Path.home() / ".cache" / "sinsr"
+
+
+def cache_unwritable(root: Path) -> str | None:
+    """Why the cache at ``root`` cannot take a new model, as a sentence naming where it came from
+    (``SINSR_CACHE=/x is a file, not a directory``), or None. A cache that cannot be written still
+    serves what is in it; this is asked only before something must be saved there."""
+    env = os.environ.get("SINSR_CACHE")
+    name = f"SINSR_CACHE={root}" if env and Path(env).expanduser() == root else f"the cache {root}"
+    if root.exists() and not root.is_dir():
+        return f"{name} is a file, not a directory"
+    reason = unwritable_reason(root / "incoming" / "probe")
+    if reason == "a parent path is a file, not a directory":
+        return f"{name} holds a file where its folders must be"
+    if reason is not None:
+        return f"{name} is not a writable directory ({reason})"
+    return None
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from .cache import (
     SIDECAR_FORMAT,
     CachePaths,
     cache_root,
+    cache_unwritable,
     link_or_copy,
     read_sidecar,
     safetensors_metadata,
@@ -202,6 +203,8 @@ def verify_cache(
 def _resolve(p: CachePaths, *, offline: bool, progress: Progress | None, force: bool) -> Path:
     e = p.entry
     problem = ""
+    if p.weights.is_dir():
+        raise WeightsUnavailable(f"{p.weights} is a directory, not a model file (remove it to fetch {e.name} again)")
     if p.weights.exists() and not force:
         rec = read_sidecar(p.sidecar)
         if rec is not None and "sha256" in rec:
@@ -224,6 +227,12 @@ def _resolve(p: CachePaths, *, offline: bool, progress: Progress | None, force: 
         p.incoming.unlink(missing_ok=True)
         return out
 
+    unwritable = cache_unwritable(p.root)
+    if unwritable:  # nothing could be saved there: neither a download nor a file put in incoming/
+        why = f" ({problem})" if problem else ""
+        raise WeightsUnavailable(
+            f"{e.name} is not in the cache{why}, and {unwritable}: set SINSR_CACHE to a folder you can write"
+        )
     if offline:
         why = [problem] if problem else []
         if fetch.hub_repo(e):
@@ -256,6 +265,8 @@ def _resolve(p: CachePaths, *, offline: bool, progress: Progress | None, force: 
             tmp.unlink(missing_ok=True)
     except Exception as err:  # the URL itself is in the message's last part
         errors.append(f"release on {urllib.parse.urlsplit(e.url).netloc}: {fetch.describe(err)}")
+    if force and p.weights.is_file():  # `download --force` of a cached model: the copy stays
+        raise WeightsMissing(f"{e.name} could not be downloaded again ({'; '.join(errors)}); the cached {p.weights} is kept")
     raise _missing(p, "could not be downloaded", errors)
 
 

@@ -289,6 +289,41 @@ def test_offline_without_cache_says_where_to_put_the_file(env, server, vq_pth, m
     assert not incoming.exists() and server.log == []
 
 
+def test_a_cache_that_cannot_take_a_model_is_named_in_one_line(env, server, vq_pth, monkeypatch):
+    """SINSR_CACHE a file, a read-only folder, or one with a file for incoming/: one line
+    naming SINSR_CACHE, before any download; a model already there is still served."""
+    server.release("autoencoder_vq_f4.pth", vq_pth)
+    env.parent.mkdir(parents=True, exist_ok=True)
+    env.write_text("not a folder")
+    with pytest.raises(WeightsUnavailable) as info:
+        download("vq-f4")
+    assert str(info.value) == (
+        f"vq-f4 is not in the cache, and SINSR_CACHE={env} is a file, not a directory: "
+        "set SINSR_CACHE to a folder you can write"
+    )
+    assert not isinstance(info.value, WeightsMissing) and server.log == []
+    env.unlink()
+    (env / "incoming").parent.mkdir(parents=True)
+    (env / "incoming").write_text("x")
+    with pytest.raises(WeightsUnavailable, match=r"holds a file where its folders must be: set SINSR_CACHE"):
+        resolve_weights("vq-f4")
+    (env / "incoming").unlink()
+    (env / "models" / "vq-f4.safetensors").mkdir(parents=True)
+    with pytest.raises(WeightsUnavailable) as info:
+        resolve_weights("vq-f4")
+    assert str(info.value) == f"{env / 'models' / 'vq-f4.safetensors'} is a directory, not a model file (remove it to fetch vq-f4 again)"
+    (env / "models" / "vq-f4.safetensors").rmdir()
+    path = download("vq-f4")
+    n = len(server.log)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: not Path(p).is_relative_to(env) and real_access(p, mode, **kw))
+    assert resolve_weights("vq-f4") == path  # read-only now: what is there is served
+    with pytest.raises(WeightsUnavailable, match=r"sinsr-v1 is not in the cache, and SINSR_CACHE=.* is not a "
+                       r"writable directory \(permission denied\)"):
+        resolve_weights("sinsr-v1")
+    assert len(server.log) == n
+
+
 def test_corrupt_cache_is_detected_and_fetched_again(env, server, vq_pth):
     server.release("autoencoder_vq_f4.pth", vq_pth)
     path = resolve_weights("vq-f4")
@@ -384,6 +419,13 @@ def test_download_force_fetches_again(env, server, vq_pth):
     assert server.count("/releases/", "GET") == 2
     with pytest.raises(WeightsUnavailable, match="offline"):
         download("vq-f4", force=True, offline=True)
+    path = resolve_weights("vq-f4")
+    server.routes.clear()  # the release is gone: the copy in the cache is kept, and said so
+    with pytest.raises(WeightsMissing) as info:
+        download("vq-f4", force=True)
+    msg = str(info.value)
+    assert msg.startswith("vq-f4 could not be downloaded again (") and msg.endswith(f"the cached {path} is kept")
+    assert "not in the cache" not in msg and resolve_weights("vq-f4") == path
 
 
 # -- the Hub --------------------------------------------------------------------------------
