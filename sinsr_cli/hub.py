@@ -93,7 +93,7 @@ def resolve_weights(
         if path.exists():
             raise WeightsUnavailable(f"{path}: is not a file")
         raise WeightsUnavailable(
-            f"{text}: no such file, and not a model name (known models: {', '.join(sorted(names))})"
+            f"{text}: no such file, and not a model name{_zoo.did_you_mean(text)} (known models: {', '.join(sorted(names))})"
         )
     entry = zoo_entry(text)
     if kind is not None and entry.kind != kind:

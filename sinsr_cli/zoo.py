@@ -111,7 +111,18 @@ def zoo_entry(name: str) -> ZooEntry:
     for e in ZOO:
         if e.name == name:
             return e
-    raise ValueError(f"unknown model {name!r}; known models: {', '.join(e.name for e in ZOO)}")
+    raise ValueError(f"unknown model {name!r}{did_you_mean(name)}; known models: {', '.join(e.name for e in ZOO)}")
 
 
-__all__ = ["HF_LICENCE", "LICENCE_URLS", "ZOO", "WeightsMissing", "WeightsUnavailable", "ZooEntry", "zoo_entry"]
+def did_you_mean(name: str) -> str:
+    """``" (did you mean 'sinsr-v1'?)"`` for a near miss of a zoo name (case, a dash, a typo), or ""."""
+    import difflib
+
+    names = [e.name for e in ZOO]
+    close = difflib.get_close_matches(name.strip().lower(), names, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+__all__ = [
+    "HF_LICENCE", "LICENCE_URLS", "ZOO", "WeightsMissing", "WeightsUnavailable", "ZooEntry", "did_you_mean", "zoo_entry",
+]

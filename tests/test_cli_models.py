@@ -155,6 +155,8 @@ def test_download_offline_without_cache_is_one_line(tmp_path, monkeypatch):
     assert "Traceback" not in r.output and "sinsr-v1" in r.output
     r = runner.invoke(app, ["download", "sinsr-v9"])
     assert r.exit_code == 2 and "unknown model" in r.output
+    r = runner.invoke(app, ["download", "SinSR_v1"])
+    assert r.exit_code == 2 and r.output.startswith("error: unknown model 'SinSR_v1' (did you mean 'sinsr-v1'?); known")
 
 
 def test_upscale_first_run_offline_is_one_line_exit_1(tmp_path, monkeypatch):

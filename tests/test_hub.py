@@ -501,6 +501,11 @@ def test_local_path_passes_through(env, server, tmp_path):
         resolve_weights(str(tmp_path / "missing.pth"))
     with pytest.raises(WeightsUnavailable, match="is not a file"):
         resolve_weights(str(tmp_path))
+    with pytest.raises(WeightsUnavailable, match=r"^resshft-v1: no such file, and not a model name \(did you mean 'resshift-v1'\?\) \(known"):
+        resolve_weights("resshft-v1")
+    with pytest.raises(WeightsUnavailable) as info:
+        resolve_weights("nothing-like-it")
+    assert "did you mean" not in str(info.value)
     with pytest.raises(ValueError, match="vq-f4 is a vq model"):
         resolve_weights("vq-f4", kind="unet")
     assert server.log == []
