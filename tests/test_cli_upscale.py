@@ -259,6 +259,28 @@ def test_folder_tree_mirrored_and_paths_on_stdout(tmp_path, fake_model):
     assert {c["seed"] for c in fake_model[0].calls} == {5}
 
 
+def test_json_always_carries_the_exit_code(tmp_path, fake_model):
+    """--json: the summary says how the command ends; an error before the run is JSON too, and
+    a message is plain text (a path's "[red]" is not markup)."""
+    import json
+
+    _save(tmp_path / "in" / "a.png")
+    (tmp_path / "in" / "b.png").write_bytes(b"not an image")
+    result = invoke(tmp_path / "in", "-o", tmp_path / "out", "--json")
+    doc = json.loads(result.stdout)
+    assert result.exit_code == 1 and doc["exit_code"] == 1 and doc["counts"]["failed"] == 1
+    assert json.loads(invoke(tmp_path / "in" / "a.png", "-o", tmp_path / "o2.png", "--json").stdout)["exit_code"] == 0
+    empty = tmp_path / "[red]empty"
+    empty.mkdir()
+    result = invoke(empty, "--json")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout) == {"error": f"no images found in {empty}", "exit_code": 1}
+    assert err_lines(result) == [f"error: no images found in {empty}"]
+    result = invoke(tmp_path / "in", "--json", "--tile", "-5")
+    assert result.exit_code == 2 and json.loads(result.stdout)["exit_code"] == 2
+    assert json.loads(result.stdout)["error"] == err_lines(result)[0][len("error: "):]
+
+
 def test_no_recursive_and_globs(tmp_path, fake_model):
     _save(tmp_path / "in" / "a.png")
     _save(tmp_path / "in" / "b.jpg", format="JPEG")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
+import json
 import logging
 import os
 import re
@@ -16,7 +17,7 @@ from typing import Any, Callable, TypeVar
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
 from ..errors import one_line
@@ -109,7 +110,7 @@ def reflow(text: str) -> str:
 def _usage_error_in_one_line(e: BaseException) -> None:
     """A click usage error (exit code 2) as one ``error:`` line and exit 2; anything else returns."""
     if getattr(e, "exit_code", None) == EXIT_USAGE and hasattr(e, "format_message"):
-        raise fail(escape(one_line(e.format_message())), EXIT_USAGE) from None  # no usage box
+        raise fail(one_line(e.format_message()), EXIT_USAGE) from None  # no usage box
 
 
 @contextlib.contextmanager
@@ -222,9 +223,12 @@ def flag_message(err: BaseException) -> str:
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> "typer.Exit":
-    """Print ``error: message`` on stderr and return the Exit to raise."""
-    console.print(f"[red]error:[/red] {message}", soft_wrap=True)
-    return typer.Exit(code)
+    """Print ``error: message`` on stderr (plain text: a path's ``[1]`` is not markup) and
+    return the Exit to raise; it keeps the message for ``--json`` (see :func:`handle_errors`)."""
+    console.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
+    exit_ = typer.Exit(code)
+    exit_.message = message  # type: ignore[attr-defined]
+    return exit_
 
 
 def handle_errors(fn: F) -> F:
@@ -232,12 +236,22 @@ def handle_errors(fn: F) -> F:
     :func:`run_failures`, such as weights that cannot be had).
 
     ``--verbose`` (a ``verbose`` keyword of the command) prints the traceback as well, and lets
-    library warnings through (:func:`library_logging`).
+    library warnings through (:func:`library_logging`). With ``--json`` (a ``json_out`` keyword)
+    an error is also ``{"error", "exit_code"}`` on stdout, so a script reading it always gets JSON.
     Anything unexpected still prints one line, plus a hint to rerun with ``--verbose``.
     """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return one_line_errors(*args, **kwargs)
+        except typer.Exit as e:
+            message = getattr(e, "message", None)
+            if kwargs.get("json_out") and message is not None:  # --json: the error as JSON on stdout too
+                typer.echo(json.dumps({"error": message, "exit_code": e.exit_code}, indent=2))
+            raise
+
+    def one_line_errors(*args: Any, **kwargs: Any) -> Any:
         verbose = bool(kwargs.get("verbose", False))
         library_logging(verbose)
         try:

@@ -196,8 +196,9 @@ def upscale_cmd(
             for message in result.warnings if not quiet else ():
                 renderer.line("warning", "yellow", message)
             renderer.file_finished(result)
+    code = EXIT_INTERRUPTED if report.interrupted else EXIT_PARTIAL if report.failed else EXIT_OK
     if json_out:
-        typer.echo(json.dumps(summary_dict(report, processes=rank.world), indent=2))
+        typer.echo(json.dumps(summary_dict(report, processes=rank.world, exit_code=code), indent=2))
     if not quiet:
         summary(report, console)
     if report.interrupted:
@@ -205,8 +206,7 @@ def upscale_cmd(
             "interrupted", "yellow",
             f"{report.count('cancelled')} file(s) not processed; rerun the same command to continue (finished outputs are kept)",
         )
-        raise typer.Exit(EXIT_INTERRUPTED)
-    raise typer.Exit(EXIT_PARTIAL if report.failed else EXIT_OK)
+    raise typer.Exit(code)
 
 
 def _run_sharded(

@@ -158,12 +158,14 @@ def summary(report: BatchReport, err: Console) -> None:
         )
 
 
-def summary_dict(report: BatchReport, *, processes: int = 1) -> dict[str, object]:
-    """``--json``: the run's counts and every input's outcome, in job order (paths as given)."""
+def summary_dict(report: BatchReport, *, processes: int = 1, exit_code: int | None = None) -> dict[str, object]:
+    """``--json``: the run's counts and every input's outcome, in job order (paths as given), and
+    the exit code the command ends with."""
     def size(s: tuple[int, int] | None) -> list[int] | None:
         return None if s is None else list(s)
 
     return {
+        "exit_code": exit_code,
         "seed": report.seed,
         "seconds": report.seconds,
         "processes": processes,
