@@ -40,14 +40,14 @@ _HOOK = """\
 import os
 _log = os.environ.get("SINSR_TEST_WRITE_LOG")
 if _log:
-    _replace = os.replace
+    def _logging(publish):  # an output appears by a rename, or (never replacing) by a hard link
+        def logged(src, dst, *args, **kwargs):
+            publish(src, dst, *args, **kwargs)
+            with open(_log, "a", encoding="utf-8") as f:
+                f.write(os.environ.get("RANK", "-") + "\\t" + os.fspath(dst) + "\\n")
+        return logged
 
-    def _logged(src, dst, *args, **kwargs):
-        _replace(src, dst, *args, **kwargs)
-        with open(_log, "a", encoding="utf-8") as f:
-            f.write(os.environ.get("RANK", "-") + "\\t" + os.fspath(dst) + "\\n")
-
-    os.replace = _logged
+    os.replace, os.link = _logging(os.replace), _logging(os.link)
 """
 
 
