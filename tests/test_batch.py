@@ -8,6 +8,7 @@ the real tiny pipeline.
 from __future__ import annotations
 
 import copy
+import os
 import dataclasses
 import threading
 import weakref
@@ -115,7 +116,7 @@ class Recorder(BatchObserver):
 
 def _save(path: Path, mode: str = "RGB", size=(12, 10), **params) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(zlib.crc32(path.name.encode()))
+    rng = np.random.default_rng(zlib.crc32(os.fsencode(path.name)))
     if mode == "I;16":
         arr = rng.integers(0, 65536, size=(size[1], size[0]), dtype=np.uint16)
         Image.fromarray(arr).save(path, **params)

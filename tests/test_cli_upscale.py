@@ -281,6 +281,21 @@ def test_json_always_carries_the_exit_code(tmp_path, fake_model):
     assert json.loads(result.stdout)["error"] == err_lines(result)[0][len("error: "):]
 
 
+def test_odd_names_exact_on_stdout_escaped_on_stderr(tmp_path, fake_model):
+    """Written paths on stdout are the file system's bytes (a script can open them); messages on
+    stderr show an escape sequence or an undecodable byte as an escape, never raw."""
+    _save(tmp_path / "in" / "e\x1b[31mred.png")
+    _save(tmp_path / "in" / os.fsdecode(b"u\xff.png"))
+    (tmp_path / "in" / "bad\x1b[1m.png").write_bytes(b"not an image")
+    result = invoke(tmp_path / "in", "-o", tmp_path / "out")
+    assert result.exit_code == 1, result.output
+    out = os.fsencode(tmp_path / "out")
+    assert sorted(result.stdout_bytes.splitlines()) == [out + b"/e\x1b[31mred_x4.png", out + b"/u\xff_x4.png"]
+    assert all(os.path.isfile(p) for p in result.stdout_bytes.splitlines())
+    assert "\x1b" not in result.stderr
+    assert err_lines(result) == [f"error: {tmp_path / 'in'}/bad\\x1b[1m.png: not an image (unrecognised file format)"]
+
+
 def test_no_recursive_and_globs(tmp_path, fake_model):
     _save(tmp_path / "in" / "a.png")
     _save(tmp_path / "in" / "b.jpg", format="JPEG")

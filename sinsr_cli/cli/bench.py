@@ -14,13 +14,12 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..config import DEFAULT_SEED
 from ..errors import one_line
-from .common import EXIT_PARTIAL, console, handle_errors, parse_tile, quiet_option
+from .common import EXIT_PARTIAL, console, handle_errors, parse_tile, quiet_option, shown
 
 if TYPE_CHECKING:
     from ..bench.dataset import BenchDataset
@@ -252,7 +251,7 @@ def bench_cmd(
     else:  # errors only: the runs that failed
         for r in report.runs:
             if r.error:
-                console.print(f"[red]error:[/red] {escape(r.label)}: {escape(r.error)}", soft_wrap=True, highlight=False)
+                console.print(f"[red]error:[/red] {shown(r.label)}: {shown(r.error)}", soft_wrap=True, highlight=False)
     command = ["sinsr", "bench", *sys.argv[2:]] if len(sys.argv) > 1 and sys.argv[1] == "bench" else None
     link = None
     if markdown is not None and sheet is not None:
@@ -276,15 +275,15 @@ def bench_cmd(
             unwritten.append(f"{label} {path}: {one_line(e)}")
     if show:
         if collector is not None and collector.left_out:
-            shown = len(dataset.items) - len(collector.left_out)
-            console.print(f"sheet: {shown} of {len(dataset.items)} images; left out: {collector.left_out_text()}", soft_wrap=True)
+            on_sheet = len(dataset.items) - len(collector.left_out)
+            console.print(f"sheet: {on_sheet} of {len(dataset.items)} images; left out: {shown(collector.left_out_text())}", soft_wrap=True)
         for p in written:
-            console.print(f"wrote {p}")
+            console.print(f"wrote {shown(p)}", soft_wrap=True)
         if save_images is not None:
-            console.print(f"SR images under {save_images}")
+            console.print(f"SR images under {shown(save_images)}", soft_wrap=True)
         console.print(f"bench took {report.wall_s:.1f} s")
     for text in unwritten:
-        console.print(f"[red]error:[/red] could not write {escape(text)}", soft_wrap=True, highlight=False)
+        console.print(f"[red]error:[/red] could not write {shown(text)}", soft_wrap=True, highlight=False)
     if report.failed or unwritten:
         raise typer.Exit(EXIT_PARTIAL)
 
@@ -339,7 +338,7 @@ def _bench_sharded(
 
     def on_message(text: str) -> None:
         if show:
-            progress.console.print(f"[yellow]note:[/yellow] {escape(text)}", soft_wrap=True, highlight=False)
+            progress.console.print(f"[yellow]note:[/yellow] {shown(text)}", soft_wrap=True, highlight=False)
 
     with progress:
         reading = progress.add_task("reading images", total=len(dataset.items))

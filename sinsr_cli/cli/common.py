@@ -17,10 +17,12 @@ from typing import Any, Callable, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
 from ..errors import one_line
+from ..text import printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -222,10 +224,30 @@ def flag_message(err: BaseException) -> str:
     return f"{flag}: {text}"
 
 
+def shown(value: object) -> str:
+    """``value`` ready for a Rich markup string: a path's ``[red]`` kept as text, a newline or
+    escape sequence in a name shown as an escape (never sent to the terminal raw)."""
+    return escape(printable(str(value)))
+
+
+def echo_path(path: object, prefix: str = "") -> None:
+    """A path on stdout exactly as the file system has it, as ``find`` prints it (for scripts:
+    ``typer.echo`` would drop an escape sequence from the name when piped, and a name that is
+    not UTF-8 would not encode)."""
+    sys.stdout.flush()
+    out = getattr(sys.stdout, "buffer", None)
+    data = prefix.encode() + os.fsencode(os.fspath(path)) + b"\n"  # type: ignore[arg-type]
+    if out is None:  # a text-only stream
+        sys.stdout.write(data.decode("utf-8", "backslashreplace"))
+    else:
+        out.write(data)
+        out.flush()
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> "typer.Exit":
     """Print ``error: message`` on stderr (plain text: a path's ``[1]`` is not markup) and
     return the Exit to raise; it keeps the message for ``--json`` (see :func:`handle_errors`)."""
-    console.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
+    console.print(Text.assemble(("error:", "red"), " ", printable(message)), soft_wrap=True)
     exit_ = typer.Exit(code)
     exit_.message = message  # type: ignore[attr-defined]
     return exit_

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import typer
 
-from .common import console, handle_errors, quiet_option
+from .common import console, handle_errors, quiet_option, shown
 
 EXIT_INTERRUPTED = 130
 
@@ -130,7 +130,7 @@ def distill_cmd(
     if talk:  # a schedule the run never gets through trains at a fraction of the rate, silently
         hints = {"warmup": f"lower --warmup (e.g. --warmup {max(1, cfg.steps // 10)})", "milestone": "see --halve-at"}
         for part, message in schedule_warnings(cfg, milestones="halve_at" in given):
-            console.print(f"[yellow]warning:[/yellow] {message}; {hints[part]}", soft_wrap=True, highlight=False)
+            console.print(f"[yellow]warning:[/yellow] {shown(message)}; {hints[part]}", soft_wrap=True, highlight=False)
     teacher_model, preset = load_unet(cfg.teacher, setting="teacher")
     vq_model = load_vq(cfg.vq)
     render = _Render(enabled=talk)
@@ -146,12 +146,12 @@ def distill_cmd(
         raise typer.Exit(EXIT_INTERRUPTED) from None
     if talk:
         if result.checkpoint is not None:
-            console.print(f"checkpoint: {result.checkpoint}")
+            console.print(f"checkpoint: {shown(result.checkpoint)}", soft_wrap=True)
         if result.skipped:
             console.print(f"[yellow]{result.skipped} step(s) skipped (non-finite loss or gradient)[/yellow]")
         run = _quoted(out)
         if result.export is not None:
-            console.print(f"exported the EMA student (step {result.step}): {result.export}")
+            console.print(f"exported the EMA student (step {result.step}): {shown(result.export)}", soft_wrap=True)
             console.print(f"upscale with it: sinsr upscale IMAGES --model {_quoted(result.export)}", soft_wrap=True)
         else:
             console.print(f"export the EMA student: sinsr distill --resume {run} --export student.safetensors", soft_wrap=True)
@@ -159,7 +159,8 @@ def distill_cmd(
 
 
 def _quoted(path: Path | str) -> str:
-    return shlex.quote(str(path))
+    """``path`` as a shell word inside a Rich markup line."""
+    return shown(shlex.quote(str(path)))
 
 
 def _after_interrupt(render: "_Render", out: Path) -> None:
@@ -170,7 +171,7 @@ def _after_interrupt(render: "_Render", out: Path) -> None:
         return
     step, path = saved
     run = _quoted(out)
-    console.print(f"interrupted at step {step}; saved {path}", soft_wrap=True)
+    console.print(f"interrupted at step {step}; saved {shown(path)}", soft_wrap=True)
     console.print(f"resume: sinsr distill --resume {run}", soft_wrap=True)
     console.print(f"or export it now: sinsr distill --resume {run} --steps {step} --export student.safetensors", soft_wrap=True)
 
@@ -276,4 +277,4 @@ class _Render:
         elif kind == "skip":
             console.print(f"[yellow]step {info['step']}: non-finite loss, step skipped ({info['streak']} in a row)[/yellow]")
         elif kind == "warning":
-            console.print(f"[yellow]warning:[/yellow] {info['message']}")
+            console.print(f"[yellow]warning:[/yellow] {shown(info['message'])}", soft_wrap=True)

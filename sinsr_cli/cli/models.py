@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .common import EXIT_PARTIAL, console, handle_errors, quiet_option
+from .common import EXIT_PARTIAL, console, echo_path, handle_errors, quiet_option, shown
 
 
 def _size(n: int | None) -> str:
@@ -57,7 +57,7 @@ def models_cmd(
             row["description"],
         )
     Console().print(table)
-    console.print(f"cache: {folder} (set SINSR_CACHE to move it)", soft_wrap=True, highlight=False)
+    console.print(f"cache: {shown(folder)} (set SINSR_CACHE to move it)", soft_wrap=True, highlight=False)
     if verify:
         ok = sum(r["status"] == "ok" for r in checked.values())
         console.print(f"verified {ok + len(corrupt)} cached model(s): {ok} ok, {len(corrupt)} corrupt")
@@ -79,7 +79,7 @@ def download_cmd(
     for name in names:
         path = download(name, force=force)
         if not quiet:
-            typer.echo(f"{name}: {path}")
+            echo_path(path, prefix=f"{name}: ")
 
 
 @handle_errors
@@ -101,8 +101,8 @@ def export_cmd(
     if quiet:
         return
     for path in paths:
-        typer.echo(str(path))
-    console.print(f"mirror ready: upload {folder} as a model repo and set SINSR_HUB_REPO to it", soft_wrap=True, highlight=False)
+        echo_path(path)
+    console.print(f"mirror ready: upload {shown(folder)} as a model repo and set SINSR_HUB_REPO to it", soft_wrap=True, highlight=False)
 
 
 @handle_errors

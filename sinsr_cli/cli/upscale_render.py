@@ -10,11 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
+
+from ..text import printable
+from .common import echo_path
 
 if TYPE_CHECKING:  # the batch modules import torch: keep `sinsr --help` fast
     from ..jobs import Job
@@ -88,7 +90,7 @@ class Renderer:
 
     # -- output helpers
     def line(self, label: str, style: str, message: str) -> None:
-        self.err.print(Text.assemble((f"{label}: ", style), message), soft_wrap=True, highlight=False)
+        self.err.print(Text.assemble((f"{label}: ", style), printable(message)), soft_wrap=True, highlight=False)
 
     # -- events
     def started(self, pending: int) -> None:
@@ -123,9 +125,9 @@ class Renderer:
             self.line("interrupted", "yellow", result.message)
         elif result.status == "done" and not self.quiet and self.paths:
             if self.paths_via_console:
-                self.err.print(Text(str(result.target)), soft_wrap=True, highlight=False)
+                self.err.print(Text(printable(str(result.target))), soft_wrap=True, highlight=False)
             else:
-                typer.echo(str(result.target))
+                echo_path(result.target)
         started = result.item.path in self._started
         self._started.discard(result.item.path)
         if started and self.progress is not None and self._files is not None:
@@ -150,7 +152,7 @@ def summary(report: BatchReport, err: Console) -> None:
     if failed:
         err.print(Text(f"{len(failed)} input(s) failed:", style="red"))
         for r in failed:
-            err.print(Text(f"  {message(r)}"), soft_wrap=True, highlight=False)
+            err.print(Text(f"  {printable(message(r))}"), soft_wrap=True, highlight=False)
     if report.existing:
         err.print(
             Text(f"{report.existing} output(s) already exist and were kept; --overwrite replaces them", style="dim"),
