@@ -660,7 +660,9 @@ def test_nan_steps_are_skipped_counted_and_stop_the_run(tmp_path, hr_dir, monkey
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     with pytest.raises(TrainingDiverged, match="3 non-finite steps in a row"):
         train(_cfg(hr_dir, steps=10, max_nan_steps=3, ckpt_every=10), teacher, vq, preset, tmp_path / "b", device="cpu")
-    assert not list_checkpoints(tmp_path / "b")
+    # the (skipped, so still finite) steps are kept: resume from them with another lr
+    state = read_checkpoint_state(tmp_path / "b")
+    assert (state["step"], state["skipped"]) == (3, 3) and [p.name for p in list_checkpoints(tmp_path / "b")] == ["step_00000003.pt"]
     for k, v in teacher.state_dict().items():  # the teacher is frozen whatever happens
         assert torch.equal(v, before[k])
 

@@ -119,21 +119,29 @@ class _Killed(Exception):
     pass
 
 
-def test_interrupted_run_resumes_on_the_same_curve(tmp_path, hr_dir):
-    """Stopped abruptly after step 5 (checkpoint at 4), resumed: the same losses at the same steps
-    and the same final weights as an uninterrupted run."""
+def test_interrupted_run_resumes_on_the_same_curve(tmp_path, hr_dir, monkeypatch):
+    """A failure inside step 6 (checkpoint at 4): the run saves step 5 on its way out; resumed,
+    the same losses at the same steps and the same final weights as an uninterrupted run."""
+    import sinsr_cli.distill.trainer as tr
+
     teacher, vq, preset = tiny_teacher()
     cfg = DistillConfig(data=str(hr_dir), batch=4, micro_batch=2, crop=TINY_CROP, steps=8, workers=0, log_every=1,
                         ckpt_every=4, warmup=3, lr=1e-3, ema_rate=0.9)
     full = train(cfg, copy.deepcopy(teacher), vq, preset, tmp_path / "full", device="cpu")
 
-    def kill_after_5(kind, info):
-        if kind == "step" and info["step"] == 5:
-            raise _Killed  # no checkpoint is written for step 5
+    real, calls = tr.student_losses, {"n": 0}
 
+    def fail_in_step_6(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 11:  # two micro-batches a step: step 6's first
+            raise _Killed
+        return real(*a, **k)
+
+    monkeypatch.setattr(tr, "student_losses", fail_in_step_6)
     with pytest.raises(_Killed):
-        train(cfg, copy.deepcopy(teacher), vq, preset, tmp_path / "cut", device="cpu", on_event=kill_after_5)
-    assert read_checkpoint_state(tmp_path / "cut")["step"] == 4
+        train(cfg, copy.deepcopy(teacher), vq, preset, tmp_path / "cut", device="cpu")
+    monkeypatch.setattr(tr, "student_losses", real)
+    assert [p.name for p in tr.list_checkpoints(tmp_path / "cut")] == ["step_00000004.pt", "step_00000005.pt"]
     resumed = train(cfg, copy.deepcopy(teacher), vq, preset, tmp_path / "cut", device="cpu", resume=tmp_path / "cut")
     a, b = _records(tmp_path / "full" / "log.jsonl"), _records(tmp_path / "cut" / "log.jsonl")
     assert sorted(b) == list(range(1, 9))
@@ -240,8 +248,8 @@ def test_cli_pairs_validation_export_and_upscale(tmp_path, teacher_files):
 def test_cli_resume_keeps_its_config_and_exports_without_training(tmp_path, hr_dir, teacher_files):
     out = tmp_path / "run"
     assert CliRunner().invoke(app, _cli_args(teacher_files, hr_dir, out, 2, "--ckpt-every", "1")).exit_code == 0
-    r = CliRunner().invoke(app, ["distill", "--resume", str(out), "--lr", "0.1"])
-    assert r.exit_code == 2 and "--lr differs from the checkpoint" in r.output
+    r = CliRunner().invoke(app, ["distill", "--resume", str(out), "--ema", "0.5"])
+    assert r.exit_code == 2 and "--ema differs from the checkpoint" in r.output
     r = CliRunner().invoke(app, ["distill", "--resume", str(out), "--tad"])
     assert r.exit_code == 2 and "loss weight differs" in r.output
     r = CliRunner().invoke(app, ["distill", "--resume", str(out), "--hsd-reference", "gt"])
@@ -252,6 +260,11 @@ def test_cli_resume_keeps_its_config_and_exports_without_training(tmp_path, hr_d
     assert export.is_file() and read_checkpoint_state(out)["step"] == 2  # nothing left to train
     r = CliRunner().invoke(app, ["distill", "--resume", str(out), "--steps", "3", "-q"])  # run control may change
     assert r.exit_code == 0 and read_checkpoint_state(out)["step"] == 3
+    # what the divergence message asks for: a lower rate, clipping, another precision
+    r = CliRunner().invoke(app, ["distill", "--resume", str(out), "--steps", "4", "--lr", "1e-5", "--clip-grad", "1", "--amp", "bf16", "-q"])
+    assert r.exit_code == 0, r.output
+    cfg = read_checkpoint_state(out)["config"]
+    assert (cfg["lr"], cfg["clip_grad"], cfg["amp"]) == (1e-5, 1.0, "bf16")
 
 
 @pytest.mark.parametrize(
@@ -292,7 +305,19 @@ def test_a_new_run_never_mixes_with_an_old_one_nor_replaces_an_export(tmp_path, 
     (tmp_path / "logonly").mkdir()
     (tmp_path / "logonly" / "log.jsonl").write_text("{}\n")
     r = CliRunner().invoke(app, _cli_args(teacher_files, hr_dir, tmp_path / "logonly", 1))
-    assert r.exit_code == 2 and "holds another run (a log.jsonl)" in r.output
+    assert r.exit_code == 2 and "holds the log of a run that saved no checkpoint (nothing to resume); delete" in r.output
+    r = CliRunner().invoke(app, ["distill", "--resume", str(tmp_path / "logonly")])
+    assert r.exit_code == 2 and "no checkpoints (checkpoints/step_*.pt) to resume from (its run stopped before saving one)" in r.output
+    (tmp_path / "afile").write_text("mine")
+    r = CliRunner().invoke(app, _cli_args(teacher_files, hr_dir, tmp_path / "afile", 1))
+    assert r.exit_code == 2 and r.output.startswith(f"error: --out: {tmp_path / 'afile'}: is a file, not a run folder")
+    r = CliRunner().invoke(app, _cli_args(teacher_files, hr_dir, tmp_path / "zero", 0))
+    assert r.exit_code == 2 and "--steps must be >= 1 for a new run" in r.output and not (tmp_path / "zero").exists()
+    # from an earlier checkpoint of the same folder: its later checkpoints would be replaced
+    first = sorted((out / "checkpoints").iterdir())[0]
+    r = CliRunner().invoke(app, ["distill", "--resume", str(first), "--steps", "3"])
+    assert r.exit_code == 2 and "would replace the run's later checkpoints" in r.output
+    assert {p.name: p.read_bytes() for p in (out / "checkpoints").iterdir()} == before
     r = CliRunner().invoke(app, _cli_args(teacher_files, hr_dir, tmp_path / "new", 1, "--export", str(export)))
     assert r.exit_code == 2 and "already exists (use --force" in r.output and not (tmp_path / "new").exists()
     assert export.read_bytes() == exported
@@ -300,7 +325,7 @@ def test_a_new_run_never_mixes_with_an_old_one_nor_replaces_an_export(tmp_path, 
     assert r.exit_code == 0, r.output  # its own folder, and --force replaces the export
     assert export.read_bytes() != exported and read_checkpoint_state(out)["step"] == 3
     r = CliRunner().invoke(app, ["distill", "--resume", str(out), "--steps", "4", "--out", str(tmp_path / "logonly"), "-q"])
-    assert r.exit_code == 2 and "holds another run" in r.output
+    assert r.exit_code == 2 and "holds the log of a run" in r.output
     with pytest.raises(ValueError, match="holds another run"):  # the library's own check
         train(DistillConfig.from_dict(read_checkpoint_state(out)["config"]), *tiny_teacher(), out)
 
@@ -319,7 +344,9 @@ def test_unreadable_training_images_are_one_line_errors(tmp_path, teacher_files)
     args[args.index("--workers") + 1] = "1"
     r = CliRunner().invoke(app, args)
     lines = r.output.strip().splitlines()
-    assert r.exit_code == 2 and len(lines) == 1 and str(good) in lines[0], r.output
+    # found by a worker mid-run: the run's failure (exit 1), its steps kept, the file named in one line
+    assert r.exit_code == 1 and lines[0].startswith("error: ") and str(good) in lines[0], r.output
+    assert lines[1:] == [] or (lines[1].startswith("saved step ") and lines[2].startswith("resume (once the cause is fixed)"))
     assert "Traceback" not in r.output and "DataLoader" not in r.output
 
 
@@ -427,3 +454,54 @@ def test_ctrl_c_says_what_was_saved_and_how_to_resume_or_export(tmp_path, hr_dir
     export = tmp_path / "student.safetensors"
     r = CliRunner().invoke(app, ["distill", "--resume", str(out), "--steps", "2", "--export", str(export), "-q"])
     assert r.exit_code == 0 and export.is_file() and read_checkpoint_state(out)["step"] == 2
+
+
+def test_cli_a_run_that_fails_midway_keeps_its_steps_and_says_how_to_resume(tmp_path, hr_dir, teacher_files, monkeypatch):
+    """A failure once the run has started is the run's (exit 1, not a usage error): the steps done
+    are saved and the resume command printed; the run then resumes."""
+    import sinsr_cli.distill.trainer as tr
+
+    real, calls = tr.student_losses, {"n": 0}
+
+    def fails_in_step_3(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("disk went away")
+        return real(*a, **k)
+
+    monkeypatch.setattr(tr, "student_losses", fails_in_step_3)
+    out = tmp_path / "run"
+    args = [a for a in _cli_args(teacher_files, hr_dir, out, 5) if a != "-q"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 1, r.output
+    lines = r.output.splitlines()
+    assert "error: OSError: disk went away (rerun with --verbose for details)" not in lines
+    assert [ln for ln in lines if ln.startswith("error:")] == ["error: disk went away"]
+    assert f"saved step 2: {out / 'checkpoints' / 'step_00000002.pt'}" in r.output
+    assert f"resume (once the cause is fixed): sinsr distill --resume {out}" in r.output
+    monkeypatch.setattr(tr, "student_losses", real)
+    r = CliRunner().invoke(app, ["distill", "--resume", str(out), "-q"])
+    assert r.exit_code == 0 and read_checkpoint_state(out)["step"] == 5
+
+
+def test_cli_resume_refuses_another_teacher_and_non_finite_rates(tmp_path, hr_dir, teacher_files):
+    out = tmp_path / "run"
+    assert CliRunner().invoke(app, _cli_args(teacher_files, hr_dir, out, 1)).exit_code == 0
+    t, v = teacher_files
+    other = tmp_path / "other.safetensors"  # the same architecture and schedule, other weights
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    with safe_open(str(t), "pt") as f:
+        meta = f.metadata()
+    state = {k: (x + 0.01) for k, x in load_file(str(t)).items()}
+    save_file(state, str(other), meta)
+    r = CliRunner().invoke(app, ["distill", "--resume", str(out), "--teacher", str(other), "--steps", "2"])
+    assert r.exit_code == 2 and "--teacher has other weights than the one this run was distilled from" in r.output
+    r = CliRunner().invoke(app, ["distill", "--resume", str(out), "--teacher", str(t), "--steps", "2", "-q"])
+    assert r.exit_code == 0, r.output  # the same teacher from its path is fine
+    for flag, value in (("--lr", "inf"), ("--weight-decay", "nan"), ("--lambda-hsd", "inf"), ("--disc-lr", "-inf")):
+        r = CliRunner().invoke(app, _cli_args(teacher_files, hr_dir, tmp_path / "n", 1, flag, value))
+        assert r.exit_code == 2 and f"{flag} must be a finite number" in r.output, (flag, r.output)
+    r = CliRunner().invoke(app, _cli_args(teacher_files, hr_dir, tmp_path / "n", 1, "--seed", "-1"))
+    assert r.exit_code == 2 and "--seed must be in 0..2^63-1" in r.output

@@ -198,7 +198,7 @@ def library_logging(verbose: bool) -> None:
 
 
 #: library settings whose flag is not ``--`` + the name with dashes
-SETTING_FLAGS = {"tile_batch": "--batch"}
+SETTING_FLAGS = {"tile_batch": "--batch", "ema_rate": "--ema"}
 
 
 def flag_for(setting: str) -> str:

@@ -6,14 +6,19 @@ command runs under ``torchrun --nproc-per-node N``; only rank 0 prints.
 
 from __future__ import annotations
 
+import contextlib
 import shlex
+import signal
+import threading
+import traceback
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
-from .common import console, handle_errors, quiet_option, shown
+from .common import EXIT_PARTIAL, console, fail, flag_message, handle_errors, quiet_option, shown
 
 EXIT_INTERRUPTED = 130
 
@@ -21,6 +26,7 @@ EXIT_INTERRUPTED = 130
 _RUN_CONTROL = {
     "steps", "log_every", "ckpt_every", "keep", "val", "val_every", "val_max", "workers",
     "teacher", "vq", "data", "pairs", "name",
+    "lr", "clip_grad", "amp",  # what the divergence message asks to change before resuming
 }
 #: CLI parameter name -> DistillConfig field, where they differ
 _FIELD = {"ema": "ema_rate"}
@@ -120,6 +126,8 @@ def distill_cmd(
         cfg = DistillConfig(**fields)
         if not teacher:
             raise ValueError("--teacher is required (a ResShift checkpoint or zoo name)")
+        if cfg.steps < 1:
+            raise ValueError(f"--steps must be >= 1 for a new run, got {cfg.steps}")
         out = out or Path("runs/distill")
     check_run_folder(out, resume)  # before the models load
 
@@ -135,21 +143,28 @@ def distill_cmd(
     vq_model = load_vq(cfg.vq)
     render = _Render(enabled=talk)
     try:
-        with render:
+        with render, _sigterm_as_interrupt():
             result = train(
                 cfg, teacher_model, vq_model, preset, out, device=device, resume=resume, export=export,
                 on_event=render, tensorboard=tensorboard,
             )
     except KeyboardInterrupt:
         if main:
-            _after_interrupt(render, out)
+            _after_interrupt(render, out, export)
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    except Exception as e:  # noqa: BLE001 - a run that failed once started: what was kept, exit 1
+        if not render.started or not main:
+            raise  # before the first step: a setting or an input, handled as usual
+        if verbose:
+            traceback.print_exc()
+        raise _after_failure(render, out, export, e) from None
     if talk:
         if result.checkpoint is not None:
             console.print(f"checkpoint: {shown(result.checkpoint)}", soft_wrap=True)
         if result.skipped:
             console.print(f"[yellow]{result.skipped} step(s) skipped (non-finite loss or gradient)[/yellow]")
-        run = _quoted(out)
+        trained = result.checkpoint is not None or resume is None
+        run = _quoted(out if trained else resume.parent.parent)  # type: ignore[union-attr]
         if result.export is not None:
             console.print(f"exported the EMA student (step {result.step}): {shown(result.export)}", soft_wrap=True)
             console.print(f"upscale with it: sinsr upscale IMAGES --model {_quoted(result.export)}", soft_wrap=True)
@@ -163,8 +178,8 @@ def _quoted(path: Path | str) -> str:
     return shown(shlex.quote(str(path)))
 
 
-def _after_interrupt(render: "_Render", out: Path) -> None:
-    """What Ctrl-C kept, and the exact commands to go on from it (also under -q)."""
+def _after_interrupt(render: "_Render", out: Path, export: Optional[Path]) -> None:
+    """What Ctrl-C (or SIGTERM) kept, and the exact commands to go on from it (also under -q)."""
     saved = render.last_checkpoint
     if saved is None:
         console.print("interrupted before the first step finished; nothing was saved")
@@ -173,7 +188,40 @@ def _after_interrupt(render: "_Render", out: Path) -> None:
     run = _quoted(out)
     console.print(f"interrupted at step {step}; saved {shown(path)}", soft_wrap=True)
     console.print(f"resume: sinsr distill --resume {run}", soft_wrap=True)
-    console.print(f"or export it now: sinsr distill --resume {run} --steps {step} --export student.safetensors", soft_wrap=True)
+    target = _quoted(export) if export is not None else "student.safetensors"
+    console.print(f"or export it now: sinsr distill --resume {run} --steps {step} --export {target}", soft_wrap=True)
+
+
+def _after_failure(render: "_Render", out: Path, export: Optional[Path], err: Exception) -> typer.Exit:
+    """A run that failed after it started: the reason, what was kept and how to go on; exit 1."""
+
+    exit_ = fail(flag_message(err), EXIT_PARTIAL)
+    saved = render.last_checkpoint
+    if saved is None:
+        console.print("no checkpoint was saved: the run must start again", soft_wrap=True)
+    else:
+        step, path = saved
+        console.print(f"saved step {step}: {shown(path)}", soft_wrap=True)
+        console.print(f"resume (once the cause is fixed): sinsr distill --resume {_quoted(out)}", soft_wrap=True)
+    return exit_
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a scheduler's time limit) stops the run as Ctrl-C does: the steps done
+    are saved and the way to resume is printed. Only in the main thread, where signals arrive."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _from_command_line(ctx: typer.Context, name: str) -> bool:
@@ -229,6 +277,7 @@ class _Render:
         self.progress: Any = None
         self.task: Any = None
         self.last_checkpoint: tuple[int, str] | None = None  # (step, path), recorded even when quiet
+        self.started = False  # the run's first event came: a failure now is the run's, not a setting's
 
     def __enter__(self) -> "_Render":
         return self  # the bar starts with the run: an error before it leaves no empty bar line
@@ -251,6 +300,7 @@ class _Render:
             self.progress.__exit__(*exc)
 
     def __call__(self, kind: str, info: dict) -> None:
+        self.started |= kind == "start"
         if kind == "ckpt":
             self.last_checkpoint = (int(info["step"]), str(info["path"]))
         if not self.enabled:

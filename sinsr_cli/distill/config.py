@@ -9,10 +9,12 @@ lags one iteration; ``official_lr_quirk=True`` reproduces that, the default does
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 from ..errors import SettingError
+from ..plan import resolve_seed
 from .data import CROP_MODES
 from .hsd import OMEGAS, REFERENCES
 from .losses import LossWeights
@@ -79,16 +81,22 @@ class DistillConfig:
                     "hsd_t_max", "disc_channels")
         for k in positive:
             if getattr(self, k) < 1:
-                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
+                raise SettingError(k, f"{k} must be >= 1, got {getattr(self, k)}")
         for k in ("steps", "micro_batch", "pool", "workers", "warmup", "val_max"):
             if getattr(self, k) < 0:
-                raise ValueError(f"{k} must be >= 0, got {getattr(self, k)}")
+                raise SettingError(k, f"{k} must be >= 0, got {getattr(self, k)}")
         if self.crop % 4 or self.crop < 32:
             raise SettingError("crop", f"crop must be a multiple of 4 and at least 32, got {self.crop}")
-        if not (self.lr > 0 and 0 <= self.ema_rate < 1 and self.weight_decay >= 0 and self.clip_grad >= 0):
-            raise ValueError("need lr > 0, 0 <= ema < 1, weight decay >= 0 and clip >= 0")
-        if not self.disc_lr > 0:
-            raise ValueError(f"disc_lr must be > 0, got {self.disc_lr}")
+        # a rate or weight of inf/nan trains a NaN student that nothing else would stop
+        for k in ("lr", "disc_lr"):
+            if not (math.isfinite(getattr(self, k)) and getattr(self, k) > 0):
+                raise SettingError(k, f"{k} must be a finite number > 0, got {getattr(self, k)}")
+        for k in ("weight_decay", "clip_grad"):
+            if not (math.isfinite(getattr(self, k)) and getattr(self, k) >= 0):
+                raise SettingError(k, f"{k} must be a finite number >= 0, got {getattr(self, k)}")
+        if not 0 <= self.ema_rate < 1:
+            raise SettingError("ema_rate", f"ema_rate must be in [0, 1), got {self.ema_rate}")
+        resolve_seed(self.seed)  # the seed rule of every command (0..2^63-1)
         if self.crop_mode not in CROP_MODES:
             raise SettingError("crop_mode", f"unknown crop_mode {self.crop_mode!r} (use {', '.join(CROP_MODES)})", ("crop_mode",))
         if self.hsd_reference not in REFERENCES:

@@ -23,6 +23,7 @@ optimisers, devices or files.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping
 
@@ -30,6 +31,7 @@ import torch
 from torch import Tensor
 
 from ..diffusion.sampler import sample_deterministic
+from ..errors import SettingError
 from ..diffusion.schedule import Schedule
 from ..pipeline import SRPipeline
 
@@ -67,8 +69,8 @@ class LossWeights:
 
     def __post_init__(self) -> None:
         for k, v in asdict(self).items():
-            if not v >= 0:  # also rejects NaN
-                raise ValueError(f"loss weight {k} must be >= 0, got {v}")
+            if not (math.isfinite(v) and v >= 0):  # inf would train a NaN student
+                raise SettingError(f"lambda_{k}", f"lambda_{k} must be a finite number >= 0, got {v}")
 
     @classmethod
     def tad(cls) -> "LossWeights":

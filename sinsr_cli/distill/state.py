@@ -4,7 +4,8 @@ Checkpoints (``OUT/checkpoints/step_XXXXXXXX.pt``) are written to a temporary fi
 renamed (atomic), and read with ``weights_only=True`` (no code runs). Format ``sinsr-distill/1``:
 ``student``, ``ema``, ``optimizer``, ``scaler``, ``disc``, ``disc_optimizer`` (None without the
 adversarial term), ``step``, ``nan_streak``, ``skipped``, ``world``, ``rng`` (torch and CUDA
-states), ``config`` (``DistillConfig.to_dict``) and ``preset`` (the student's).
+states), ``config`` (``DistillConfig.to_dict``), ``preset`` (the student's) and ``teacher`` (a
+fingerprint of the teacher's weights, ``trainer.teacher_fingerprint``; None in older files).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from ..config import ModelPreset
+from ..errors import SettingError
 from ..models.checkpoints import load_torch_file
 from ..files import atomic_path
 from ..models.swin_unet import SwinUNet
@@ -75,15 +77,18 @@ class TrainState:
             torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-def save_state(out_dir: Path, ts: TrainState, cfg: DistillConfig, preset: ModelPreset, info: DistInfo) -> Path:
-    """Rank 0 writes the checkpoint of ``ts.step`` (atomically) and prunes old ones; everyone waits."""
+def save_state(
+    out_dir: Path, ts: TrainState, cfg: DistillConfig, preset: ModelPreset, info: DistInfo, teacher: str | None = None
+) -> Path:
+    """Rank 0 writes the checkpoint of ``ts.step`` (atomically) and prunes old ones; everyone waits.
+    ``teacher``: the teacher's fingerprint, checked on resume."""
     path = checkpoint_path(out_dir, ts.step)
     if info.main:
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         state = {"format": CKPT_FORMAT, **ts.state_dict(), "config": cfg.to_dict(), "preset": preset.to_dict(),
-                 "world": info.world, "rng": rng}
+                 "world": info.world, "rng": rng, "teacher": teacher}
         save_checkpoint(path, state)
         prune_checkpoints(out_dir, cfg.keep)
     barrier(info)
@@ -109,25 +114,45 @@ def find_checkpoint(path: str | Path) -> Path:
         found = list_checkpoints(p.parent if p.name == "checkpoints" else p)
         if found:
             return found[-1]
-        raise FileNotFoundError(f"{p}: no checkpoints (checkpoints/step_*.pt) to resume from")
+        why = " (its run stopped before saving one)" if (p / "log.jsonl").exists() else ""
+        raise FileNotFoundError(f"{p}: no checkpoints (checkpoints/step_*.pt) to resume from{why}")
     raise FileNotFoundError(f"{p}: no such checkpoint file or run directory")
 
 
 def check_run_folder(out_dir: str | Path, resume: str | Path | None = None) -> None:
     """Refuse to start a run in a folder that holds another run's checkpoints or log: pruning
     by step number would delete the new run's checkpoints among the old ones, and ``--resume``
-    of the folder would pick up either. ``resume``: the checkpoint this run continues, whose own
-    run folder is fine."""
+    of the folder would pick up either. ``resume``: the checkpoint this run continues; its own
+    run folder is fine when it is that run's latest checkpoint (from an earlier one, the run
+    would replace the later checkpoints with other weights)."""
     out = Path(out_dir)
-    if resume is not None and _same_dir(out, Path(resume).parent.parent):
-        return
+    if out.exists() and not out.is_dir():
+        raise SettingError("out", f"{out}: is a file, not a run folder")
     found = list_checkpoints(out)
-    if found or (out / "log.jsonl").exists():
-        what = f"checkpoints up to {found[-1].name}" if found else "a log.jsonl"
-        raise ValueError(
-            f"{out}: holds another run ({what}); continue it with --resume {out}, "
-            "or start this run in a new --out folder"
+    if resume is not None and _same_dir(out, Path(resume).parent.parent):
+        if found and not _same_file(Path(resume), found[-1]):
+            raise SettingError(
+                "out", f"{out}: resuming from {Path(resume).name} would replace the run's later checkpoints "
+                f"(up to {found[-1].name}); give a new --out folder for this branch of the run",
+            )
+        return
+    if found:
+        raise SettingError(
+            "out", f"{out}: holds another run (checkpoints up to {found[-1].name}); continue it with --resume {out}, "
+            "or start this run in a new --out folder",
         )
+    if (out / "log.jsonl").exists():
+        raise SettingError(
+            "out", f"{out}: holds the log of a run that saved no checkpoint (nothing to resume); "
+            f"delete {out / 'log.jsonl'} to start again there, or use a new --out folder",
+        )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
 
 
 def _same_dir(a: Path, b: Path) -> bool:

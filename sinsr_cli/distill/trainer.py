@@ -19,6 +19,8 @@ step's losses and optimiser steps (``step.py``), the checkpointed state (``state
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,8 +91,11 @@ def train(
     s_preset = student_preset(preset, cfg.name)
     # resume: weights, optimisers, counters and RNG from the checkpoint
     ckpt = read_checkpoint_state(resume) if resume is not None else None
+    teacher_id = teacher_fingerprint(teacher)
     if ckpt is not None:
+        _check_same_teacher(ckpt, s_preset, teacher_id)
         ts.load_state_dict(ckpt)
+    saved_step = ts.step  # the state on disk: a failure after it saves the steps done since
     # data: this rank's share of every step from ts.step on, split into micro-batches
     loader, n_micro, micro, n_images = _loader(cfg, preset, dev, info, ts.step)
     degradation = DegradationConfig.official()
@@ -101,7 +106,7 @@ def train(
     window, result, params = RunningMeans(names), TrainResult(ts.step, skipped=ts.skipped), list(m.raw.parameters())
     emit("start", {"step": ts.step, "steps": cfg.steps, "world": info.world, "device": str(dev), "images": n_images,
                    "params": sum(p.numel() for p in params), "micro_batches": n_micro, "terms": names})
-    if ckpt is not None:
+    if ckpt is not None and ts.step < cfg.steps:
         log.write({"event": "resume", "step": ts.step, "from": ckpt["path"]})
     try:
         while ts.step < cfg.steps:
@@ -135,16 +140,22 @@ def train(
             if val_pairs and (ts.step % cfg.val_every == 0 or ts.step == cfg.steps):
                 log.write({"event": "val", "step": ts.step, **validate(ts.ema, vq, s_preset, val_pairs, dev, cfg.seed, val_metrics)}, kind="val")
             if ts.step % cfg.ckpt_every == 0 or ts.step == cfg.steps:
-                result.checkpoint = save_state(out_dir, ts, cfg, s_preset, info)
+                result.checkpoint = save_state(out_dir, ts, cfg, s_preset, info, teacher_id)
+                saved_step = ts.step
                 emit("ckpt", {"step": ts.step, "path": str(result.checkpoint)})
-    except KeyboardInterrupt:
-        if info.world == 1 and ts.step > 0:  # keep the work done so far; --resume picks it up
-            result.checkpoint = save_state(out_dir, ts, cfg, s_preset, info)
-            emit("ckpt", {"step": ts.step, "path": str(result.checkpoint), "interrupted": True})
+    except BaseException as e:
+        # Ctrl-C, SIGTERM (the CLI turns it into KeyboardInterrupt), an unreadable image, a
+        # divergence: keep the steps done since the last checkpoint, so --resume picks them up.
+        # Not under DDP (the other processes may be gone) and never weights that went non-finite.
+        if info.world == 1 and ts.step > saved_step and _all_finite(ts):
+            result.checkpoint = save_state(out_dir, ts, cfg, s_preset, info, teacher_id)
+            emit("ckpt", {"step": ts.step, "path": str(result.checkpoint), "interrupted": isinstance(e, KeyboardInterrupt)})
         raise
     finally:
         log.close()
     if export is not None and info.main:
+        if not _all_finite(ts):
+            raise TrainingDiverged(f"the EMA student's weights are not finite at step {ts.step}; not exported (lower lr)")
         result.export = export_student(ts.ema, s_preset, export, ts.step)
     barrier(info)
     result.step, result.ema, result.skipped = ts.step, ts.ema, ts.skipped
@@ -171,6 +182,8 @@ def build(
     lat = cfg.crop // preset.schedule.sf
     if lat % raw.size_multiple:
         raise SettingError("crop", f"crop {cfg.crop} gives {lat} px latents; the UNet needs a multiple of {raw.size_multiple}")
+    if cfg.weights.hsd and cfg.hsd_t_max > preset.schedule.steps:
+        raise SettingError("hsd_t_max", f"hsd_t_max {cfg.hsd_t_max} is more than the teacher's {preset.schedule.steps} steps")
     disc = TimeAwareDiscriminator.for_unet(teacher, cfg.disc_channels).to(dev) if cfg.weights.adv else None
     ts = TrainState(
         raw, ema, _adamw(raw.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
@@ -223,12 +236,45 @@ def _student_phase(m: Models, ts: TrainState, mbs: list, cfg: DistillConfig, dev
     return sums
 
 
+def _all_finite(ts: TrainState) -> bool:
+    """Whether the student and its EMA hold only finite weights (a finite loss times a huge rate
+    can still make them inf)."""
+    return all(bool(torch.isfinite(p).all()) for m in (ts.student, ts.ema) for p in m.parameters())
+
+
+def teacher_fingerprint(teacher: nn.Module) -> str:
+    """A cheap identity of the teacher's weights (sha256 of the first 256 values of every
+    tensor): a resumed run must distil the same teacher, wherever its file now is."""
+    h = hashlib.sha256()
+    for k, v in sorted(teacher.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().flatten()[:256].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _check_same_teacher(ckpt: dict[str, Any], s_preset: ModelPreset, teacher_id: str) -> None:
+    """Refuse to resume with a teacher of another architecture or schedule, or other weights."""
+    stored = ckpt.get("preset") or {}
+    ours = s_preset.to_dict()
+    for key in ("unet", "schedule"):
+        if key in stored and json.dumps(stored[key], sort_keys=True) != json.dumps(ours[key], sort_keys=True):
+            raise SettingError(
+                "teacher", f"teacher has another {key} than the one this run was distilled from; "
+                "a resumed run keeps its teacher (start a new run to change it)",
+            )
+    if ckpt.get("teacher") not in (None, teacher_id):
+        raise SettingError(
+            "teacher", "teacher has other weights than the one this run was distilled from; "
+            "a resumed run keeps its teacher (start a new run to change it)",
+        )
+
+
 def _nan_guard(ts: TrainState, cfg: DistillConfig, emit: EventFn) -> None:
     emit("skip", {"step": ts.step, "streak": ts.nan_streak, "skipped": ts.skipped})
     if ts.nan_streak >= cfg.max_nan_steps:
         raise TrainingDiverged(
-            f"{ts.nan_streak} non-finite steps in a row (step {ts.step}); lower lr, enable clip_grad "
-            "or use amp bf16/no, and resume from the last checkpoint"
+            f"{ts.nan_streak} non-finite steps in a row (step {ts.step}); resume from the last checkpoint "
+            "with a lower lr, clip_grad or amp bf16/no"
         )
 
 
