@@ -245,6 +245,11 @@ def test_report_paths_are_checked_before_the_run_and_never_replace_an_image(tmp_
         (["--markdown", hr / "a.md"], "--markdown's sheet", "is one of the benchmark's images"),
         (["--sheet", d / "lr" / "b.png"], "--sheet", "is one of the benchmark's images"),
         (["--save-images", hr / "sr"], "--save-images", "inside the benchmark's images"),
+        (["--sheet", hr / "sheet.png"], "--sheet", "is inside the benchmark's images"),  # the next run's input
+        (["--markdown", d / "lr" / "r.md"], "--markdown's sheet", "is inside the benchmark's images"),
+        (["--save-images", tmp_path / "sr", "--sheet", tmp_path / "sr" / "none" / "a.png"], "--sheet",
+         "is inside --save-images"),
+        (["--save-images", tmp_path / "sr", "--csv", tmp_path / "sr" / "r.csv"], "--csv", "is inside --save-images"),
     ]
     for extra, label, needle in cases:
         result, doc = bench(tmp_path, d, "--model", "none", "--learned", "none", *extra, expect=2)

@@ -145,6 +145,25 @@ def test_make_lr_never_overwrites_and_names_problems(tmp_path: Path) -> None:
         make_lr_dataset(tmp_path / "tiny", tmp_path / "out4", "bicubic")
 
 
+def test_make_lr_stopped_half_way_leaves_the_folder_as_it_was(tmp_path: Path) -> None:
+    """Ctrl-C (or a bad image) half-way through: the pairs made so far are taken back, so the
+    same command can run again (before, the rerun was refused: "not empty")."""
+    for k in range(3):
+        save(tmp_path / "hr" / f"{k}.png", noise_image(32, 32, k))
+
+    def stop_after_first(done: int, total: int) -> None:
+        if done == 1:
+            raise KeyboardInterrupt
+
+    for out in (tmp_path / "new", tmp_path / "empty"):
+        if out.name == "empty":
+            (out / "lr").mkdir(parents=True)
+        with pytest.raises(KeyboardInterrupt):
+            make_lr_dataset(tmp_path / "hr", out, "bicubic", on_made=stop_after_first)
+        assert not out.exists() if out.name == "new" else sorted(p.name for p in out.rglob("*")) == ["lr"]
+        assert len(make_lr_dataset(tmp_path / "hr", out, "bicubic").items) == 3  # the rerun works
+
+
 def test_bicubic_recipe_keeps_16_bit_hr(tmp_path: Path) -> None:
     a = (np.random.default_rng(0).random((18, 22)) * 65535).astype(np.uint16)
     Image.fromarray(a).save(tmp_path / "g.png")

@@ -22,9 +22,11 @@ HR images too while they fit in ``hr_cache_bytes`` (re-reading the rest when nee
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
+import shutil
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -238,17 +240,28 @@ def make_lr_dataset(
     order = sorted(range(len(found)), key=lambda k: names[k])
     if limit is not None:
         order = order[:limit]
-    for n, k in enumerate(order):
-        item, name = found[k], names[k]
-        img = read_image(item.path)
-        try:
-            hr_rgb, depth, lr_rgb = _make_pair(img.rgb, img.bit_depth, recipe, recipe_seed(name, recipe))
-        except ValueError as e:
-            raise SinsrIOError(item.path, str(e)) from None
-        write_image(out / "hr" / f"{name}.png", hr_rgb, bit_depth=depth)
-        write_image(out / "lr" / f"{name}.png", lr_rgb, bit_depth=8)
-        if on_made is not None:
-            on_made(n + 1, len(order))
+    existed = {p: p.exists() for p in (out, out / "lr", out / "hr")}
+    try:
+        for n, k in enumerate(order):
+            item, name = found[k], names[k]
+            img = read_image(item.path)
+            try:
+                hr_rgb, depth, lr_rgb = _make_pair(img.rgb, img.bit_depth, recipe, recipe_seed(name, recipe))
+            except ValueError as e:
+                raise SinsrIOError(item.path, str(e)) from None
+            write_image(out / "hr" / f"{name}.png", hr_rgb, bit_depth=depth)
+            write_image(out / "lr" / f"{name}.png", lr_rgb, bit_depth=8)
+            if on_made is not None:
+                on_made(n + 1, len(order))
+    except BaseException:  # stopped half-way: take back what it made, so a rerun finds the folder as it was
+        for sub in (out / "lr", out / "hr"):  # empty or absent before (checked above): all in them is ours
+            shutil.rmtree(sub, ignore_errors=True)
+            if existed[sub]:
+                sub.mkdir(exist_ok=True)
+        if not existed[out]:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     ds = find_dataset(out)
     return dataclasses.replace(ds, total=len(found), lr_recipe=recipe)
 

@@ -156,8 +156,10 @@ def check_outputs(
     benchmark's images, and saved SR images inside its LR or HR folder. ``files``: label (the
     flag that names it) -> path; ``images``: (label, folder) of the saved SR images."""
     inputs = {_real(p) for item in dataset.items for p in (item.lr, item.hr) if p is not None}
+    roots = [_real(r) for r in (dataset.lr_root, dataset.hr_root) if r is not None]
+    label, image_dir = images
     seen: dict[str, str] = {}
-    for label, path in files.items():
+    for flag, path in files.items():
         if path is None:
             continue
         reason = unwritable_reason(path)
@@ -166,10 +168,14 @@ def check_outputs(
             reason = "is one of the benchmark's images"
         if reason is None and key in seen:
             reason = f"is also the {seen[key]} file"
+        if reason is None and image_dir is not None and _within(key, _real(image_dir)):
+            reason = f"is inside {label} {image_dir}, where the SR images go; choose a path outside it"
+        if reason is None and path.suffix.lower() == ".png" and any(_within(key, r) for r in roots):
+            # an image there would be an input of the next run of the same command
+            reason = "is inside the benchmark's images; choose a path outside them"
         if reason is not None:
-            raise ValueError(f"{label} {path}: {reason}")
-        seen[key] = label
-    label, image_dir = images
+            raise ValueError(f"{flag} {path}: {reason}")
+        seen[key] = flag
     if image_dir is not None:
         reason = unwritable_reason(image_dir / "x.png")
         where = os.path.realpath(image_dir)
