@@ -505,3 +505,5 @@ def test_cli_resume_refuses_another_teacher_and_non_finite_rates(tmp_path, hr_di
         assert r.exit_code == 2 and f"{flag} must be a finite number" in r.output, (flag, r.output)
     r = CliRunner().invoke(app, _cli_args(teacher_files, hr_dir, tmp_path / "n", 1, "--seed", "-1"))
     assert r.exit_code == 2 and "--seed must be in 0..2^63-1" in r.output
+    r = CliRunner().invoke(app, ["distill", "--resume", str(t)])
+    assert r.exit_code == 2 and f"{t}: is a safetensors file (model weights), not a training checkpoint" in r.output

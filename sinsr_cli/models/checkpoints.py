@@ -100,6 +100,8 @@ def load_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
     path = Path(path)
     head = _head(path, what)
     if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch's zip format, or a legacy pickle
+        if _looks_like_safetensors(head):  # model weights where a torch file (a training state) belongs
+            raise CheckpointError(f"{path}: is a safetensors file (model weights), not a {what}")
         raise CheckpointError(f"{path}: not a {what} (neither a torch file nor safetensors)")
     try:
         with warnings.catch_warnings():  # torch warns of pickle protocols before failing on them
