@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
 from .config import DEFAULT_SEED
 from .engine import Engine
-from .imageio import image_to_tensor, tensor_to_image, to_uint8
+from .imageio import image_to_tensor, pil_rgb, tensor_to_image, to_uint8
 from .pipeline import SRPipeline, load_pipeline
 from .plan import Tiling, make_plan
 
@@ -37,7 +36,7 @@ def upscale(
     plan = make_plan(pipe.preset, steps=steps, sampler=sampler, seed=seed, tiling=Tiling(tile))
     engine = Engine(pipe)
     if isinstance(image, Image.Image):
-        x = image_to_tensor(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
+        x = image_to_tensor(pil_rgb(image))
         out = engine(x, plan)
         return Image.fromarray(to_uint8(tensor_to_image(out, in_place=True)), "RGB")
     squeeze = image.ndim == 3

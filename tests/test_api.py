@@ -40,3 +40,35 @@ def test_upscale_plans_tiles_as_the_cli_by_default(tiny_checkpoints, monkeypatch
     whole = upscale(x, pipeline=pipe, tile=0)
     assert planned == [(10, 14)]  # tile=0 runs the image whole without planning
     torch.testing.assert_close(auto, whole)  # so small an image is planned untiled
+
+
+def test_deep_gray_pil_images_are_read_as_the_cli_reads_their_files(tiny_checkpoints, tmp_path, monkeypatch):
+    """A 16-bit (I;16), 32-bit (I) or float (F) gray PIL image gives the pixels the CLI gets
+    from the same file; ``convert("RGB")`` saturated them to white."""
+    import numpy as np
+
+    from sinsr_cli.imageio import pil_rgb, read_image
+
+    g = (np.arange(12 * 16, dtype=np.uint16).reshape(12, 16) * 300).astype(np.uint16)
+    Image.fromarray(g).save(tmp_path / "g16.png")
+    im = Image.open(tmp_path / "g16.png")
+    from_file = read_image(tmp_path / "g16.png").rgb
+    assert np.allclose(pil_rgb(im), np.broadcast_to(from_file, (12, 16, 3)), atol=1e-6)
+    assert np.allclose(pil_rgb(im.convert("I")), pil_rgb(im), atol=1e-6)
+    f = Image.fromarray(g.astype(np.float32) / 65535)
+    assert np.allclose(pil_rgb(f), pil_rgb(im), atol=1e-6)
+    import sinsr_cli.api as api
+
+    seen = []
+
+    class Recording(api.Engine):
+        def __call__(self, x, plan, **kw):
+            seen.append(x.clone())
+            return super().__call__(x, plan, **kw)
+
+    monkeypatch.setattr(api, "Engine", Recording)
+    unet, vq = tiny_checkpoints
+    out = upscale(im, pipeline=load_pipeline(unet, vq, device="cpu", dtype="fp32"))
+    assert out.size == (64, 48) and out.mode == "RGB"
+    expect = torch.from_numpy(np.ascontiguousarray(np.broadcast_to(from_file, (12, 16, 3)))).permute(2, 0, 1)
+    torch.testing.assert_close(seen[0][0], expect, atol=1e-6, rtol=0)  # not the white image it was

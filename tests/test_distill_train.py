@@ -426,7 +426,7 @@ def test_twenty_step_run_with_the_default_warmup_warns(tmp_path, hr_dir, teacher
     args.remove("-q")
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0 and "halving after iteration 100" in r.output and "--halve-at" in r.output
-    assert f"export the EMA student: sinsr distill --resume {tmp_path / 'm'} --export student.safetensors" in r.output
+    assert f"export the EMA student: sinsr distill --resume {tmp_path / 'm'} --steps 2 --export student.safetensors" in r.output
 
 
 def test_ctrl_c_says_what_was_saved_and_how_to_resume_or_export(tmp_path, hr_dir, teacher_files, monkeypatch):
@@ -507,3 +507,7 @@ def test_cli_resume_refuses_another_teacher_and_non_finite_rates(tmp_path, hr_di
     assert r.exit_code == 2 and "--seed must be in 0..2^63-1" in r.output
     r = CliRunner().invoke(app, ["distill", "--resume", str(t)])
     assert r.exit_code == 2 and f"{t}: is a safetensors file (model weights), not a training checkpoint" in r.output
+    student = tmp_path / "student.safetensors"  # a one-step student is no teacher
+    assert CliRunner().invoke(app, ["distill", "--resume", str(out), "--export", str(student), "-q"]).exit_code == 0
+    r = CliRunner().invoke(app, _cli_args((student, v), hr_dir, tmp_path / "s2", 1))
+    assert r.exit_code == 2 and "a one-step student (sinsr-distilled), not a ResShift teacher" in r.output

@@ -140,6 +140,8 @@ def distill_cmd(
         for part, message in schedule_warnings(cfg, milestones="halve_at" in given):
             console.print(f"[yellow]warning:[/yellow] {shown(message)}; {hints[part]}", soft_wrap=True, highlight=False)
     teacher_model, preset = load_unet(cfg.teacher, setting="teacher")
+    if preset.one_step:  # checked before the VQ loads (train() checks it too)
+        raise ValueError(f"--teacher {cfg.teacher}: a one-step student ({preset.name}), not a ResShift teacher")
     vq_model = load_vq(cfg.vq)
     render = _Render(enabled=talk)
     try:
@@ -169,7 +171,10 @@ def distill_cmd(
             console.print(f"exported the EMA student (step {result.step}): {shown(result.export)}", soft_wrap=True)
             console.print(f"upscale with it: sinsr upscale IMAGES --model {_quoted(result.export)}", soft_wrap=True)
         else:
-            console.print(f"export the EMA student: sinsr distill --resume {run} --export student.safetensors", soft_wrap=True)
+            console.print(
+                f"export the EMA student: sinsr distill --resume {run} --steps {result.step} --export student.safetensors",
+                soft_wrap=True,
+            )
         console.print(f"train further: sinsr distill --resume {run} --steps N (N > {result.step})", soft_wrap=True)
 
 

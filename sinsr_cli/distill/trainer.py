@@ -182,6 +182,8 @@ def build(
     lat = cfg.crop // preset.schedule.sf
     if lat % raw.size_multiple:
         raise SettingError("crop", f"crop {cfg.crop} gives {lat} px latents; the UNet needs a multiple of {raw.size_multiple}")
+    if preset.one_step:  # its t = 0 output is the learned inversion: there is no map to learn from it
+        raise SettingError("teacher", f"teacher {preset.name} is a one-step student, not a ResShift teacher")
     if cfg.weights.hsd and cfg.hsd_t_max > preset.schedule.steps:
         raise SettingError("hsd_t_max", f"hsd_t_max {cfg.hsd_t_max} is more than the teacher's {preset.schedule.steps} steps")
     disc = TimeAwareDiscriminator.for_unet(teacher, cfg.disc_channels).to(dev) if cfg.weights.adv else None

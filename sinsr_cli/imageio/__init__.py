@@ -35,7 +35,7 @@ from .discover import InputItem, collect_inputs, named_as_image, output_path, pa
 from .errors import ImageReadError, ImageWriteError, SinsrIOError
 from .formats import FORMAT_NAMES, IMAGE_EXTENSIONS, Format, choose_output_format, format_named, format_of, parse_format
 from .pixels import image_to_tensor, luma, tensor_to_image, to_uint8
-from .read import DEFAULT_MAX_PIXELS, LoadedImage, read_image, sniff_format
+from .read import DEFAULT_MAX_PIXELS, LoadedImage, pil_rgb, read_image, sniff_format
 from .write import PNG_COMPRESS_LEVEL, atomic_write_bytes, write_image
 
 __all__ = [
@@ -62,6 +62,7 @@ __all__ = [
     "refuse_unpaired",
     "refuse_unreadable",
     "parse_format",
+    "pil_rgb",
     "read_image",
     "sniff_format",
     "tensor_to_image",

@@ -289,6 +289,20 @@ def _decode(
     return arr[..., :3], (arr[..., 3] if has_alpha else None), False, 8, icc
 
 
+def pil_rgb(im: Image.Image) -> np.ndarray:
+    """An in-memory PIL image as float32 RGB ``[H, W, 3]`` in [0, 1], alpha dropped: 16-bit and
+    32-bit gray (``I;16``, ``I``) scaled from 0..65535 and float (``F``) taken as 0..1, as the file
+    reader does (``convert("RGB")`` saturates them to white)."""
+    mode = im.mode
+    if mode in _GRAY16_MODES or mode == "I":
+        g = np.clip(np.asarray(im).astype(np.float32), 0, 65535) / 65535
+    elif mode == "F":
+        g = np.clip(np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0), 0, 1)
+    else:
+        return np.asarray(im.convert("RGB"), dtype=np.float32) / 255
+    return np.repeat(g[..., None], 3, axis=2)
+
+
 _SWAP_ENDIAN = {"B": "L", "L": "B", "N": "B" if sys.byteorder == "little" else "L"}
 
 
