@@ -23,14 +23,22 @@ from PIL import Image
 from .errors import SettingError
 from .imageio import luma
 
-__all__ = ["finish_color", "output_size", "resample", "upscale_alpha"]
+__all__ = ["MAX_OUTPUT_PIXELS", "finish_color", "output_size", "resample", "upscale_alpha"]
+
+#: the largest output :func:`output_size` allows (2^32 pixels)
+MAX_OUTPUT_PIXELS = 1 << 32
 
 
 def output_size(width: int, height: int, scale: float) -> tuple[int, int]:
-    """``(round(scale * width), round(scale * height))``; SettingError("scale") when a side would be 0."""
+    """``(round(scale * width), round(scale * height))``; SettingError("scale") when a side would be
+    0 or the image more than :data:`MAX_OUTPUT_PIXELS`."""
     w, h = round(scale * width), round(scale * height)
     if w < 1 or h < 1:
         raise SettingError("scale", f"scale {scale:g} would make a {width}x{height} image {w}x{h} pixels")
+    if w * h > MAX_OUTPUT_PIXELS:  # 51 GB as float32 RGB: a typo, not a photo
+        raise SettingError(
+            "scale", f"scale {scale:g} would make a {width}x{height} image {w}x{h} pixels (more than {MAX_OUTPUT_PIXELS:,})"
+        )
     return w, h
 
 

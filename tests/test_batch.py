@@ -713,3 +713,13 @@ def test_io_threads_off_runs_everything_inline(tmp_path, monkeypatch):
     monkeypatch.setattr(batch, "write_image", lambda *a, **k: names.add(threading.current_thread().name) or real(*a, **k))
     report, _ = _run(tmp_path, [tmp_path], io_threads=False)
     assert [r.status for r in report.results] == ["done", "done"] and names == {"MainThread"}
+
+
+def test_output_size_refuses_an_absurd_scale():
+    from sinsr_cli.postprocess import MAX_OUTPUT_PIXELS
+
+    assert output_size(24, 16, 4.0) == (96, 64)
+    with pytest.raises(SettingError, match=r"scale 1e\+09 would make a 24x16 image 24000000000x16000000000 pixels"):
+        output_size(24, 16, 1e9)
+    side = int(MAX_OUTPUT_PIXELS**0.5)
+    assert output_size(side, side, 1.0) == (side, side)  # the limit itself is allowed

@@ -434,6 +434,9 @@ def test_sheet_zoom_and_the_images_left_out(tmp_path: Path) -> None:
     result, _ = bench(tmp_path, tmp_path / "d", "--model", "none", "--sheet", tmp_path / "s3.png", "--sheet-zoom", "0",
                       expect=2)
     assert "--sheet-zoom" in result.output
+    result, _ = bench(tmp_path, tmp_path / "d", "--model", "none", "--sheet", tmp_path / "s4.png", "--sheet-images", "0",
+                      expect=2)
+    assert "--sheet with --sheet-images 0" in result.output and not (tmp_path / "s4.png").exists()
 
 
 def test_json_has_no_infinities(tmp_path: Path) -> None:

@@ -135,6 +135,14 @@ def test_make_lr_never_overwrites_and_names_problems(tmp_path: Path) -> None:
     with pytest.raises(SinsrIOError, match="not empty"):
         make_lr_dataset(tmp_path / "hr", tmp_path / "out", "imagenet-test")
     assert (tmp_path / "out" / "lr" / "a.png").read_bytes() == before
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(SinsrIOError, match="not empty"):  # any content, not only lr/ and hr/
+        make_lr_dataset(tmp_path / "hr", tmp_path / "other", "bicubic")
+    for inside in (tmp_path / "hr", tmp_path / "hr" / "pairs"):
+        with pytest.raises(SinsrIOError, match="is inside the HR images"):
+            make_lr_dataset(tmp_path / "hr", inside, "bicubic")
+    assert sorted(p.name for p in (tmp_path / "hr").iterdir()) == ["a.png"]
     save(tmp_path / "hr" / "a.jpg", noise_image(32, 32, 1))
     with pytest.raises(SinsrIOError, match="share the name 'a'"):
         make_lr_dataset(tmp_path / "hr", tmp_path / "out2", "bicubic")

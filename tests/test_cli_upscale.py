@@ -296,6 +296,20 @@ def test_odd_names_exact_on_stdout_escaped_on_stderr(tmp_path, fake_model):
     assert err_lines(result) == [f"error: {tmp_path / 'in'}/bad\\x1b[1m.png: not an image (unrecognised file format)"]
 
 
+def test_an_output_file_name_sinsr_cannot_write_is_a_usage_error(tmp_path, fake_model):
+    """`-o out.bmp` names a file (it made a folder `out.bmp/` holding `a_x4.png`)."""
+    _save(tmp_path / "a.png")
+    for ext in (".bmp", ".gif", ".ppm"):
+        result = invoke(tmp_path / "a.png", "-o", tmp_path / "o" / f"out{ext}")
+        assert result.exit_code == 2 and err_lines(result) == [
+            f"error: {tmp_path / 'o' / f'out{ext}'}: sinsr does not write {ext} files; use .png, .jpg, .webp or .tif"
+        ]
+    assert not (tmp_path / "o").exists() and not fake_model
+    (tmp_path / "dir.bmp").mkdir()  # an existing folder of that name is a folder
+    assert invoke(tmp_path / "a.png", "-o", tmp_path / "dir.bmp").exit_code == 0
+    assert (tmp_path / "dir.bmp" / "a_x4.png").is_file()
+
+
 def test_no_recursive_and_globs(tmp_path, fake_model):
     _save(tmp_path / "in" / "a.png")
     _save(tmp_path / "in" / "b.jpg", format="JPEG")

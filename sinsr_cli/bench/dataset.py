@@ -172,6 +172,11 @@ def recipe_seed(name: str, recipe: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def _empty_pair_dir(p: Path) -> bool:
+    """An empty ``lr/`` or ``hr/`` folder (what an earlier stopped run of ours leaves)."""
+    return p.name in ("lr", "hr") and p.is_dir() and not any(p.iterdir())
+
+
 def _make_pair(rgb: np.ndarray, bit_depth: int, recipe: str, seed: int) -> tuple[np.ndarray, int, np.ndarray]:
     """(HR ``[H, W, 3]``, its bit depth, LR ``[H/4, W/4, 3]``) in [0, 1] for one HR image."""
     import torch
@@ -216,7 +221,7 @@ def make_lr_dataset(
 
     Raises:
         SinsrIOError: no images, two images with one name, an unreadable image, or ``out_dir``
-            already holding ``lr/`` or ``hr/`` (nothing is overwritten).
+            not empty or inside ``hr`` (nothing is overwritten).
         ValueError: an unknown recipe, or ``limit`` < 1.
     """
     if recipe not in LR_RECIPES:
@@ -233,10 +238,11 @@ def make_lr_dataset(
     if twice:
         raise SinsrIOError(src, f"two images share the name {twice[0]!r}; LR files are named by it")
     out = Path(os.path.expanduser(os.fspath(out_dir)))
-    for sub in ("lr", "hr"):
-        d = out / sub
-        if d.exists() and (not d.is_dir() or any(d.iterdir())):
-            raise SinsrIOError(d, "already exists and is not empty; give an empty or new folder")
+    real_out, real_src = os.path.realpath(out), os.path.realpath(src)
+    if real_out == real_src or real_out.startswith(real_src.rstrip(os.sep) + os.sep):
+        raise SinsrIOError(out, f"is inside the HR images ({src}): the pairs would be found as inputs next time")
+    if out.exists() and (not out.is_dir() or any(not _empty_pair_dir(p) for p in out.iterdir())):
+        raise SinsrIOError(out, "already exists and is not empty; give an empty or new folder")
     order = sorted(range(len(found)), key=lambda k: names[k])
     if limit is not None:
         order = order[:limit]
@@ -254,7 +260,7 @@ def make_lr_dataset(
             if on_made is not None:
                 on_made(n + 1, len(order))
     except BaseException:  # stopped half-way: take back what it made, so a rerun finds the folder as it was
-        for sub in (out / "lr", out / "hr"):  # empty or absent before (checked above): all in them is ours
+        for sub in (out / "lr", out / "hr"):  # out was empty or absent (checked above): all in them is ours
             shutil.rmtree(sub, ignore_errors=True)
             if existed[sub]:
                 sub.mkdir(exist_ok=True)

@@ -217,6 +217,8 @@ def bench_cmd(
         raise ValueError("--model none (bicubic only) cannot be combined with other models")
     step_list = _parse_steps(steps)
     learned_names = _parse_learned(learned)
+    if sheet is not None and sheet_images == 0:
+        raise ValueError("--sheet with --sheet-images 0 (no sheet): give one or the other")
     if sheet_images < 0:
         raise ValueError(f"--sheet-images must be >= 0, got {sheet_images}")
     sheet_label = "--sheet"

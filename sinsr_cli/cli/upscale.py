@@ -40,11 +40,14 @@ EXIT_INTERRUPTED = 130
 
 def _check_output(output: Path | None, single_input_file: bool, n_inputs: int, fmt: str | None = None) -> None:
     """Usage errors about ``-o``, found before any model is loaded (ValueError, SinsrIOError: exit 2)."""
-    from ..imageio import SinsrIOError, choose_output_format, format_named
+    from ..imageio import IMAGE_EXTENSIONS, SinsrIOError, choose_output_format, format_named
 
     if output is None:
         return
     if single_input_file:  # a named output file and --format that disagree: before any model loads
+        named = output.suffix.lower() in IMAGE_EXTENSIONS and not output.is_dir()
+        if named and format_named(output.suffix) is None:  # out.bmp: an image name, not a folder
+            raise ValueError(f"{output}: sinsr does not write {output.suffix} files; use .png, .jpg, .webp or .tif")
         if output.suffix and not output.is_dir() and fmt is not None:
             try:
                 choose_output_format(fmt, output_file=output)
@@ -130,7 +133,7 @@ def upscale_cmd(
     dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on CUDA, bf16 on CPUs with AMX or AVX512-BF16, else fp32), fp32, fp16 or bf16. NaN/Inf in fp16/bf16 is retried in fp32."),
     fp32: bool = typer.Option(False, "--fp32", help="Same as --dtype fp32 (Real-ESRGAN's flag)."),
     tile: str = typer.Option("auto", "-t", "--tile", help="Tile size in LR pixels, 0 = whole image, auto = the fastest geometry per image that fits in memory."),
-    tile_overlap: int = typer.Option(32, "--tile-overlap", help="Overlap between tiles in LR pixels (blended seamlessly) for --tile N; auto chooses its own."),
+    tile_overlap: int = typer.Option(32, "--tile-overlap", help="Overlap between tiles in LR pixels (blended seamlessly; at most half the tile, less one) for --tile N; auto chooses its own."),
     tile_pad: int = typer.Option(8, "--tile-pad", help="Context each tile sees beyond its edges, in LR pixels (at least), for --tile N; auto chooses its own."),
     batch: int = typer.Option(1, "--batch", help="Tiles per model call."),
     alpha: str = typer.Option("resize", "--alpha", help="Alpha channel: resize (Lanczos) or model (through the model as gray)."),

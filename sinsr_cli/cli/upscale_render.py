@@ -29,7 +29,7 @@ _SETTING_HINTS = {
     "max_pixels": "raise it with --max-pixels (0 = no limit)",
     "strip_metadata": "use --strip-metadata",
     "tile": "use a smaller --tile (e.g. --tile 128) or --tile auto",
-    "scale": "use a larger --scale",
+    "scale": "use another --scale",
 }
 
 
