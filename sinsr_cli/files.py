@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-__all__ = ["OutputExists", "atomic_path", "new_file_mode", "unwritable_reason"]
+__all__ = ["OutputExists", "atomic_path", "new_file_mode", "unwritable_reason", "within"]
 
 
 class OutputExists(FileExistsError):
@@ -81,6 +81,11 @@ def _publish_new(tmp: Path, p: Path) -> None:
         os.replace(tmp, p)
         return
     os.unlink(tmp)
+
+
+def within(path: str, folder: str) -> bool:
+    """``path`` is ``folder`` or lies under it (both already resolved, e.g. ``os.path.realpath``)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def new_file_mode() -> int:

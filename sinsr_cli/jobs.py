@@ -29,6 +29,7 @@ from typing import Literal
 
 from .distributed import deal
 from .errors import one_line
+from .files import within
 from .imageio import InputItem, SinsrIOError, named_as_image, output_path, read_image
 from .options import UpscaleOptions
 
@@ -61,10 +62,6 @@ def _root_of(item: InputItem) -> Path:
     return Path(*item.path.parts[: len(item.path.parts) - n]) if n < len(item.path.parts) else Path(".")
 
 
-def _is_under(path: str, folder: str) -> bool:
-    return path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
 def plan_jobs(
     items: Sequence[InputItem],
     rejected: Sequence[tuple[Path, str]],
@@ -89,8 +86,8 @@ def plan_jobs(
         """Found by walking an input folder that contains the output folder (a previous result)."""
         root = _resolved(_root_of(item))
         return (
-            out_dir is not None and out_dir != root and _is_under(out_dir, root)
-            and _is_under(_resolved(item.path), out_dir)
+            out_dir is not None and out_dir != root and within(out_dir, root)
+            and within(_resolved(item.path), out_dir)
         )
 
     jobs: list[Job] = []

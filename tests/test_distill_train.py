@@ -510,4 +510,4 @@ def test_cli_resume_refuses_another_teacher_and_non_finite_rates(tmp_path, hr_di
     student = tmp_path / "student.safetensors"  # a one-step student is no teacher
     assert CliRunner().invoke(app, ["distill", "--resume", str(out), "--export", str(student), "-q"]).exit_code == 0
     r = CliRunner().invoke(app, _cli_args((student, v), hr_dir, tmp_path / "s2", 1))
-    assert r.exit_code == 2 and "a one-step student (sinsr-distilled), not a ResShift teacher" in r.output
+    assert r.exit_code == 2 and "--teacher sinsr-distilled is a one-step student, not a ResShift teacher" in r.output

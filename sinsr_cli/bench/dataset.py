@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SettingError
+from ..files import within
 from ..imageio import (
     SinsrIOError,
     collect_inputs,
@@ -238,8 +239,7 @@ def make_lr_dataset(
     if twice:
         raise SinsrIOError(src, f"two images share the name {twice[0]!r}; LR files are named by it")
     out = Path(os.path.expanduser(os.fspath(out_dir)))
-    real_out, real_src = os.path.realpath(out), os.path.realpath(src)
-    if real_out == real_src or real_out.startswith(real_src.rstrip(os.sep) + os.sep):
+    if within(os.path.realpath(out), os.path.realpath(src)):
         raise SinsrIOError(out, f"is inside the HR images ({src}): the pairs would be found as inputs next time")
     if out.exists() and (not out.is_dir() or any(not _empty_pair_dir(p) for p in out.iterdir())):
         raise SinsrIOError(out, "already exists and is not empty; give an empty or new folder")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..files import unwritable_reason
+from ..files import unwritable_reason, within
 from ..imageio import atomic_write_bytes
 from ..text import printable
 from .dataset import LR_RECIPES, BenchDataset
@@ -168,9 +168,9 @@ def check_outputs(
             reason = "is one of the benchmark's images"
         if reason is None and key in seen:
             reason = f"is also the {seen[key]} file"
-        if reason is None and image_dir is not None and _within(key, _real(image_dir)):
+        if reason is None and image_dir is not None and within(key, _real(image_dir)):
             reason = f"is inside {label} {image_dir}, where the SR images go; choose a path outside it"
-        if reason is None and path.suffix.lower() == ".png" and any(_within(key, r) for r in roots):
+        if reason is None and path.suffix.lower() == ".png" and any(within(key, r) for r in roots):
             # an image there would be an input of the next run of the same command
             reason = "is inside the benchmark's images; choose a path outside them"
         if reason is not None:
@@ -180,7 +180,7 @@ def check_outputs(
         reason = unwritable_reason(image_dir / "x.png")
         where = os.path.realpath(image_dir)
         for root in (dataset.lr_root, dataset.hr_root):
-            if reason is None and root is not None and _within(where, _real(root)):
+            if reason is None and root is not None and within(where, _real(root)):
                 reason = f"is inside the benchmark's images ({root}); choose a folder outside them"
         if reason is not None:
             raise ValueError(f"{label} {image_dir}: {reason}")
@@ -188,10 +188,6 @@ def check_outputs(
 
 def _real(path: Path) -> str:
     return os.path.realpath(path)
-
-
-def _within(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:

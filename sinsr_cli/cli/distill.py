@@ -140,8 +140,6 @@ def distill_cmd(
         for part, message in schedule_warnings(cfg, milestones="halve_at" in given):
             console.print(f"[yellow]warning:[/yellow] {shown(message)}; {hints[part]}", soft_wrap=True, highlight=False)
     teacher_model, preset = load_unet(cfg.teacher, setting="teacher")
-    if preset.one_step:  # checked before the VQ loads (train() checks it too)
-        raise ValueError(f"--teacher {cfg.teacher}: a one-step student ({preset.name}), not a ResShift teacher")
     vq_model = load_vq(cfg.vq)
     render = _Render(enabled=talk)
     try:
