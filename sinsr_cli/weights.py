@@ -73,6 +73,30 @@ def _build(module_cls: type, cfg: object, ckpt: Checkpoint, what: str) -> torch.
     return model
 
 
+def preset_of(name_or_path: str | Path) -> ModelPreset | None:
+    """A UNet's preset without loading (or fetching) its weights: a zoo name's, or what a
+    safetensors file's metadata says; None where only loading could tell (a ``.pth``). For the
+    usage checks of a run that has nothing left to upscale."""
+    import json
+
+    from . import zoo
+
+    entry = next((e for e in zoo.ZOO if e.name == str(name_or_path)), None)
+    if entry is not None:
+        return PRESETS.get(entry.preset)
+    p = Path(name_or_path)
+    if p.suffix != ".safetensors" or not p.is_file():
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+        return ModelPreset.from_dict(json.loads(meta["sinsr.preset"])) if "sinsr.preset" in meta else None
+    except Exception:  # noqa: BLE001 - unreadable here: the load (if any) will say why
+        return None
+
+
 def load_unet(
     name_or_path: str | Path, *, config: str | Path | None = None, offline: bool | None = None, setting: str = "model"
 ) -> tuple[SwinUNet, ModelPreset]:

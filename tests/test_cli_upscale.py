@@ -310,6 +310,21 @@ def test_an_output_file_name_sinsr_cannot_write_is_a_usage_error(tmp_path, fake_
     assert (tmp_path / "dir.bmp" / "a_x4.png").is_file()
 
 
+def test_a_usage_error_is_one_even_when_every_output_exists(tmp_path, tiny_checkpoints):
+    """`--steps` a model does not take is a usage error on a rerun with nothing left to do
+    too; the check reads the preset without loading (or fetching) the model."""
+    _save(tmp_path / "a.png")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a_x4.png").write_bytes(b"done before")
+    result = invoke(tmp_path / "a.png", "-o", tmp_path / "out", "--steps", "4")  # sinsr-v1: never fetched
+    assert result.exit_code == 2 and "sinsr-v1 is a one-step student: it takes exactly 1 step, not 4" in result.output
+    unet, vq = tiny_checkpoints
+    result = invoke(tmp_path / "a.png", "-o", tmp_path / "out", "-m", unet, "--vq", vq, "--steps", "99")
+    assert result.exit_code == 2 and "--steps must be in 1..15" in result.output
+    result = invoke(tmp_path / "a.png", "-o", tmp_path / "out", "-m", unet, "--vq", vq, "--steps", "2")
+    assert result.exit_code == 0 and (tmp_path / "out" / "a_x4.png").read_bytes() == b"done before"
+
+
 def test_no_recursive_and_globs(tmp_path, fake_model):
     _save(tmp_path / "in" / "a.png")
     _save(tmp_path / "in" / "b.jpg", format="JPEG")

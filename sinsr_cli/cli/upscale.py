@@ -264,6 +264,12 @@ def _run_sharded(
                 ),
                 soft_wrap=True, highlight=False,
             )
+    elif config is None and (options.steps is not None or options.sampler is not None):
+        from ..weights import preset_of
+
+        preset = preset_of(model)  # nothing to upscale: the same usage check, without loading the model
+        if preset is not None:
+            options.plan_for(preset)
 
     show_progress = console.is_terminal and not quiet
     renderer = Renderer(console, quiet=quiet, verbose=verbose, show_progress=show_progress, paths=not json_out)
