@@ -79,21 +79,16 @@ def preset_of(name_or_path: str | Path) -> ModelPreset | None:
     usage checks of a run that has nothing left to upscale."""
     import json
 
-    from . import zoo
+    from .cache import safetensors_metadata
+    from .zoo import ZOO, zoo_entry
 
-    entry = next((e for e in zoo.ZOO if e.name == str(name_or_path)), None)
-    if entry is not None:
-        return PRESETS.get(entry.preset)
+    if str(name_or_path) in {e.name for e in ZOO}:
+        return PRESETS.get(zoo_entry(str(name_or_path)).preset)
     p = Path(name_or_path)
-    if p.suffix != ".safetensors" or not p.is_file():
-        return None
+    meta = safetensors_metadata(p) if p.suffix == ".safetensors" and p.is_file() else None
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
-        return ModelPreset.from_dict(json.loads(meta["sinsr.preset"])) if "sinsr.preset" in meta else None
-    except Exception:  # noqa: BLE001 - unreadable here: the load (if any) will say why
+        return ModelPreset.from_dict(json.loads(meta["sinsr.preset"])) if meta and "sinsr.preset" in meta else None
+    except (ValueError, TypeError, KeyError):  # unreadable here: the load (if any) will say why
         return None
 
 
