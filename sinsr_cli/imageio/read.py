@@ -249,16 +249,10 @@ def _decode(
     mode = im.mode
     icc: bytes | None = im.info.get("icc_profile") or None
     trns = im.info.get("transparency")
-    if mode in _GRAY16_MODES:
-        g = np.asarray(im).astype(np.float32)
-        alpha = (g != trns).astype(np.float32) if isinstance(trns, int) else None
-        return g[..., None] / 65535, alpha, True, 16, icc
-    if mode == "I":
-        i = np.clip(np.asarray(im), 0, 65535).astype(np.float32)
-        return i[..., None] / 65535, None, True, 16, icc
-    if mode == "F":
-        f = np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
-        return np.clip(f, 0, 1)[..., None], None, True, 16, icc
+    deep = _deep_gray(im)
+    if deep is not None:  # 16/32-bit or float gray; only 16-bit PNG gray has a transparent value
+        alpha = (np.asarray(im) != trns).astype(np.float32) if mode in _GRAY16_MODES and isinstance(trns, int) else None
+        return deep[..., None], alpha, True, 16, icc
     if mode in ("1", "L"):
         g8 = np.asarray(im.convert("L"))
         alpha = None
@@ -293,14 +287,20 @@ def pil_rgb(im: Image.Image) -> np.ndarray:
     """An in-memory PIL image as float32 RGB ``[H, W, 3]`` in [0, 1], alpha dropped: 16-bit and
     32-bit gray (``I;16``, ``I``) scaled from 0..65535 and float (``F``) taken as 0..1, as the file
     reader does (``convert("RGB")`` saturates them to white)."""
-    mode = im.mode
-    if mode in _GRAY16_MODES or mode == "I":
-        g = np.clip(np.asarray(im).astype(np.float32), 0, 65535) / 65535
-    elif mode == "F":
-        g = np.clip(np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0), 0, 1)
-    else:
+    g = _deep_gray(im)
+    if g is None:
         return np.asarray(im.convert("RGB"), dtype=np.float32) / 255
     return np.repeat(g[..., None], 3, axis=2)
+
+
+def _deep_gray(im: Image.Image) -> np.ndarray | None:
+    """``[H, W]`` float32 in [0, 1] of a 16/32-bit (0..65535) or float (0..1) gray image; None
+    for any other mode (Pillow's own conversions are right for those)."""
+    if im.mode in _GRAY16_MODES or im.mode == "I":
+        return np.clip(np.asarray(im).astype(np.float32), 0, 65535) / 65535
+    if im.mode == "F":
+        return np.clip(np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0), 0, 1)
+    return None
 
 
 _SWAP_ENDIAN = {"B": "L", "L": "B", "N": "B" if sys.byteorder == "little" else "L"}
