@@ -46,9 +46,10 @@ def cache_unwritable(root: Path) -> str | None:
     name = f"SINSR_CACHE={root}" if env and Path(env).expanduser() == root else f"the cache {root}"
     if root.exists() and not root.is_dir():
         return f"{name} is a file, not a directory"
-    reason = unwritable_reason(root / "incoming" / "probe")
-    if reason == "a parent path is a file, not a directory":
+    incoming = root / "incoming"
+    if incoming.exists() and not incoming.is_dir():
         return f"{name} holds a file where its folders must be"
+    reason = unwritable_reason(incoming / "probe")
     if reason is not None:
         return f"{name} is not a writable directory ({reason})"
     return None
