@@ -310,6 +310,23 @@ def test_an_output_file_name_sinsr_cannot_write_is_a_usage_error(tmp_path, fake_
     assert (tmp_path / "dir.bmp" / "a_x4.png").is_file()
 
 
+def test_an_output_name_ending_in_a_slash_is_a_folder(tmp_path, fake_model):
+    """`-o out.png/` is a folder whatever its name looks like (it wrote a file `out.png`)."""
+    _save(tmp_path / "a.png")
+    for name in ("out.png", "out.bmp"):
+        result = invoke(tmp_path / "a.png", "-o", f"{tmp_path / name}/")
+        assert result.exit_code == 0, result.stderr
+        assert written(result) == [tmp_path / name / "a_x4.png"] and (tmp_path / name / "a_x4.png").is_file()
+    (tmp_path / "in").mkdir()
+    _save(tmp_path / "in" / "b.png")
+    assert invoke(tmp_path / "in", "-o", f"{tmp_path / 'many.png'}/").exit_code == 0  # no "looks like a file"
+    assert (tmp_path / "many.png" / "b_x4.png").is_file()
+    result = invoke(tmp_path / "a.png", "-o", f"{tmp_path / 'a.png'}/")  # an existing file is not a folder
+    assert result.exit_code == 2 and err_lines(result) == [
+        f"error: {tmp_path / 'a.png'}: --output exists and is not a directory (a name ending in / is a folder)"
+    ]
+
+
 def test_a_usage_error_is_one_even_when_every_output_exists(tmp_path, tiny_checkpoints):
     """`--steps` a model does not take is a usage error on a rerun with nothing left to do
     too; the check reads the preset without loading (or fetching) the model."""

@@ -38,8 +38,11 @@ if TYPE_CHECKING:  # the batch engine imports torch: keep `sinsr --help` fast
 EXIT_INTERRUPTED = 130
 
 
-def _check_output(output: Path | None, single_input_file: bool, n_inputs: int, fmt: str | None = None) -> None:
-    """Usage errors about ``-o``, found before any model is loaded (ValueError, SinsrIOError: exit 2)."""
+def _check_output(
+    output: Path | None, single_input_file: bool, n_inputs: int, fmt: str | None = None, *, folder: bool = False
+) -> None:
+    """Usage errors about ``-o``, found before any model is loaded (ValueError, SinsrIOError: exit 2).
+    ``folder``: the name was given with a trailing slash, so it is a folder whatever it looks like."""
     from ..imageio import IMAGE_EXTENSIONS, SinsrIOError, choose_output_format, format_named
 
     if output is None:
@@ -55,8 +58,9 @@ def _check_output(output: Path | None, single_input_file: bool, n_inputs: int, f
                 raise ValueError(f"{output}: the extension of --output does not match --format {fmt}") from None
         return
     if output.exists() and not output.is_dir():
-        raise ValueError(f"{output}: --output exists and is not a directory ({n_inputs} inputs need a folder)")
-    if not output.exists() and format_named(output.suffix) is not None:
+        why = "a name ending in / is a folder" if folder else f"{n_inputs} inputs need a folder"
+        raise ValueError(f"{output}: --output exists and is not a directory ({why})")
+    if not output.exists() and not folder and format_named(output.suffix) is not None:
         raise ValueError(f"{output}: --output looks like a file name, but the inputs are a folder or several files; give a directory")
     try:
         output.mkdir(parents=True, exist_ok=True)
@@ -117,7 +121,7 @@ Exit codes: 0 done (or skipped), 1 some inputs failed, 2 usage error, 130 interr
 def upscale_cmd(
     inputs: Optional[list[str]] = typer.Argument(None, metavar="INPUT", help="Image files, folders or glob patterns.", show_default=False),
     input_opt: Optional[list[str]] = typer.Option(None, "-i", "--input", metavar="INPUT", help="An input, as INPUT (Real-ESRGAN's -i); repeatable.", show_default=False),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output folder (the input tree is mirrored) or, for one input file, the output file. Default: next to each input."),
+    output_arg: Optional[str] = typer.Option(None, "-o", "--output", help="Output folder (the input tree is mirrored) or, for one input file, the output file (a name ending in / is always a folder). Default: next to each input.", show_default=False),
     scale: float = typer.Option(4.0, "-s", "--scale", "--outscale", help="Output scale: the x4 model, then a Lanczos resample to exactly round(s*w) x round(s*h)."),
     suffix: Optional[str] = typer.Option(None, "--suffix", help="Added to output file names (default _x<scale>, e.g. _x4; 'out' gives photo_out.png, as in Real-ESRGAN); '' keeps the names.", show_default=False),
     fmt: str = typer.Option("auto", "-f", "--format", "--ext", help="Output format: png, jpg, webp, tif, or auto (the input's)."),
@@ -166,6 +170,7 @@ def upscale_cmd(
     tile_size = parse_tile(tile)
     seed_value = resolve_seed(seed)  # "random" becomes a number here, shown in the header
     device, dtype = _real_esrgan_options(device, gpu_id, dtype, fp32)
+    output = Path(output_arg) if output_arg is not None else None
     if max_pixels < 0:  # the flag's 0 is the library's None
         raise ValueError(f"--max-pixels must be >= 0 (0 = no limit), got {max_pixels}")
     options = UpscaleOptions(
@@ -176,9 +181,10 @@ def upscale_cmd(
     )
 
     items, rejected = collect_inputs(given, recursive=recursive)
-    single = _single_input_file(given, len(items))
+    folder = output_arg is not None and output_arg.endswith(("/", os.sep))  # `-o out.png/`: a folder
+    single = _single_input_file(given, len(items)) and not folder
     if items:
-        _check_output(output, single, len(items), options.format)
+        _check_output(output, single, len(items), options.format, folder=folder)
     jobs = plan_jobs(items, rejected, options, explicit=given, single_input_file=single)
     if not items and not any(j.status == "failed" for j in jobs):
         raise fail(f"no images found in {', '.join(given)}", EXIT_PARTIAL)
