@@ -152,6 +152,32 @@ def test_interrupted_run_resumes_on_the_same_curve(tmp_path, hr_dir, monkeypatch
         torch.testing.assert_close(resumed.ema.state_dict()[k], v, atol=1e-6, rtol=1e-5)
 
 
+def test_a_failed_run_logs_the_steps_it_saves(tmp_path, hr_dir, monkeypatch):
+    """Logging every 4 steps, a failure in step 6 saves step 5: its record (steps 5's window) is
+    written too, so the resumed log covers every step (it went from 4 to 8)."""
+    import sinsr_cli.distill.trainer as tr
+
+    teacher, vq, preset = tiny_teacher()
+    cfg = DistillConfig(data=str(hr_dir), batch=2, micro_batch=2, crop=TINY_CROP, steps=8, workers=0, log_every=4,
+                        ckpt_every=8, warmup=3, lr=1e-3)
+    real, calls = tr.student_losses, {"n": 0}
+
+    def fail_in_step_6(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise _Killed
+        return real(*a, **k)
+
+    monkeypatch.setattr(tr, "student_losses", fail_in_step_6)
+    with pytest.raises(_Killed):
+        train(cfg, copy.deepcopy(teacher), vq, preset, tmp_path / "run", device="cpu")
+    monkeypatch.setattr(tr, "student_losses", real)
+    cut = _records(tmp_path / "run" / "log.jsonl")
+    assert sorted(cut) == [4, 5] and cut[5]["lr"] == pytest.approx(tr.learning_rate(5, cfg))
+    train(cfg, copy.deepcopy(teacher), vq, preset, tmp_path / "run", device="cpu", resume=tmp_path / "run")
+    assert sorted(_records(tmp_path / "run" / "log.jsonl")) == [4, 5, 8]
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_cli_run(tmp_path, hr_dir, teacher_files):
     """`kill -9` of a real `sinsr distill` process, then `--resume`: the curve continues unchanged."""

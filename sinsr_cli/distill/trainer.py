@@ -18,6 +18,7 @@ step's losses and optimiser steps (``step.py``), the checkpointed state (``state
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -148,6 +149,9 @@ def train(
         # divergence: keep the steps done since the last checkpoint, so --resume picks them up.
         # Not under DDP (the other processes may be gone) and never weights that went non-finite.
         if info.world == 1 and ts.step > saved_step and _all_finite(ts):
+            if info.main and window.steps:  # the log covers every saved step, as a run's last record does
+                with contextlib.suppress(OSError):
+                    log.write(window.record(ts.step, learning_rate(ts.step, cfg), ts.skipped))
             result.checkpoint = save_state(out_dir, ts, cfg, s_preset, info, teacher_id)
             emit("ckpt", {"step": ts.step, "path": str(result.checkpoint), "interrupted": isinstance(e, KeyboardInterrupt)})
         raise
