@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
@@ -85,6 +86,9 @@ class SRPipeline:
     preset: ModelPreset
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
+    #: builds the models again from their files in float32 (``load_pipeline`` sets it), for a
+    #: copy in another precision: converting already-rounded weights would keep their rounding
+    reload: Callable[[], tuple[SwinUNet, VQModel]] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.schedule: Schedule = make_schedule(self.preset.schedule)
@@ -202,10 +206,15 @@ class SRPipeline:
 
         For a retry in another precision (fp32 after fp16 NaN): switching the shared pipeline and
         back would leak into anyone else holding it, and leave it switched when the retry fails.
+        Weights loaded in fp16/bf16 are rounded; a copy made from them would keep that rounding
+        (and fp16's clipping), so where the pipeline knows its files the copy is loaded from them.
         """
         with torch.inference_mode(False):  # plain tensors, even when asked from inside a run
-            unet, vq = copy.deepcopy(self.unet), copy.deepcopy(self.vq)
-            return SRPipeline(unet, vq, self.preset, self.device, self.dtype).to(dtype=dtype)
+            if self.reload is not None and self.dtype != torch.float32:
+                unet, vq = self.reload()
+            else:
+                unet, vq = copy.deepcopy(self.unet), copy.deepcopy(self.vq)
+            return SRPipeline(unet, vq, self.preset, reload=self.reload).to(self.device, dtype)
 
     def max_input_pixels(self, batch: int = 1) -> int:
         """The most LR pixels (padded H * W) one model call may take: every feature map stays
@@ -262,7 +271,11 @@ def load_pipeline(
     dt = resolve_dtype(dtype, dev)
     unet, preset = load_unet(model, config=config, offline=offline)
     vq_model = load_vq(vq or "vq-f4", config=config, offline=offline)
-    return SRPipeline(unet, vq_model, preset).to(dev, dt)
+
+    def reload() -> tuple[SwinUNet, VQModel]:  # the files are cached by now: never the network
+        return load_unet(model, config=config, offline=True)[0], load_vq(vq or "vq-f4", config=config, offline=True)
+
+    return SRPipeline(unet, vq_model, preset, reload=reload).to(dev, dt)
 
 
 __all__ = ["OneStepOnly", "SRPipeline", "load_pipeline", "build_models", "pad_to_multiple", "bicubic_up"]

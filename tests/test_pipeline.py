@@ -110,6 +110,25 @@ def test_unimplemented_official_schedule_fields_are_refused():
         ScheduleConfig.from_official({**official, "latent_flag": False})
 
 
+def test_an_fp32_copy_of_a_low_precision_pipeline_has_the_files_weights(tiny_checkpoints):
+    """The fp32 retry after a bf16/fp16 NaN runs the checkpoint's weights, not bf16-rounded ones
+    converted back (which changed 19% of an output's 8-bit values on a tiny model)."""
+    from sinsr_cli.pipeline import load_pipeline
+
+    u, v = tiny_checkpoints
+    low = load_pipeline(u, v, device="cpu", dtype="bf16")
+    exact = load_pipeline(u, v, device="cpu", dtype="fp32")
+    copy = low.with_dtype(torch.float32)
+    assert copy.dtype == torch.float32 and low.dtype == torch.bfloat16
+    assert {t.dtype for t in low.unet.parameters()} == {torch.bfloat16}  # the shared one untouched
+    for mine, want in ((copy.unet, exact.unet), (copy.vq, exact.vq)):
+        ref = want.state_dict()
+        for k, t in mine.state_dict().items():
+            assert torch.equal(t, ref[k]), k
+    lq = torch.rand(1, 3, 16, 16)
+    assert torch.equal(copy(lq), exact(lq))
+
+
 def test_with_dtype_is_a_converted_copy_sharing_nothing(tiny_pipeline):
     copy = tiny_pipeline.with_dtype(torch.bfloat16)
     assert tiny_pipeline.dtype == torch.float32 and copy.dtype == torch.bfloat16
