@@ -52,14 +52,18 @@ def run_tiled_with_oom_retry(
     pad: int | Callable[[int], int] = 0,
     out_channels: int | None = None,
     boxes: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
+    multiple: int = 1,
 ) -> torch.Tensor:
     """``tiling.run_tiled`` that halves the tile and starts the image again on out-of-memory.
 
     ``start_try()`` is called at the start of every try and returns the function the try's tiles
     go through, so state a retry must not inherit (a generator) is made fresh for each.
     Each retry halves the tile (``tile == 0`` or a tile covering the image counts as
-    ``max(H, W)``: a whole-image run that does not fit is retried in tiles too; a tile whose
-    box, with its context, would still hold the whole image is skipped) and lowers the overlap
+    ``max(H, W)``: a whole-image run that does not fit is retried in tiles too), going further
+    down where the halved tile's model input (tile + context, padded to ``multiple``) would be no
+    smaller than the one that failed (the context grows as the tile shrinks: 56 px tiles with
+    36 px of context are the 128 px input of 112 px tiles) or would still hold the whole image,
+    and lowers the overlap
     to stay below half the tile, then calls ``on_retry(new_tile, new_overlap)`` so a caller
     working through a folder can keep the size that fits. Progress restarts from zero.
     ``pad`` may be a function of the tile (the context a tile gets), so each retried tile gets
@@ -96,9 +100,7 @@ def run_tiled_with_oom_retry(
             elif not is_oom_error(err):
                 raise
             else:
-                next_tile = cur_tile // 2
-                while next_tile >= min_tile and next_tile + 2 * pad_for(next_tile) >= max(h, w):
-                    next_tile //= 2  # its box would hold the whole image: the run that just failed
+                next_tile = _smaller_tile(cur_tile, min_tile, max(h, w), pad_for, multiple)
                 if next_tile < min_tile and cur_out.type != "cpu":
                     host_output = True  # the device-side output may be what leaves no room
                 elif next_tile < min_tile:
@@ -117,6 +119,23 @@ def run_tiled_with_oom_retry(
         cur_overlap = min(cur_overlap, (cur_tile - 1) // 2)
         if on_retry is not None:
             on_retry(cur_tile, cur_overlap)
+
+
+def _smaller_tile(tile: int, min_tile: int, side: int, pad_for: Callable[[int], int], multiple: int) -> int:
+    """The tile to retry at after ``tile`` ran out of memory: half of it, halved again while its
+    box would hold the whole image (``side``), then lowered until its model input is smaller
+    than the one that failed; below ``min_tile`` when no tile is left to try."""
+
+    def model_input(t: int) -> int:
+        return -(-(t + 2 * pad_for(t)) // multiple) * multiple
+
+    t = tile // 2
+    while t >= min_tile and t + 2 * pad_for(t) >= side:
+        t //= 2  # its box would hold the whole image: the run that just failed
+    failed = model_input(tile)
+    while t >= min_tile and model_input(t) >= failed:
+        t -= 1
+    return t
 
 
 @dataclass(frozen=True)
@@ -216,5 +235,6 @@ class Engine:
                 start_try, lq, tile=geo.tile, overlap=geo.overlap, scale=pipe.scale,
                 batch_size=b if geo.tile == 0 else plan.tiling.batch, on_tile=on_tile, on_retry=on_retry,
                 pad=lambda t: pipe.context_pad(t, geo.pad), out_channels=lq.shape[1], boxes=geo.boxes,
+                multiple=pipe.pad_multiple,
             )
         return from_model_range(out)

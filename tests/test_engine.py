@@ -74,6 +74,25 @@ def test_oom_retry_skips_tiles_whose_box_still_holds_the_whole_image():
     assert retries == [25, 12] and seen.count(100) == 1 and 85 in seen and seen[-1] == 72
 
 
+def test_oom_retry_shrinks_the_model_input_when_the_context_grows_back():
+    """112 px tiles with 8 px of context are 128 px model inputs; so are 56 px tiles, whose
+    context grows to 36 px to fill the 64 px multiple: the retry goes on to 48 px (64 px inputs)
+    instead of running the failed size again and giving up."""
+    x = torch.rand(1, 3, 300, 300, generator=torch.Generator().manual_seed(6))
+    fn, seen = fake_oom_fn(64, 1)
+    retries = []
+
+    def context(t: int) -> int:  # SRPipeline.context_pad's rule with 8 px asked and 64 px padding
+        return 8 + ((-(t + 16)) % 64) // 2
+
+    out = run_tiled_with_oom_retry(
+        lambda: fn, x, tile=112, overlap=16, scale=1, pad=context, multiple=64,
+        on_retry=lambda t, o: retries.append(t),
+    )
+    torch.testing.assert_close(out, x, atol=1e-6, rtol=0)
+    assert retries == [48] and sorted(set(seen)) == [64, 128]
+
+
 def test_oom_retry_reraises_below_minimum():
     x = torch.rand(1, 3, 64, 64)
     fn, seen = fake_oom_fn(20, 2)
@@ -316,10 +335,11 @@ def test_auto_geometry_hands_its_boxes_to_the_tiler_and_a_retry_drops_them(tiny_
     monkeypatch.setattr(tiny_pipeline, "upscale_pm1", lambda x, **kw: shapes.append(tuple(x.shape[-2:])) or real(x, **kw))
     out = Engine(tiny_pipeline)(torch.rand(1, 3, 200, 160), plan)
     assert out.shape == (1, 3, 800, 640) and sorted(shapes) == [(128, 64), (128, 64), (128, 128), (128, 128)]
-    # an out-of-memory retry cuts equal boxes of the halved tile (56 px + 36 px context = 128)
+    # an out-of-memory retry cuts equal boxes of a smaller model input: 48 px + 8 px context = 64
+    # (the halved tile, 56 px, would be 128 px again with the 36 px context that fills the multiple)
     shapes.clear()
     _oom_first_denoiser_call(tiny_pipeline, monkeypatch)
     retries = []
     out = Engine(tiny_pipeline)(torch.rand(1, 3, 200, 160), plan, on_retry=lambda t, o: retries.append(t))
-    assert retries == [56] and out.shape == (1, 3, 800, 640)
-    assert shapes[0] == (128, 128) and set(shapes[1:]) == {(128, 128)} and len(shapes) > 5
+    assert retries == [48] and out.shape == (1, 3, 800, 640)
+    assert shapes[0] == (128, 128) and set(shapes[1:]) == {(64, 64)} and len(shapes) > 5
