@@ -327,6 +327,18 @@ def test_an_output_name_ending_in_a_slash_is_a_folder(tmp_path, fake_model):
     ]
 
 
+def test_the_header_says_untiled_where_the_tile_box_holds_the_image(tmp_path, tiny_checkpoints):
+    """80 x 100 at `--tile 64`: the tile with its context is a 128 px box holding the image, so
+    it runs whole (as `--tile 0`); the header said "tile 64". A larger image is tiled."""
+    u, v = tiny_checkpoints
+    _save(tmp_path / "a.png", size=(100, 80))
+    result = invoke(tmp_path / "a.png", "-o", tmp_path / "o", "-m", u, "--vq", v, "--tile", "64")
+    assert result.exit_code == 0 and ", untiled, seed" in result.stderr
+    _save(tmp_path / "b.png", size=(200, 80))
+    result = invoke(tmp_path / "b.png", "-o", tmp_path / "o", "-m", u, "--vq", v, "--tile", "64")
+    assert result.exit_code == 0 and ", tile 64, seed" in result.stderr
+
+
 def test_a_usage_error_is_one_even_when_every_output_exists(tmp_path, tiny_checkpoints):
     """`--steps` a model does not take is a usage error on a rerun with nothing left to do
     too; the check reads the preset without loading (or fetching) the model."""

@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # the batch engine imports torch: keep `sinsr --help` fast
     from ..results import BatchReport
     from ..distributed import DistInfo
     from ..pipeline import SRPipeline
+    from ..plan import Plan
 
 EXIT_INTERRUPTED = 130
 
@@ -74,18 +75,18 @@ def _single_input_file(inputs: Sequence[str], n_items: int) -> bool:
     return len(inputs) == 1 and n_items == 1 and Path(os.path.expanduser(inputs[0])).is_file()
 
 
-def _tiling_words(pipe: SRPipeline, tile: int | None, jobs: Sequence[Job], tile_batch: int) -> str:
-    """``untiled`` when no pending image will be tiled (a fixed tile no image exceeds, the
-    pipeline's own rule, or an ``auto`` plan that tiles none of them), else the tile."""
-    from ..tileplan import auto_plan
+def _tiling_words(pipe: SRPipeline, plan: Plan, jobs: Sequence[Job]) -> str:
+    """``untiled`` when no pending image will be tiled (as the engine cuts each distinct size:
+    a tile whose box holds the image runs it whole; ``auto`` plans by arithmetic only), else the tile."""
+    from ..engine import geometry
 
     sizes = {j.item.size for j in jobs if j.status == "pending" and j.item.size}
-    if tile is None:  # planned per image: plan each distinct size now (arithmetic only)
-        tiled = any(auto_plan(pipe, h, w, tile_batch=tile_batch).tile for w, h in sizes) or not sizes
-        return "tile auto" if tiled else "untiled"
-    if not tile or (sizes and max(max(s) for s in sizes) <= tile):
+    tile = plan.tiling.tile
+    if sizes and not any(geometry(pipe, plan, 1, h, w).tile for w, h in sizes):
         return "untiled"
-    return f"tile {tile}"
+    if tile == 0 and not sizes:
+        return "untiled"
+    return "tile auto" if tile is None else f"tile {tile}"
 
 
 def _real_esrgan_options(device: str, gpu_id: int | None, dtype: str, fp32: bool) -> tuple[str, str]:
@@ -195,7 +196,7 @@ def upscale_cmd(
             console.quiet = False  # joined: from here on, errors are this rank's own
         report, renderer, shares = _run_sharded(
             rank, dev, jobs, options, model=model, vq=vq, dtype=dtype, config=config, offline=offline,
-            tile_size=tile_size, quiet=quiet or not rank.main, verbose=verbose, json_out=json_out,
+            quiet=quiet or not rank.main, verbose=verbose, json_out=json_out,
         )
     if not rank.main:  # rank 0 reports the whole run and carries its exit code
         raise typer.Exit(EXIT_OK)
@@ -229,7 +230,6 @@ def _run_sharded(
     dtype: str,
     config: Path | None,
     offline: bool,
-    tile_size: int | None,
     quiet: bool,
     verbose: bool,
     json_out: bool,
@@ -258,13 +258,13 @@ def _run_sharded(
 
         pipe = load_pipeline(model, vq, device=dev, dtype=dtype, config=config, offline=offline or None)
         # a steps/sampler pair this model does not take is a usage error, before any file
-        options.plan_for(pipe.preset)
+        plan = options.plan_for(pipe.preset)
         if not quiet:
             dt = str(pipe.dtype).removeprefix("torch.")
             where = f"{pipe.device} ({dt})" if rank.world == 1 else f"{rank.world} processes ({pipe.device.type}, {dt})"
             console.print(
                 Text(
-                    f"{pipe.preset.name} on {where}, {_tiling_words(pipe, tile_size, jobs, options.tile_batch)}, "
+                    f"{pipe.preset.name} on {where}, {_tiling_words(pipe, plan, jobs)}, "
                     f"seed {options.seed}: {pending} of {len(jobs)} file(s) to upscale",
                     style="dim",
                 ),
