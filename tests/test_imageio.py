@@ -380,6 +380,53 @@ def test_tiff16_colour_round_trip(tmp_path: Path, channels: int) -> None:
         np.testing.assert_array_equal(np.rint(again.alpha * 65535), a[..., 3])
 
 
+@pytest.mark.parametrize("channels", [3, 4])
+@pytest.mark.parametrize("layout", [{}, {"rowsperstrip": 2}, {"tile": (16, 16)}, {"compression": "zlib"}])
+def test_tiff16_planar_read_exactly(tmp_path: Path, channels: int, layout: dict) -> None:
+    """Separate 16-bit planes (PlanarConfiguration 2), either byte order, one strip, several
+    strips, tiles (an edge tile narrower than the rest): the exact samples and alpha (Pillow's
+    own decoding keeps one byte of each sample). Compressed (libtiff): the high bytes, as 16-bit."""
+    a = rand16(20, 37, channels)
+    a[:, 18:, 3 % channels] = 0  # a transparent right half when there is alpha
+    for order in "<>":
+        src = tmp_path / f"p{order == '<'}.tif"
+        extra = ["unassalpha"] if channels == 4 else None
+        tifffile.imwrite(src, np.moveaxis(a, 2, 0), planarconfig="separate", photometric="rgb",
+                         extrasamples=extra, byteorder=order, **layout)
+        img = read_image(src)
+        assert img.bit_depth == 16 and not img.grayscale
+        want = (a >> 8) * 257 if "compression" in layout else a
+        np.testing.assert_array_equal(np.rint(img.rgb * 65535), want[..., :3])
+        if channels == 4:
+            np.testing.assert_array_equal(np.rint(img.alpha * 65535), want[..., 3])
+        else:
+            assert img.alpha is None
+
+
+def test_tiff16_planar_oriented_cut_or_cmyk(tmp_path: Path) -> None:
+    """An Orientation tag turns the planes like any TIFF; a file cut inside its last plane is
+    corrupt; 16-bit CMYK planes, which Pillow cannot unpack, are refused in one line, not noise."""
+    a = rand16(6, 9, 3)
+    src = tmp_path / "o.tif"
+    tifffile.imwrite(src, np.moveaxis(a, 2, 0), planarconfig="separate", photometric="rgb",
+                     extratags=[(274, 3, 1, 6, True)])
+    np.testing.assert_array_equal(np.rint(read_image(src).rgb * 65535), np.rot90(a, -1))
+    cut = tmp_path / "cut.tif"
+    data = src.read_bytes()
+    cut.write_bytes(data[: data.index(np.moveaxis(a, 2, 0)[2].tobytes()) + 60])  # 30 samples of B
+    with pytest.raises(ImageReadError) as err:
+        read_image(cut)
+    assert "truncated or corrupt image file" in one_line(err, cut)
+    cmyk = tmp_path / "cmyk.tif"
+    tifffile.imwrite(cmyk, np.moveaxis(rand16(6, 9, 4), 2, 0), planarconfig="separate", photometric="separated")
+    with pytest.raises(ImageReadError) as err:
+        read_image(cmyk)
+    assert one_line(err, cmyk).endswith(
+        "unsupported TIFF layout (4 sample(s) of 16-bit unsigned integer, CMYK in separate planes); "
+        "save it with interleaved samples (or compressed)"
+    )
+
+
 @pytest.mark.parametrize("ext", ["png", "tif"])
 @pytest.mark.parametrize("channels", [1, 2, 3, 4])
 def test_16bit_round_trip_keeps_alpha_icc_and_exif(tmp_path: Path, ext: str, channels: int) -> None:

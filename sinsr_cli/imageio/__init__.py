@@ -18,6 +18,8 @@ Policies (documented for the CLI):
   * Multi-frame files (GIF, APNG, multi-page TIFF): the first frame only.
   * 16-bit: grayscale and RGB/RGBA PNG and TIFF are read losslessly (/65535) and, with
     ``bit_depth=16`` or ``like.bit_depth == 16``, written back as 16-bit PNG/TIFF (rounded).
+    A TIFF of separate planes is exact when uncompressed; compressed, Pillow gives only the high
+    byte of each sample (8-bit precision, still 16-bit out); 16-bit CMYK planes are refused.
     Pillow mode ``I`` is read as [0, 65535], mode ``F`` as [0, 1] (both clipped), both 16-bit.
   * JPEG has no alpha: alpha passed to a JPEG write is dropped (the CLI should warn).
     WebP has no grayscale: grayscale goes out as RGB. JPEG/WebP are always 8-bit.

@@ -231,8 +231,8 @@ def _decode(
     if mode in ("LA", "La"):
         la = np.asarray(im.convert("LA")).astype(np.float32) / 255
         return la[..., :1], la[..., 1], True, 8, icc
-    if rawmode is not None and mode in ("RGB", "RGBA"):
-        deep = decode_16bit(im, f, rawmode)
+    if rawmode is not None:  # 16-bit colour; CMYK only to refuse 16-bit planes
+        deep = decode_16bit(im, p, f, rawmode)
         if deep is not None:
             return deep + (icc,)
     if mode == "CMYK":

@@ -1,14 +1,24 @@
-"""What an intact TIFF declares in its first directory, read without Pillow: for a file Pillow
-cannot identify, it tells an unsupported layout (float or 32-bit samples) from a corrupt file."""
+"""What a TIFF declares in its header and first directory, read without Pillow: for a file Pillow
+cannot identify, it tells an unsupported layout (float or 32-bit samples) from a corrupt file;
+for one it decodes plane by plane, the byte order Pillow's per-plane tiles do not carry."""
 
 from __future__ import annotations
 
 import struct
 from typing import IO
 
-__all__ = ["tiff_layout"]
+__all__ = ["tiff_byte_order", "tiff_layout"]
 
 _TIFF_SAMPLE_FORMATS = {1: "unsigned integer", 2: "signed integer", 3: "floating point", 4: "undefined", 5: "complex integer", 6: "complex float"}
+
+
+def tiff_byte_order(f: IO[bytes]) -> str | None:
+    """The struct prefix of ``f``'s samples, "<" (b"II") or ">" (b"MM"); None if not a TIFF."""
+    try:
+        f.seek(0)
+        return {b"II": "<", b"MM": ">"}.get(f.read(2))
+    except OSError:
+        return None
 
 
 def tiff_layout(f: IO[bytes]) -> str | None:
