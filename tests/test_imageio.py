@@ -319,6 +319,31 @@ def test_an_intact_tiff_pillow_cannot_decode_says_its_layout(tmp_path: Path) -> 
         read_image(tmp_path / "cut.tif")
 
 
+def test_tiff_12bit_gray_and_min_is_white_are_the_picture(tmp_path: Path) -> None:
+    """12-bit gray comes from Pillow as 0..4095 in "I;16": scaled by 4095, not 65535 (1/16 as
+    bright). MinIsWhite deep gray, which Pillow inverts only up to 8 bits, is inverted (16-bit,
+    raw or compressed, and float); 8-bit MinIsWhite stays right. Other 9..15-bit layouts, which
+    Pillow cannot decode, are refused in one line."""
+    ramp = np.tile(np.linspace(0, 1, 16), (12, 1))
+    g12 = np.round(ramp * 4095).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "g12.tif", g12, bitspersample=12)
+    img = read_image(tmp_path / "g12.tif")
+    assert img.grayscale and img.bit_depth == 16 and img.rgb.max() == 1.0
+    np.testing.assert_array_equal(np.rint(img.rgb[..., 0] * 4095), g12)
+    with Image.open(tmp_path / "g12.tif") as im:  # upscale() of an opened PIL image agrees
+        np.testing.assert_array_equal(imageio.pil_rgb(im), img.rgb)
+    g16, g8 = np.round(ramp * 65535).astype(np.uint16), np.round(ramp * 255).astype(np.uint8)
+    for name, data, scale, extra in (("w16.tif", g16, 65535, {}), ("w16z.tif", g16, 65535, {"compression": "zlib"}),
+                                     ("w8.tif", g8, 255, {}), ("wf.tif", ramp.astype(np.float32), 1, {})):
+        tifffile.imwrite(tmp_path / name, data, photometric="miniswhite", **extra)
+        got = read_image(tmp_path / name).rgb[..., 0]
+        np.testing.assert_allclose(got, 1 - data.astype(np.float64) / scale, atol=1e-6, err_msg=name)
+    tifffile.imwrite(tmp_path / "g10.tif", np.round(ramp * 1023).astype(np.uint16), bitspersample=10)
+    with pytest.raises(ImageReadError) as err:
+        read_image(tmp_path / "g10.tif")
+    assert "unsupported TIFF layout (1 sample(s) of 10-bit unsigned integer)" in one_line(err, tmp_path / "g10.tif")
+
+
 def test_gray16_png_and_tiff_stay_16bit_gray(tmp_path: Path) -> None:
     g = rand16(7, 5, 1)[..., 0]
     img = read_image(save(tmp_path / "g.png", Image.fromarray(g)))

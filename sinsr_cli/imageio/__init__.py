@@ -21,6 +21,7 @@ Policies (documented for the CLI):
     A TIFF of separate planes is exact when uncompressed; compressed, Pillow gives only the high
     byte of each sample (8-bit precision, still 16-bit out); 16-bit CMYK planes are refused.
     Pillow mode ``I`` is read as [0, 65535], mode ``F`` as [0, 1] (both clipped), both 16-bit.
+    12-bit gray TIFF is read as [0, 4095]; MinIsWhite gray TIFF is inverted at every depth.
   * JPEG has no alpha: alpha passed to a JPEG write is dropped (the CLI should warn).
     WebP has no grayscale: grayscale goes out as RGB. JPEG/WebP are always 8-bit.
   * Grayscale output (``like.grayscale`` or a 2-D array) is the Rec. 601 luma of the RGB.

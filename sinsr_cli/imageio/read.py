@@ -20,7 +20,7 @@ from .errors import ImageReadError, megapixels, os_reason
 from .metadata import orient, orientation_and_exif
 from .pillowlimit import PIL_LIMIT_LOCK, pillow_size_check_off
 from .redecode import decode_16bit, tile_rawmode
-from .tiffheader import tiff_layout
+from .tiffheader import deep_gray_levels, tiff_layout
 
 DEFAULT_MAX_PIXELS = 178_956_970  # the size at which Pillow itself refuses to open a file
 _GRAY16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -264,11 +264,15 @@ def pil_rgb(im: Image.Image) -> np.ndarray:
 
 def _deep_gray(im: Image.Image) -> np.ndarray | None:
     """``[H, W]`` float32 in [0, 1] of a 16/32-bit (0..65535) or float (0..1) gray image; None
-    for any other mode (Pillow's own conversions are right for those)."""
+    for any other mode (Pillow's own conversions are right for those). A TIFF's 12-bit (9..15)
+    samples are scaled from their own range and MinIsWhite is inverted, which Pillow does not."""
+    top, inverted = deep_gray_levels(im)
     if im.mode in _GRAY16_MODES or im.mode == "I":
-        return np.clip(np.asarray(im).astype(np.float32), 0, 65535) / 65535
+        v = np.clip(np.asarray(im).astype(np.float32), 0, top)
+        return (top - v if inverted else v) / top
     if im.mode == "F":
-        return np.clip(np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0), 0, 1)
+        g = np.clip(np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0), 0, 1)
+        return 1 - g if inverted else g
     return None
 
 
