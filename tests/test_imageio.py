@@ -282,6 +282,44 @@ def test_palette_and_trns_transparency(tmp_path: Path) -> None:
     assert img.grayscale and img.alpha[1, 1] == 0 and img.alpha.sum() == 15
 
 
+def gray_png_bytes(a: np.ndarray, bits: int, trns: int) -> bytes:
+    """An independent 1/2/4-bit gray PNG of samples ``a`` (0..2**bits-1) with a tRNS value."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w = a.shape
+    per_byte = 8 // bits
+    padded = np.zeros((h, -(-w // per_byte) * per_byte), np.uint8)
+    padded[:, :w] = a
+    groups = padded.reshape(h, -1, per_byte).astype(int)
+    packed = sum(groups[..., i] << (8 - bits * (i + 1)) for i in range(per_byte)).astype(np.uint8)
+    raw = b"".join(b"\x00" + row.tobytes() for row in packed)
+    ihdr = struct.pack(">IIBBBBB", w, h, bits, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"tRNS", struct.pack(">H", trns))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4])
+def test_low_bit_gray_png_transparent_value(tmp_path: Path, bits: int) -> None:
+    """The tRNS value of a 1-, 2- or 4-bit gray PNG is a sample value (Pillow reports 1-bit
+    white as 255 and 2/4-bit values unscaled): white and black transparency both come out."""
+    top = (1 << bits) - 1
+    a = RNG.integers(0, top + 1, (5, 11)).astype(np.uint8)
+    a[0, :2] = (0, top)
+    for trns in (0, top):
+        src = tmp_path / f"g{bits}_{trns}.png"
+        src.write_bytes(gray_png_bytes(a, bits, trns))
+        img = read_image(src)
+        assert img.grayscale and img.bit_depth == 8
+        np.testing.assert_array_equal(np.rint(img.rgb[..., 0] * top), a)
+        np.testing.assert_array_equal(img.alpha, (a != trns).astype(np.float32))
+    mask = np.zeros((4, 6), bool)
+    mask[:, :3] = True  # Pillow's own writer, white transparent
+    img = read_image(save(tmp_path / "mask.png", Image.fromarray(mask), transparency=1))
+    np.testing.assert_array_equal(img.alpha, (~mask).astype(np.float32))
+
+
 def test_one_bit_and_float_and_int_modes(tmp_path: Path) -> None:
     bits = RNG.integers(0, 2, (6, 8)).astype(bool)
     img = read_image(save(tmp_path / "b.png", Image.fromarray(bits)))

@@ -226,7 +226,7 @@ def _decode(
         g8 = np.asarray(im.convert("L"))
         alpha = None
         if isinstance(trns, int):
-            alpha = (g8 != (trns * 255 if mode == "1" else trns)).astype(np.float32)
+            alpha = (g8 != _gray8_level(trns, mode, rawmode)).astype(np.float32)
         return g8[..., None].astype(np.float32) / 255, alpha, True, 8, icc
     if mode in ("LA", "La"):
         la = np.asarray(im.convert("LA")).astype(np.float32) / 255
@@ -250,6 +250,15 @@ def _decode(
     except ValueError:
         raise ImageReadError(p, f"unsupported colour mode {mode}") from None
     return arr[..., :3], (arr[..., 3] if has_alpha else None), False, 8, icc
+
+
+def _gray8_level(trns: int, mode: str, rawmode: str | None) -> int:
+    """A 1/2/4/8-bit gray PNG's transparent value on the 0..255 scale of its "L" pixels: Pillow
+    reports a 1-bit one as 0 or 255 (older Pillows 0 or 1), a 2- or 4-bit one unscaled."""
+    if mode == "1":
+        return 255 if trns else 0
+    top = {"L;2": 3, "L;4": 15}.get(rawmode or "")
+    return trns * (255 // top) if top is not None and trns <= top else trns
 
 
 def pil_rgb(im: Image.Image) -> np.ndarray:
