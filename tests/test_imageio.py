@@ -237,6 +237,54 @@ def test_tiff_source_exif_keeps_metadata_not_structure(tmp_path: Path) -> None:
     assert 273 not in ex and 256 not in ex  # StripOffsets / ImageWidth of the source are not metadata
 
 
+def test_carried_metadata_describes_the_output_not_the_source(tmp_path: Path) -> None:
+    """A TIFF description of the source's array (tifffile's shape JSON, ImageJ's header) is not
+    carried into a larger output (tifffile then reads a shape that is not the page's); a text
+    description is. EXIF PixelXDimension/PixelYDimension say the written size, after the
+    Orientation-6 turn, in every format; the other EXIF entries keep their bytes."""
+    big = np.kron(rand16(12, 16, 3), np.ones((4, 4, 1), np.uint16))  # a 4x "upscale", 64x48
+    for name, description, kept in (("shaped.tif", None, False), ("imagej.tif", "ImageJ=1.11a\nimages=1\n", False),
+                                    ("text.tif", "Harbour at dawn", True)):
+        tifffile.imwrite(tmp_path / name, rand16(12, 16, 3), description=description,
+                         metadata=None if description else {})
+        img = read_image(tmp_path / name)
+        out = write_image(tmp_path / f"out_{name}", big.astype(np.float32) / 65535, like=img)
+        with tifffile.TiffFile(out) as t:
+            assert t.pages[0].description == (description if kept else "")
+            assert t.series[0].shape == t.pages[0].shape == (48, 64, 3)
+    ex = Image.Exif()
+    ex[0x0112] = 6
+    ex[0x8769] = {0x9003: "2021:02:03 04:05:06", 0xA002: 16, 0xA003: 12}
+    src = save(tmp_path / "photo.jpg", Image.fromarray(rand8(12, 16, 3)), exif=ex.tobytes())
+    img = read_image(src)
+    assert img.size == (12, 16)
+    up = np.kron(img.rgb, np.ones((4, 4, 1), np.float32))
+    for ext in ("jpg", "png", "webp", "tif"):
+        out = write_image(tmp_path / f"photo_x4.{ext}", up, like=img)
+        with Image.open(out) as im:
+            got = im.getexif()
+            sub = got.get_ifd(0x8769)
+            assert im.size == (48, 64) and got.get(0x0112, 1) == 1
+        assert (sub[0xA002], sub[0xA003], sub[0x9003]) == (48, 64, "2021:02:03 04:05:06"), ext
+
+
+def test_exif_pixel_size_edit_is_in_place(tmp_path: Path) -> None:
+    """A SHORT entry stays SHORT, becomes LONG past 65535; nothing else moves (offsets kept)."""
+    ex = Image.Exif()
+    ex[0x010F] = "Canon"
+    ex[0x8769] = {0xA002: 16, 0xA003: 12, 0x927C: b"maker notes with offsets"}
+    raw = ex.tobytes()
+    for width, height in ((640, 480), (70_000, 3)):
+        edited = imageio.metadata.exif_for_size(raw, width, height)
+        assert len(edited) == len(raw)
+        assert sum(a != b for a, b in zip(raw, edited)) <= 12  # two 12-byte entries, value bytes only
+        back = Image.Exif()
+        back.load(edited)
+        sub = back.get_ifd(0x8769)
+        assert (sub[0xA002], sub[0xA003], sub[0x927C], back[0x010F]) == (width, height, b"maker notes with offsets", "Canon")
+    assert imageio.metadata.exif_for_size(b"Exif\x00\x00junk", 1, 1) == b"Exif\x00\x00junk"
+
+
 # ----------------------------------------------------------------------------- alpha, modes, depth
 
 

@@ -28,8 +28,10 @@ Policies (documented for the CLI):
   * CMYK is converted to sRGB through its ICC profile when littlecms can (the sRGB profile
     is then carried), otherwise naively (no profile carried). An ICC profile whose colour
     space does not match the written pixels (GRAY vs RGB) is not written.
-  * EXIF that cannot be parsed is not carried. 16-bit gray+alpha TIFF is written as RGBA
-    (Pillow cannot read 16-bit gray+alpha TIFF back).
+  * EXIF that cannot be parsed is not carried. The pixel size EXIF records (PixelXDimension,
+    PixelYDimension) is set to the written image's; a TIFF ImageDescription describing the
+    source's pixel array (tifffile's shape JSON, ImageJ, OME-XML) is not carried.
+  * 16-bit gray+alpha TIFF is written as RGBA (Pillow cannot read 16-bit gray+alpha TIFF back).
 """
 
 from __future__ import annotations
