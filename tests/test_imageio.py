@@ -237,6 +237,54 @@ def test_tiff_source_exif_keeps_metadata_not_structure(tmp_path: Path) -> None:
     assert 273 not in ex and 256 not in ex  # StripOffsets / ImageWidth of the source are not metadata
 
 
+def test_carried_metadata_describes_the_output_not_the_source(tmp_path: Path) -> None:
+    """A TIFF description of the source's array (tifffile's shape JSON, ImageJ's header) is not
+    carried into a larger output (tifffile then reads a shape that is not the page's); a text
+    description is. EXIF PixelXDimension/PixelYDimension say the written size, after the
+    Orientation-6 turn, in every format; the other EXIF entries keep their bytes."""
+    big = np.kron(rand16(12, 16, 3), np.ones((4, 4, 1), np.uint16))  # a 4x "upscale", 64x48
+    for name, description, kept in (("shaped.tif", None, False), ("imagej.tif", "ImageJ=1.11a\nimages=1\n", False),
+                                    ("text.tif", "Harbour at dawn", True)):
+        tifffile.imwrite(tmp_path / name, rand16(12, 16, 3), description=description,
+                         metadata=None if description else {})
+        img = read_image(tmp_path / name)
+        out = write_image(tmp_path / f"out_{name}", big.astype(np.float32) / 65535, like=img)
+        with tifffile.TiffFile(out) as t:
+            assert t.pages[0].description == (description if kept else "")
+            assert t.series[0].shape == t.pages[0].shape == (48, 64, 3)
+    ex = Image.Exif()
+    ex[0x0112] = 6
+    ex[0x8769] = {0x9003: "2021:02:03 04:05:06", 0xA002: 16, 0xA003: 12}
+    src = save(tmp_path / "photo.jpg", Image.fromarray(rand8(12, 16, 3)), exif=ex.tobytes())
+    img = read_image(src)
+    assert img.size == (12, 16)
+    up = np.kron(img.rgb, np.ones((4, 4, 1), np.float32))
+    for ext in ("jpg", "png", "webp", "tif"):
+        out = write_image(tmp_path / f"photo_x4.{ext}", up, like=img)
+        with Image.open(out) as im:
+            got = im.getexif()
+            sub = got.get_ifd(0x8769)
+            assert im.size == (48, 64) and got.get(0x0112, 1) == 1
+        assert (sub[0xA002], sub[0xA003], sub[0x9003]) == (48, 64, "2021:02:03 04:05:06"), ext
+
+
+def test_exif_pixel_size_edit_is_in_place(tmp_path: Path) -> None:
+    """A SHORT entry stays SHORT, becomes LONG past 65535; nothing else moves (offsets kept)."""
+    ex = Image.Exif()
+    ex[0x010F] = "Canon"
+    ex[0x8769] = {0xA002: 16, 0xA003: 12, 0x927C: b"maker notes with offsets"}
+    raw = ex.tobytes()
+    for width, height in ((640, 480), (70_000, 3)):
+        edited = imageio.metadata.exif_for_size(raw, width, height)
+        assert len(edited) == len(raw)
+        assert sum(a != b for a, b in zip(raw, edited)) <= 12  # two 12-byte entries, value bytes only
+        back = Image.Exif()
+        back.load(edited)
+        sub = back.get_ifd(0x8769)
+        assert (sub[0xA002], sub[0xA003], sub[0x927C], back[0x010F]) == (width, height, b"maker notes with offsets", "Canon")
+    assert imageio.metadata.exif_for_size(b"Exif\x00\x00junk", 1, 1) == b"Exif\x00\x00junk"
+
+
 # ----------------------------------------------------------------------------- alpha, modes, depth
 
 
@@ -282,6 +330,44 @@ def test_palette_and_trns_transparency(tmp_path: Path) -> None:
     assert img.grayscale and img.alpha[1, 1] == 0 and img.alpha.sum() == 15
 
 
+def gray_png_bytes(a: np.ndarray, bits: int, trns: int) -> bytes:
+    """An independent 1/2/4-bit gray PNG of samples ``a`` (0..2**bits-1) with a tRNS value."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w = a.shape
+    per_byte = 8 // bits
+    padded = np.zeros((h, -(-w // per_byte) * per_byte), np.uint8)
+    padded[:, :w] = a
+    groups = padded.reshape(h, -1, per_byte).astype(int)
+    packed = sum(groups[..., i] << (8 - bits * (i + 1)) for i in range(per_byte)).astype(np.uint8)
+    raw = b"".join(b"\x00" + row.tobytes() for row in packed)
+    ihdr = struct.pack(">IIBBBBB", w, h, bits, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"tRNS", struct.pack(">H", trns))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4])
+def test_low_bit_gray_png_transparent_value(tmp_path: Path, bits: int) -> None:
+    """The tRNS value of a 1-, 2- or 4-bit gray PNG is a sample value (Pillow reports 1-bit
+    white as 255 and 2/4-bit values unscaled): white and black transparency both come out."""
+    top = (1 << bits) - 1
+    a = RNG.integers(0, top + 1, (5, 11)).astype(np.uint8)
+    a[0, :2] = (0, top)
+    for trns in (0, top):
+        src = tmp_path / f"g{bits}_{trns}.png"
+        src.write_bytes(gray_png_bytes(a, bits, trns))
+        img = read_image(src)
+        assert img.grayscale and img.bit_depth == 8
+        np.testing.assert_array_equal(np.rint(img.rgb[..., 0] * top), a)
+        np.testing.assert_array_equal(img.alpha, (a != trns).astype(np.float32))
+    mask = np.zeros((4, 6), bool)
+    mask[:, :3] = True  # Pillow's own writer, white transparent
+    img = read_image(save(tmp_path / "mask.png", Image.fromarray(mask), transparency=1))
+    np.testing.assert_array_equal(img.alpha, (~mask).astype(np.float32))
+
+
 def test_one_bit_and_float_and_int_modes(tmp_path: Path) -> None:
     bits = RNG.integers(0, 2, (6, 8)).astype(bool)
     img = read_image(save(tmp_path / "b.png", Image.fromarray(bits)))
@@ -317,6 +403,31 @@ def test_an_intact_tiff_pillow_cannot_decode_says_its_layout(tmp_path: Path) -> 
     (tmp_path / "cut.tif").write_bytes((tmp_path / "f.tif").read_bytes()[:12])
     with pytest.raises(ImageReadError, match="truncated or corrupt TIFF file"):
         read_image(tmp_path / "cut.tif")
+
+
+def test_tiff_12bit_gray_and_min_is_white_are_the_picture(tmp_path: Path) -> None:
+    """12-bit gray comes from Pillow as 0..4095 in "I;16": scaled by 4095, not 65535 (1/16 as
+    bright). MinIsWhite deep gray, which Pillow inverts only up to 8 bits, is inverted (16-bit,
+    raw or compressed, and float); 8-bit MinIsWhite stays right. Other 9..15-bit layouts, which
+    Pillow cannot decode, are refused in one line."""
+    ramp = np.tile(np.linspace(0, 1, 16), (12, 1))
+    g12 = np.round(ramp * 4095).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "g12.tif", g12, bitspersample=12)
+    img = read_image(tmp_path / "g12.tif")
+    assert img.grayscale and img.bit_depth == 16 and img.rgb.max() == 1.0
+    np.testing.assert_array_equal(np.rint(img.rgb[..., 0] * 4095), g12)
+    with Image.open(tmp_path / "g12.tif") as im:  # upscale() of an opened PIL image agrees
+        np.testing.assert_array_equal(imageio.pil_rgb(im), img.rgb)
+    g16, g8 = np.round(ramp * 65535).astype(np.uint16), np.round(ramp * 255).astype(np.uint8)
+    for name, data, scale, extra in (("w16.tif", g16, 65535, {}), ("w16z.tif", g16, 65535, {"compression": "zlib"}),
+                                     ("w8.tif", g8, 255, {}), ("wf.tif", ramp.astype(np.float32), 1, {})):
+        tifffile.imwrite(tmp_path / name, data, photometric="miniswhite", **extra)
+        got = read_image(tmp_path / name).rgb[..., 0]
+        np.testing.assert_allclose(got, 1 - data.astype(np.float64) / scale, atol=1e-6, err_msg=name)
+    tifffile.imwrite(tmp_path / "g10.tif", np.round(ramp * 1023).astype(np.uint16), bitspersample=10)
+    with pytest.raises(ImageReadError) as err:
+        read_image(tmp_path / "g10.tif")
+    assert "unsupported TIFF layout (1 sample(s) of 10-bit unsigned integer)" in one_line(err, tmp_path / "g10.tif")
 
 
 def test_gray16_png_and_tiff_stay_16bit_gray(tmp_path: Path) -> None:
@@ -378,6 +489,53 @@ def test_tiff16_colour_round_trip(tmp_path: Path, channels: int) -> None:
     np.testing.assert_array_equal(np.rint(again.rgb * 65535), a[..., :3])
     if channels == 4:
         np.testing.assert_array_equal(np.rint(again.alpha * 65535), a[..., 3])
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+@pytest.mark.parametrize("layout", [{}, {"rowsperstrip": 2}, {"tile": (16, 16)}, {"compression": "zlib"}])
+def test_tiff16_planar_read_exactly(tmp_path: Path, channels: int, layout: dict) -> None:
+    """Separate 16-bit planes (PlanarConfiguration 2), either byte order, one strip, several
+    strips, tiles (an edge tile narrower than the rest): the exact samples and alpha (Pillow's
+    own decoding keeps one byte of each sample). Compressed (libtiff): the high bytes, as 16-bit."""
+    a = rand16(20, 37, channels)
+    a[:, 18:, 3 % channels] = 0  # a transparent right half when there is alpha
+    for order in "<>":
+        src = tmp_path / f"p{order == '<'}.tif"
+        extra = ["unassalpha"] if channels == 4 else None
+        tifffile.imwrite(src, np.moveaxis(a, 2, 0), planarconfig="separate", photometric="rgb",
+                         extrasamples=extra, byteorder=order, **layout)
+        img = read_image(src)
+        assert img.bit_depth == 16 and not img.grayscale
+        want = (a >> 8) * 257 if "compression" in layout else a
+        np.testing.assert_array_equal(np.rint(img.rgb * 65535), want[..., :3])
+        if channels == 4:
+            np.testing.assert_array_equal(np.rint(img.alpha * 65535), want[..., 3])
+        else:
+            assert img.alpha is None
+
+
+def test_tiff16_planar_oriented_cut_or_cmyk(tmp_path: Path) -> None:
+    """An Orientation tag turns the planes like any TIFF; a file cut inside its last plane is
+    corrupt; 16-bit CMYK planes, which Pillow cannot unpack, are refused in one line, not noise."""
+    a = rand16(6, 9, 3)
+    src = tmp_path / "o.tif"
+    tifffile.imwrite(src, np.moveaxis(a, 2, 0), planarconfig="separate", photometric="rgb",
+                     extratags=[(274, 3, 1, 6, True)])
+    np.testing.assert_array_equal(np.rint(read_image(src).rgb * 65535), np.rot90(a, -1))
+    cut = tmp_path / "cut.tif"
+    data = src.read_bytes()
+    cut.write_bytes(data[: data.index(np.moveaxis(a, 2, 0)[2].tobytes()) + 60])  # 30 samples of B
+    with pytest.raises(ImageReadError) as err:
+        read_image(cut)
+    assert "truncated or corrupt image file" in one_line(err, cut)
+    cmyk = tmp_path / "cmyk.tif"
+    tifffile.imwrite(cmyk, np.moveaxis(rand16(6, 9, 4), 2, 0), planarconfig="separate", photometric="separated")
+    with pytest.raises(ImageReadError) as err:
+        read_image(cmyk)
+    assert one_line(err, cmyk).endswith(
+        "unsupported TIFF layout (4 sample(s) of 16-bit unsigned integer, CMYK in separate planes); "
+        "save it with interleaved samples (or compressed)"
+    )
 
 
 @pytest.mark.parametrize("ext", ["png", "tif"])

@@ -18,15 +18,20 @@ Policies (documented for the CLI):
   * Multi-frame files (GIF, APNG, multi-page TIFF): the first frame only.
   * 16-bit: grayscale and RGB/RGBA PNG and TIFF are read losslessly (/65535) and, with
     ``bit_depth=16`` or ``like.bit_depth == 16``, written back as 16-bit PNG/TIFF (rounded).
+    A TIFF of separate planes is exact when uncompressed; compressed, Pillow gives only the high
+    byte of each sample (8-bit precision, still 16-bit out); 16-bit CMYK planes are refused.
     Pillow mode ``I`` is read as [0, 65535], mode ``F`` as [0, 1] (both clipped), both 16-bit.
+    12-bit gray TIFF is read as [0, 4095]; MinIsWhite gray TIFF is inverted at every depth.
   * JPEG has no alpha: alpha passed to a JPEG write is dropped (the CLI should warn).
     WebP has no grayscale: grayscale goes out as RGB. JPEG/WebP are always 8-bit.
   * Grayscale output (``like.grayscale`` or a 2-D array) is the Rec. 601 luma of the RGB.
   * CMYK is converted to sRGB through its ICC profile when littlecms can (the sRGB profile
     is then carried), otherwise naively (no profile carried). An ICC profile whose colour
     space does not match the written pixels (GRAY vs RGB) is not written.
-  * EXIF that cannot be parsed is not carried. 16-bit gray+alpha TIFF is written as RGBA
-    (Pillow cannot read 16-bit gray+alpha TIFF back).
+  * EXIF that cannot be parsed is not carried. The pixel size EXIF records (PixelXDimension,
+    PixelYDimension) is set to the written image's; a TIFF ImageDescription describing the
+    source's pixel array (tifffile's shape JSON, ImageJ, OME-XML) is not carried.
+  * 16-bit gray+alpha TIFF is written as RGBA (Pillow cannot read 16-bit gray+alpha TIFF back).
 """
 
 from __future__ import annotations

@@ -7,14 +7,10 @@ from __future__ import annotations
 
 import io
 import os
-import sys
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -22,7 +18,9 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from ..errors import one_line
 from .errors import ImageReadError, megapixels, os_reason
 from .metadata import orient, orientation_and_exif
-from .tiffheader import tiff_layout
+from .pillowlimit import PIL_LIMIT_LOCK, pillow_size_check_off
+from .redecode import decode_16bit, tile_rawmode
+from .tiffheader import deep_gray_levels, tiff_layout
 
 DEFAULT_MAX_PIXELS = 178_956_970  # the size at which Pillow itself refuses to open a file
 _GRAY16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -76,7 +74,7 @@ def read_image(
         fmt = im.format or "UNKNOWN"
         # MPO's further frames are a phone's previews or depth maps, not part of the picture
         frames = 1 if fmt == "MPO" else int(getattr(im, "n_frames", 1) or 1)
-        rawmode = _tile_rawmode(im)
+        rawmode = tile_rawmode(im)
         _load(im, p)
         color, alpha, grayscale, bit_depth, icc = _decode(im, p, rawmode, f)
         orientation, exif = orientation_and_exif(im)  # after load(): Pillow rotates TIFFs itself
@@ -122,7 +120,7 @@ def sniff(p: Path) -> Probe:
             return Probe(None, None, "is a directory")
         if p.stat().st_size == 0:
             return Probe(None, None, "empty file")
-        with _pillow_size_check_off():
+        with pillow_size_check_off():
             im = Image.open(p)
         with im:
             return Probe(im.format, im.size)
@@ -132,21 +130,6 @@ def sniff(p: Path) -> Probe:
         return Probe(None, None, os_reason(e) if e.errno is not None else "not an image")
     except Exception:  # any header Pillow cannot parse means "not an image we can read"
         return Probe(None, None, "not an image")
-
-
-_PIL_LIMIT_LOCK = threading.RLock()
-
-
-@contextmanager
-def _pillow_size_check_off() -> Iterator[None]:
-    """Disable Pillow's process-wide decompression-bomb check; ``max_pixels`` is enforced by us."""
-    with _PIL_LIMIT_LOCK:
-        saved = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
-        try:
-            yield
-        finally:
-            Image.MAX_IMAGE_PIXELS = saved
 
 
 def _check_is_file(p: Path) -> None:
@@ -165,7 +148,7 @@ def _check_is_file(p: Path) -> None:
 def _open(p: Path, f: IO[bytes]) -> ImageFile.ImageFile:
     """Pillow's view of the open file ``f`` (named ``p`` in errors); header only, no pixels."""
     try:
-        with _pillow_size_check_off():
+        with pillow_size_check_off():
             return Image.open(f)
     except UnidentifiedImageError:
         claimed = _magic_format(f)
@@ -214,11 +197,11 @@ def _load(im: ImageFile.ImageFile, p: Path) -> None:
             p, "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; refusing to decode partial images"
         )
     w, h = im.size
-    with _PIL_LIMIT_LOCK:  # the true value, not one another thread has switched off for a moment
+    with PIL_LIMIT_LOCK:  # the true value, not one another thread has switched off for a moment
         limit = Image.MAX_IMAGE_PIXELS
     try:
         if limit is not None and w * h > limit:  # TIFF/GIF repeat Pillow's check while decoding
-            with _pillow_size_check_off():
+            with pillow_size_check_off():
                 im.load()
         else:
             im.load()
@@ -226,20 +209,6 @@ def _load(im: ImageFile.ImageFile, p: Path) -> None:
         raise ImageReadError(p, f"not enough memory to decode a {w}x{h} image") from None
     except Exception as e:  # any decoder failure on this file means the file is bad
         raise ImageReadError(p, f"truncated or corrupt image file ({one_line(e, 160)})") from None
-
-
-def _tile_rawmode(im: ImageFile.ImageFile) -> str | None:
-    """The raw (on-disk) pixel layout Pillow will unpack, e.g. "RGB;16B"; None if unknown."""
-    tile = getattr(im, "tile", None)
-    return _args_rawmode(tile[0][3]) if tile else None
-
-
-def _args_rawmode(args: Any) -> str | None:
-    if isinstance(args, str):
-        return args
-    if isinstance(args, tuple) and args and isinstance(args[0], str):
-        return args[0]
-    return None
 
 
 def _decode(
@@ -257,13 +226,13 @@ def _decode(
         g8 = np.asarray(im.convert("L"))
         alpha = None
         if isinstance(trns, int):
-            alpha = (g8 != (trns * 255 if mode == "1" else trns)).astype(np.float32)
+            alpha = (g8 != _gray8_level(trns, mode, rawmode)).astype(np.float32)
         return g8[..., None].astype(np.float32) / 255, alpha, True, 8, icc
     if mode in ("LA", "La"):
         la = np.asarray(im.convert("LA")).astype(np.float32) / 255
         return la[..., :1], la[..., 1], True, 8, icc
-    if rawmode is not None and mode in ("RGB", "RGBA"):
-        deep = _decode_16bit(im, f, rawmode)
+    if rawmode is not None:  # 16-bit colour; CMYK only to refuse 16-bit planes
+        deep = decode_16bit(im, p, f, rawmode)
         if deep is not None:
             return deep + (icc,)
     if mode == "CMYK":
@@ -283,6 +252,15 @@ def _decode(
     return arr[..., :3], (arr[..., 3] if has_alpha else None), False, 8, icc
 
 
+def _gray8_level(trns: int, mode: str, rawmode: str | None) -> int:
+    """A 1/2/4/8-bit gray PNG's transparent value on the 0..255 scale of its "L" pixels: Pillow
+    reports a 1-bit one as 0 or 255 (older Pillows 0 or 1), a 2- or 4-bit one unscaled."""
+    if mode == "1":
+        return 255 if trns else 0
+    top = {"L;2": 3, "L;4": 15}.get(rawmode or "")
+    return trns * (255 // top) if top is not None and trns <= top else trns
+
+
 def pil_rgb(im: Image.Image) -> np.ndarray:
     """An in-memory PIL image as float32 RGB ``[H, W, 3]`` in [0, 1], alpha dropped: 16-bit and
     32-bit gray (``I;16``, ``I``) scaled from 0..65535 and float (``F``) taken as 0..1, as the file
@@ -295,70 +273,16 @@ def pil_rgb(im: Image.Image) -> np.ndarray:
 
 def _deep_gray(im: Image.Image) -> np.ndarray | None:
     """``[H, W]`` float32 in [0, 1] of a 16/32-bit (0..65535) or float (0..1) gray image; None
-    for any other mode (Pillow's own conversions are right for those)."""
+    for any other mode (Pillow's own conversions are right for those). A TIFF's 12-bit (9..15)
+    samples are scaled from their own range and MinIsWhite is inverted, which Pillow does not."""
+    top, inverted = deep_gray_levels(im)
     if im.mode in _GRAY16_MODES or im.mode == "I":
-        return np.clip(np.asarray(im).astype(np.float32), 0, 65535) / 65535
+        v = np.clip(np.asarray(im).astype(np.float32), 0, top)
+        return (top - v if inverted else v) / top
     if im.mode == "F":
-        return np.clip(np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0), 0, 1)
+        g = np.clip(np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0), 0, 1)
+        return 1 - g if inverted else g
     return None
-
-
-_SWAP_ENDIAN = {"B": "L", "L": "B", "N": "B" if sys.byteorder == "little" else "L"}
-
-
-def _decode_16bit(
-    im: Image.Image, f: IO[bytes], rawmode: str
-) -> tuple[np.ndarray, np.ndarray | None, bool, int] | None:
-    """Full 16-bit samples of a PNG/TIFF that Pillow only exposes as 8-bit RGB(A); None if not one.
-
-    Pillow keeps the high byte of each 16-bit sample. Decoding the same tiles again with the
-    opposite byte order keeps the low byte instead; high * 256 + low is exact. 16-bit gray+alpha
-    PNG ("LA;16B", 4 bytes per pixel) decoded as plain "RGBA" yields all four bytes at once.
-    """
-    if rawmode == "LA;16B":
-        raw = _redecode(f, lambda _: "RGBA")
-        if raw is None:
-            return None
-        v = raw.astype(np.uint16)
-        gray, alpha = (v[..., 0] << 8) | v[..., 1], (v[..., 2] << 8) | v[..., 3]
-        g, a = gray[..., None].astype(np.float32) / 65535, alpha.astype(np.float32) / 65535
-        return g, a, True, 16
-    base, _, depth = rawmode.partition(";")
-    if base not in ("RGB", "RGBA", "RGBX") or depth[:-1] != "16" or depth[-1:] not in _SWAP_ENDIAN:
-        return None  # 8-bit, or premultiplied "RGBa;16" whose bytes are not plain samples
-    low = _redecode(f, lambda rm: rm[:-1] + _SWAP_ENDIAN[rm[-1]])
-    if low is None:
-        return None
-    v = (np.asarray(im).astype(np.uint16) << 8) | low.astype(np.uint16)
-    alpha = None
-    if v.shape[2] == 4:
-        alpha = v[..., 3].astype(np.float32) / 65535
-    else:
-        trns = im.info.get("transparency")
-        if isinstance(trns, tuple) and len(trns) == 3:  # PNG tRNS holds 16-bit values here
-            alpha = np.any(v != np.array(trns), axis=2).astype(np.float32)
-    return v[..., :3].astype(np.float32) / 65535, alpha, False, 16
-
-
-def _redecode(f: IO[bytes], new_rawmode: Callable[[str], str]) -> np.ndarray | None:
-    """Decode the open file ``f`` again, each tile's rawmode mapped through ``new_rawmode``;
-    None on failure."""
-    try:
-        with _pillow_size_check_off():
-            im = Image.open(f)
-        with im:
-            tiles = []
-            for t in im.tile:
-                rm = _args_rawmode(t[3])
-                if rm is None:
-                    return None
-                args = new_rawmode(rm) if isinstance(t[3], str) else (new_rawmode(rm), *t[3][1:])
-                tiles.append(t._replace(args=args) if hasattr(t, "_replace") else (*t[:3], args))
-            im.tile = tiles
-            im.load()
-            return np.array(im)
-    except Exception:  # the first decode succeeded; if this trick fails, fall back to 8-bit
-        return None
 
 
 def _cmyk_to_srgb(im: Image.Image, icc: bytes | None) -> tuple[np.ndarray, bytes | None]:

@@ -1,14 +1,40 @@
-"""What an intact TIFF declares in its first directory, read without Pillow: for a file Pillow
-cannot identify, it tells an unsupported layout (float or 32-bit samples) from a corrupt file."""
+"""What a TIFF declares that Pillow does not act on. Read without Pillow: for a file Pillow cannot
+identify, an unsupported layout (float or 32-bit samples) told from a corrupt file; for one it
+decodes plane by plane, the byte order its per-plane tiles do not carry. From Pillow's tags: the
+sample range and polarity of deep gray, which Pillow passes on unscaled and uninverted."""
 
 from __future__ import annotations
 
 import struct
 from typing import IO
 
-__all__ = ["tiff_layout"]
+from PIL import Image
+
+__all__ = ["deep_gray_levels", "tiff_byte_order", "tiff_layout"]
 
 _TIFF_SAMPLE_FORMATS = {1: "unsigned integer", 2: "signed integer", 3: "floating point", 4: "undefined", 5: "complex integer", 6: "complex float"}
+
+
+def deep_gray_levels(im: Image.Image) -> tuple[int, bool]:
+    """(the white or black sample value, whether it is white at 0) of a TIFF Pillow decodes as
+    16/32-bit or float gray: 9..15-bit samples come as 0..2**bits-1 in "I;16", and Pillow inverts
+    MinIsWhite (PhotometricInterpretation 0) only up to 8 bits. (65535, False) for other images."""
+    tags = getattr(im, "tag_v2", None)
+    if im.format != "TIFF" or tags is None:
+        return 65535, False
+    bits = tags.get(258)  # BitsPerSample
+    depth = bits[0] if isinstance(bits, tuple) and len(bits) == 1 else 16
+    top = (1 << depth) - 1 if 8 < depth < 16 else 65535
+    return top, tags.get(262) == 0  # PhotometricInterpretation: MinIsWhite
+
+
+def tiff_byte_order(f: IO[bytes]) -> str | None:
+    """The struct prefix of ``f``'s samples, "<" (b"II") or ">" (b"MM"); None if not a TIFF."""
+    try:
+        f.seek(0)
+        return {b"II": "<", b"MM": ">"}.get(f.read(2))
+    except OSError:
+        return None
 
 
 def tiff_layout(f: IO[bytes]) -> str | None:

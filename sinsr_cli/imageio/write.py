@@ -16,7 +16,7 @@ from ..files import OutputExists, atomic_path
 from .encoders import encode_png16, encode_tiff
 from .errors import ImageWriteError, SinsrIOError, os_reason
 from .formats import format_of, parse_format
-from .metadata import icc_space
+from .metadata import exif_for_size, icc_space
 from .pixels import as_unit_float, luma, quantize
 from .read import LoadedImage
 
@@ -94,6 +94,8 @@ def write_image(
         icc, exif = like.icc_profile, like.exif
     if icc is not None and icc_space(icc) != (b"GRAY" if gray else b"RGB "):
         icc = None
+    if exif is not None:  # the source's pixel size, if it records one, is not this file's
+        exif = exif_for_size(exif, pixels.shape[1], pixels.shape[0])
     if fmt == "JPEG" and exif is not None and len(exif) > _JPEG_MAX_EXIF:
         raise ImageWriteError(
             p,
