@@ -160,7 +160,7 @@ def geometry(pipe: SRPipeline, plan: Plan, batch: int, height: int, width: int) 
     t = plan.tiling
     tile, overlap, pad, boxes = t.tile, t.overlap, t.pad, None
     if tile is None:
-        tp = auto_plan(pipe, height, width, tile_batch=t.batch)
+        tp = auto_plan(pipe, height, width, tile_batch=t.batch, images=batch)
         tile, overlap, pad, boxes = tp.tile, tp.overlap, tp.pad, tp.boxes
         if boxes is not None:  # the plan keeps every box under the 32-bit limit
             return Geometry(tile, overlap, pad, boxes)

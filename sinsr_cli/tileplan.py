@@ -241,8 +241,9 @@ def plan_tiling(
     min_pad: int = 8,
     max_side: int | None = None,
     batch: int = 1,
+    images: int = 1,
 ) -> TilePlan:
-    """The fastest geometry for a ``height x width`` LR image within ``budget_bytes``.
+    """The fastest geometry for ``images`` LR images of ``height x width`` within ``budget_bytes``.
 
     Candidates: untiled, and for each model input side ``P`` (a multiple of ``multiple``) the
     tile ``P - 2 * min_pad`` (the context then fills the input exactly), in equal boxes or with
@@ -250,8 +251,9 @@ def plan_tiling(
     128 px boxes and one of 64 costs less than three of 128 (the global attention is quadratic
     in a box's area). ``bytes_per_pixel`` is
     the working set per model-input LR pixel in the run's dtype; ``max_side`` caps ``P`` (32-bit
-    indexing). When nothing fits, the smallest input is returned (its run may still fit: the
-    estimate is conservative, and the out-of-memory retry halves the tile).
+    indexing). The untiled run takes every image in one model call; tiles go ``batch`` to a call
+    (``--batch``). When nothing fits, the smallest input is returned (its run may still fit,
+    and the out-of-memory retry goes on to smaller tiles).
     """
     if height < 1 or width < 1:
         raise ValueError(f"image must be at least 1x1, got {height}x{width}")
@@ -260,11 +262,13 @@ def plan_tiling(
     def evaluate(tile: int, pad: int, by: tuple[int, ...], bx: tuple[int, ...], ov: int) -> TilePlan:
         cy, cx = Counter(_padded(e, multiple) for e in by), Counter(_padded(e, multiple) for e in bx)
         areas = [(float(a * b), na * nb) for a, na in cy.items() for b, nb in cx.items()]  # <= 4 shapes
+        tiles = len(by) * len(bx)
+        per_call = images if tile == 0 else min(batch, tiles * images)  # boxes in one model call
         return TilePlan(
-            tile=tile, overlap=ov, pad=pad, tiles=len(by) * len(bx), input_side=max(*cy, *cx),
-            seconds=batch * sum(n * rates.seconds(work, a) for a, n in areas),
-            peak_bytes=bytes_per_pixel * max(a for a, _ in areas) * batch,
-            flops=batch * sum(n * work.flops(a) for a, n in areas),
+            tile=tile, overlap=ov, pad=pad, tiles=tiles, input_side=max(*cy, *cx),
+            seconds=images * sum(n * rates.seconds(work, a) for a, n in areas),
+            peak_bytes=bytes_per_pixel * max(a for a, _ in areas) * per_call,
+            flops=images * sum(n * work.flops(a) for a, n in areas),
             boxes=(by, bx) if len(set(by)) > 1 or len(set(bx)) > 1 else None,
         )
 
@@ -300,8 +304,10 @@ KNOWN_WORK: dict[tuple[UNetConfig, VQConfig, int], Work] = _zoo_work()
 #: conv outputs, the residual, plus oneDNN's reordered copies on CPU). Measured with
 #: ``benchmarks/tiled_memory.py`` (sinsr-v1 + vq-f4, CPU, fp32, VQ attention on contiguous
 #: q/k/v), peak RSS minus the loaded model per LR pixel of the model input: 133 KB at 64x64,
-#: 104 KB at 128x128, 66 KB at 320x320 (a 256 px tile) = 8.0 maps; ``auto`` picks tiles of
-#: 320 px and more, where fixed overheads no longer dominate.
+#: 104 KB at 128x128, 66 KB at 320x320 (a 256 px tile) = 8.0 maps, fitted where the maps
+#: dominate. At the 128 px boxes ``auto`` picks on a CPU the fixed part makes the real peak
+#: ~1.6x this estimate (~1.7 GB against 1.07 GB in fp32): far below a host's RAM, and an
+#: estimate that falls short is caught by the out-of-memory retry.
 LIVE_ACTIVATIONS = 8.0
 
 
@@ -315,8 +321,9 @@ def bytes_per_lr_pixel(pipe: SRPipeline, tile_batch: int = 1) -> float:
     return float(pipe.scale**2 * ch * 4 * LIVE_ACTIVATIONS * max(1, tile_batch))
 
 
-def auto_plan(pipe: SRPipeline, height: int, width: int, *, tile_batch: int = 1) -> TilePlan:
-    """``tile`` auto for one ``height x width`` LR image: the fastest geometry that fits.
+def auto_plan(pipe: SRPipeline, height: int, width: int, *, tile_batch: int = 1, images: int = 1) -> TilePlan:
+    """``tile`` auto for ``images`` LR images of ``height x width`` (run together, as the engine
+    runs a batch): the fastest geometry that fits.
 
     Untiled, or tiles whose model input (tile + context) is exactly a multiple of the model
     padding, chosen by this module's cost model of this architecture on this device and dtype,
@@ -341,4 +348,5 @@ def auto_plan(pipe: SRPipeline, height: int, width: int, *, tile_batch: int = 1)
         multiple=pipe.pad_multiple,
         max_side=math.isqrt(pipe.max_input_pixels(tile_batch)),
         batch=tile_batch,
+        images=images,
     )

@@ -129,6 +129,22 @@ def test_budget_and_indexing_limit_are_respected():
     assert starved.input_side == 64
 
 
+def test_the_untiled_run_holds_the_images_and_tiles_go_batch_to_a_call():
+    """`--batch` is tiles per call: an untiled image is one call whatever it is (a 192 px image
+    that fits whole at --batch 1 was cut into 9 tiles at --batch 4); several images run untiled
+    together, so their memory adds up (100 of 128 px were planned as one)."""
+    budget = 32768.0 * 192**2 * 1.5  # one 192 px input fits, two do not
+    one = plan(192, 192, budget_bytes=budget)
+    assert one.tile == 0 and plan(192, 192, budget_bytes=budget, batch=4) == one
+    two = plan(192, 192, budget_bytes=budget, images=2)
+    assert two.tile and two.peak_bytes <= budget
+    many = plan(128, 128, budget_bytes=32768.0 * 128**2 * 10, images=100)
+    assert many.tile and many.peak_bytes <= 32768.0 * 128**2 * 10
+    assert plan(128, 128, images=100, budget_bytes=None).peak_bytes == pytest.approx(100 * 32768.0 * 128**2)
+    tiled = plan(1024, 1024, batch=4)
+    assert tiled.peak_bytes == pytest.approx(4 * 32768.0 * tiled.input_side**2)
+
+
 def test_quadratic_term_drives_smaller_tiles():
     cheap_attention = Rates(BF16.linear_gflops, 1e9, BF16.overhead_s)
     assert plan(512, 512, rates=cheap_attention).input_side > plan(512, 512).input_side
