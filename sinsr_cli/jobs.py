@@ -5,7 +5,9 @@ Policies:
     mirroring the input tree, or exactly the output file for one input). An output that is any
     input of the run, or that two inputs would share, fails that item. An existing output is
     kept and its input skipped (reason :data:`SKIP_EXISTS`, so a rerun of a finished batch does
-    nothing and succeeds), unless ``overwrite`` (replaced). Files found inside the output
+    nothing and succeeds), unless ``overwrite`` (replaced). An output its format cannot store
+    (the header's size at the scale past ``Format.max_side``) fails that item before any model
+    work. Files found inside the output
     directory while walking an input directory that contains it are skipped, so a rerun never
     upscales its own results; so are inputs that are another input's output (``bird_x4.png``
     beside ``bird.png`` when outputs go next to their inputs, and no ``overwrite``), which keeps
@@ -28,10 +30,11 @@ from pathlib import Path
 from typing import Literal
 
 from .distributed import deal
-from .errors import one_line
+from .errors import SettingError, one_line
 from .files import within
-from .imageio import InputItem, SinsrIOError, named_as_image, output_path, read_image
+from .imageio import InputItem, SinsrIOError, format_of, named_as_image, output_path, read_image, size_refusal
 from .options import UpscaleOptions
+from .postprocess import output_size
 
 __all__ = ["SKIP_EXISTS", "Job", "Status", "message_for", "plan_jobs", "plan_key", "shard_jobs"]
 
@@ -139,6 +142,8 @@ def plan_jobs(
             jobs.append(Job(item, target, "failed", msg))
         elif os.path.lexists(target) and not options.overwrite:
             jobs.append(Job(item, target, "skipped", f"{item.path} (output exists: {target})", reason=SKIP_EXISTS))
+        elif (refused := _unstorable(item, target, options.scale)) is not None:
+            jobs.append(Job(item, target, "failed", message_for(item.path, refused), refused))
         else:
             jobs.append(Job(item, target))
         claimed.setdefault(key, item.path)
@@ -164,6 +169,20 @@ def _previous_results(planned: Sequence[_Planned], options: UpscaleOptions) -> d
         if source is not None and source_key != key:
             found[key] = source
     return found
+
+
+def _unstorable(item: InputItem, target: Path, scale: float) -> SinsrIOError | None:
+    """Why the output (the header's size at ``scale``, ``postprocess.output_size``) cannot be
+    written in its format, or None: known now, so the model never runs for a file whose
+    result the encoder would refuse (a WebP past 16383 pixels a side)."""
+    if item.size is None:
+        return None
+    try:
+        width, height = output_size(*item.size, scale)
+    except SettingError:  # a scale that makes no image of this one: the run says so, after the input's own checks
+        return None
+    why = size_refusal(format_of(target), width, height)
+    return None if why is None else SinsrIOError(item.path, f"the output {target} would be {why}", setting="format")
 
 
 def _read_failure(path: Path, reason: str) -> tuple[str, BaseException | None]:

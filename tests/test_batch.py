@@ -477,6 +477,36 @@ def test_single_file_to_exact_output_file(tmp_path):
     assert im.format == "WEBP" and im.size == (15, 9)
 
 
+def test_an_output_too_large_for_its_format_fails_before_the_model(tmp_path):
+    """A 4100 px wide WebP at x4 is 16400 px: more than WebP stores, known from the header, so the
+    item fails in planning (naming the limit) and the batch goes on; PNG has no such limit."""
+    _save(tmp_path / "in" / "pano.webp", size=(4100, 2), format="WEBP", lossless=True)
+    _save(tmp_path / "in" / "small.webp", size=(40, 2), format="WEBP", lossless=True)
+    report, pipe = _run(tmp_path, [tmp_path / "in"], output=tmp_path / "out")
+    by_name = {r.item.path.name: r for r in report.results}
+    pano = by_name["pano.webp"]
+    assert pano.status == "failed" and pano.error.setting == "format"
+    assert pano.message == (
+        f"{tmp_path / 'in' / 'pano.webp'}: the output {tmp_path / 'out' / 'pano_x4.webp'} would be "
+        "16400x8 pixels, and WEBP stores at most 16383 pixels a side"
+    )
+    assert by_name["small.webp"].status == "done" and len(pipe.calls) == 1  # the model never saw pano
+    report, pipe = _run(tmp_path, [tmp_path / "in" / "pano.webp"], output=tmp_path / "out", format="png")
+    assert report.results[0].status == "done" and Image.open(tmp_path / "out" / "pano_x4.png").size == (16400, 8)
+
+
+def test_a_jpeg_past_65500_pixels_fails_in_planning_and_in_the_writer(tmp_path):
+    _save(tmp_path / "strip.png", size=(500, 1))
+    report, pipe = _run(tmp_path, [tmp_path / "strip.png"], output=tmp_path / "wide.jpg", scale=140)
+    (r,) = report.results
+    assert r.status == "failed" and "70000x140 pixels, and JPEG stores at most 65500 pixels a side" in r.message
+    assert not pipe.calls and not (tmp_path / "wide.jpg").exists()
+    with pytest.raises(imageio.ImageWriteError, match="JPEG stores at most 65500 pixels a side") as e:
+        imageio.write_image(tmp_path / "w.jpg", np.zeros((1, 65501, 3), np.float32))  # the library's own callers
+    assert e.value.setting == "format" and not list(tmp_path.glob("*w.jpg*"))
+    assert imageio.size_refusal(imageio.format_named("jpg"), 65500, 65500) is None
+
+
 # --------------------------------------------------------------------------- failures and the run
 
 

@@ -229,6 +229,24 @@ def test_output_file_against_format_is_a_usage_error_before_loading(tmp_path, fa
     assert invoke(tmp_path / "a.png", "-o", tmp_path / "x.jpg", "-f", "jpeg").exit_code == 0
 
 
+def test_an_output_too_large_for_webp_fails_up_front_with_the_flag_to_use(tmp_path, fake_model):
+    _save(tmp_path / "in" / "pano.webp", size=(4100, 2), format="WEBP", lossless=True)
+    _save(tmp_path / "in" / "b.png")
+    result = invoke(tmp_path / "in", "-o", tmp_path / "out")
+    assert result.exit_code == 1, result.output
+    (line,) = err_lines(result)
+    assert "WEBP stores at most 16383 pixels a side; use -f png or -f tif" in line
+    assert len(fake_model[0].calls) == 1 and written(result) == [tmp_path / "out" / "b_x4.png"]
+
+
+def test_the_format_hint_names_the_formats_without_a_size_limit():
+    from sinsr_cli.cli.upscale_render import _SETTING_HINTS
+    from sinsr_cli.imageio.formats import FORMATS
+
+    unlimited = [f.extension.lstrip(".") for f in FORMATS.values() if f.max_side is None]
+    assert _SETTING_HINTS["format"] == "use " + " or ".join(f"-f {name}" for name in unlimited)
+
+
 def test_nothing_found(tmp_path, fake_model):
     (tmp_path / "empty").mkdir()
     result = invoke(tmp_path / "empty")
