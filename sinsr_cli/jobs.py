@@ -14,7 +14,8 @@ Policies:
     their source skipped.
   * Inputs that ``collect_inputs`` rejected: named explicitly, missing, or carrying an image
     extension (``broken.png``, a zero-byte ``x.jpg``) -> failed, with ``read_image``'s reason;
-    other non-images met while walking a folder (``notes.txt``) -> skipped with a note. So a
+    other non-images met while walking a folder (``notes.txt``), and links to folders met there
+    (a loop back to the input folder included) -> skipped with a note. So a
     file whose name or content says "image" is an image: if it cannot be read, that is an error.
   * Sharded runs: :func:`plan_key` lets processes check they planned the same run, and
     :func:`shard_jobs` deals the pending jobs between them.
@@ -59,6 +60,13 @@ def _resolved(p: Path) -> str:
     return os.path.normcase(os.path.realpath(p))
 
 
+def _as_named(p: Path) -> str:
+    """``p`` with its folders resolved but not its last part, so a link is the link, not what it
+    points to: a link met while walking that leads to a path the user named is not that path."""
+    a = os.path.abspath(p)
+    return os.path.normcase(os.path.join(os.path.realpath(os.path.dirname(a)), os.path.basename(a)))
+
+
 def _root_of(item: InputItem) -> Path:
     """The directory (or glob prefix) the item was found under: ``path`` minus ``rel``."""
     n = len(item.rel.parts)
@@ -80,7 +88,7 @@ def plan_jobs(
     Returns one job per input: rejected files first (their errors show at once), then the images
     in input order.
     """
-    explicit_paths = {_resolved(Path(os.path.expanduser(os.fspath(p)))) for p in explicit}
+    explicit_paths = {_as_named(Path(os.path.expanduser(os.fspath(p)))) for p in explicit}
     out_dir = None
     if options.output is not None and not single_input_file:
         out_dir = _resolved(options.output)
@@ -96,8 +104,10 @@ def plan_jobs(
     jobs: list[Job] = []
     for path, reason in rejected:
         item = InputItem(path=path, rel=Path(path.name))
-        named = _resolved(path) in explicit_paths
-        if named or not os.path.lexists(path) or named_as_image(path):
+        named = _as_named(path) in explicit_paths
+        if path.is_dir():  # a link to a folder met while walking (a folder named is walked, never rejected)
+            jobs.append(Job(item, None, "skipped", f"{path} ({reason})", reason=reason))
+        elif named or not os.path.lexists(path) or named_as_image(path):
             message, error = _read_failure(path, reason)
             jobs.append(Job(item, None, "failed", message, error))
         else:

@@ -463,6 +463,23 @@ def test_rejected_files_fail_or_skip(tmp_path):
         assert r.status == "failed" and reason in r.message and name in r.message, r.message
 
 
+def test_a_folder_link_met_while_walking_is_skipped_even_when_it_leads_to_an_input(tmp_path):
+    """``photos/sub/up -> ..`` resolves to the folder given, but the link was met while walking,
+    not named: a skip with a note, so the run (and every rerun) succeeds. The same for a link in
+    one input folder to another input folder."""
+    _save(tmp_path / "photos" / "sub" / "a.png")
+    _save(tmp_path / "other" / "b.png")
+    (tmp_path / "photos" / "sub" / "up").symlink_to("..")
+    (tmp_path / "photos" / "to_other").symlink_to(tmp_path / "other")
+    for _ in range(2):  # the run, then the rerun of the finished batch
+        report, _ = _run(tmp_path, [tmp_path / "photos", tmp_path / "other"], output=tmp_path / "out")
+        assert not report.failed
+        by_name = {r.item.path.name: r for r in report.results}
+        assert by_name["up"].status == by_name["to_other"].status == "skipped"
+        assert "not followed" in by_name["up"].message
+    assert (tmp_path / "out" / "sub" / "a_x4.png").is_file() and (tmp_path / "out" / "b_x4.png").is_file()
+
+
 def test_explicit_non_image_fails(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     report, _ = _run(tmp_path, [tmp_path / "notes.txt"])

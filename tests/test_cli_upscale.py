@@ -247,6 +247,17 @@ def test_the_format_hint_names_the_formats_without_a_size_limit():
     assert _SETTING_HINTS["format"] == "use " + " or ".join(f"-f {name}" for name in unlimited)
 
 
+def test_a_link_looping_back_to_the_input_folder_is_a_skip_and_reruns_exit_0(tmp_path, fake_model):
+    _save(tmp_path / "photos" / "sub" / "a.png")
+    (tmp_path / "photos" / "sub" / "up").symlink_to("..")
+    for _ in range(2):
+        result = invoke(tmp_path / "photos", "-o", tmp_path / "out")
+        assert result.exit_code == 0, result.output
+        assert not err_lines(result)
+        assert f"skipped: {tmp_path / 'photos' / 'sub' / 'up'} (a link to a folder: not followed" in result.stderr
+    assert (tmp_path / "out" / "sub" / "a_x4.png").is_file()
+
+
 def test_nothing_found(tmp_path, fake_model):
     (tmp_path / "empty").mkdir()
     result = invoke(tmp_path / "empty")
