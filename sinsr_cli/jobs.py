@@ -5,7 +5,8 @@ Policies:
     mirroring the input tree, or exactly the output file for one input). An output that is any
     input of the run, or that two inputs would share, fails that item. An existing output is
     kept and its input skipped (reason :data:`SKIP_EXISTS`, so a rerun of a finished batch does
-    nothing and succeeds), unless ``overwrite`` (replaced). An output its format cannot store
+    nothing and succeeds), unless ``overwrite`` (replaced). A directory at an output's path is
+    no output: that item fails, with or without ``overwrite`` (the directory is left alone). An output its format cannot store
     (the header's size at the scale past ``Format.max_side``) fails that item before any model
     work. Files found inside the output
     directory while walking an input directory that contains it are skipped, so a rerun never
@@ -149,6 +150,9 @@ def plan_jobs(
                 f"{item.path}: the output {target} is also the output of {claimed[key]} "
                 "(outputs are named by file stem); rename one of them or upscale them separately"
             )
+            jobs.append(Job(item, target, "failed", msg))
+        elif os.path.isdir(target):  # not an output kept, nor one to replace: the user's folder stays
+            msg = f"{item.path}: a directory is in the way of the output {target}; move or rename it"
             jobs.append(Job(item, target, "failed", msg))
         elif os.path.lexists(target) and not options.overwrite:
             jobs.append(Job(item, target, "skipped", f"{item.path} (output exists: {target})", reason=SKIP_EXISTS))

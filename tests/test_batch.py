@@ -368,6 +368,21 @@ def test_existing_output_is_skipped_or_replaced(tmp_path):
     assert report.results[0].status == "done" and Image.open(out / "a_x4.png").size == (48, 40)
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_directory_at_the_output_path_fails_the_item_and_is_left_alone(tmp_path, overwrite):
+    _save(tmp_path / "a.png")
+    _save(tmp_path / "b.png")
+    (tmp_path / "out" / "a_x4.png").mkdir(parents=True)
+    (tmp_path / "out" / "a_x4.png" / "mine.txt").write_text("the user's")
+    report, pipe = _run(tmp_path, [tmp_path / "a.png", tmp_path / "b.png"], output=tmp_path / "out", overwrite=overwrite)
+    a, b = report.results
+    assert a.status == "failed" and a.message == (
+        f"{tmp_path / 'a.png'}: a directory is in the way of the output {tmp_path / 'out' / 'a_x4.png'}; move or rename it"
+    )
+    assert b.status == "done" and len(pipe.calls) == 1  # the model ran for b only
+    assert (tmp_path / "out" / "a_x4.png" / "mine.txt").read_text() == "the user's"
+
+
 def test_an_output_another_run_wrote_meanwhile_is_kept(tmp_path):
     """Two runs into one folder at once: the file the other run wrote while this one was on the
     model is kept (skipped, output exists) unless --overwrite; no temporary file is left."""

@@ -258,6 +258,19 @@ def test_a_link_looping_back_to_the_input_folder_is_a_skip_and_reruns_exit_0(tmp
     assert (tmp_path / "out" / "sub" / "a_x4.png").is_file()
 
 
+def test_a_directory_at_the_output_path_is_an_error_not_a_kept_output(tmp_path, fake_model):
+    import json
+
+    _save(tmp_path / "a.png")
+    (tmp_path / "out" / "a_x4.png").mkdir(parents=True)
+    result = invoke(tmp_path / "a.png", "-o", tmp_path / "out", "--json")
+    assert result.exit_code == 1, result.output
+    assert err_lines(result) == [f"error: {tmp_path / 'a.png'}: a directory is in the way of the output {tmp_path / 'out' / 'a_x4.png'}; move or rename it"]
+    (entry,) = json.loads(result.stdout)["files"]
+    assert entry["status"] == "failed" and not fake_model  # found in planning: no model loaded
+    assert (tmp_path / "out" / "a_x4.png").is_dir()
+
+
 def test_nothing_found(tmp_path, fake_model):
     (tmp_path / "empty").mkdir()
     result = invoke(tmp_path / "empty")
