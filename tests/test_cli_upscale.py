@@ -215,6 +215,34 @@ def test_output_dir_that_is_a_file_is_a_usage_error(tmp_path, fake_model):
     assert not fake_model  # the model was never loaded
 
 
+def test_one_input_whose_output_cannot_be_written_is_a_usage_error_before_loading(tmp_path, fake_model):
+    _save(tmp_path / "a.png")
+    results = tmp_path / "results"
+    results.write_text("notes")
+    expected = {
+        results: f"error: {results}: --output exists and is not a directory (a name without .png, .jpg, .webp or .tif is a folder)",
+        results / "x.png": f"error: {results / 'x.png'}: cannot write the output (a parent path is a file, not a directory)",
+        Path("/proc/x.png"): "error: /proc/x.png: cannot write the output (",  # root passes the permission check
+    }
+    for out, line in expected.items():
+        if not out.parent.exists():
+            continue
+        result = invoke(tmp_path / "a.png", "-o", out)
+        assert result.exit_code == 2, result.output
+        (got,) = err_lines(result)
+        assert got.startswith(line), got
+    assert not fake_model and results.read_text() == "notes"  # never loaded; the file untouched
+
+
+def test_unwritable_reason_probes_by_making_a_file(tmp_path):
+    from sinsr_cli.files import unwritable_reason
+
+    assert unwritable_reason(tmp_path / "new" / "x.png", probe=True) is None
+    assert list(tmp_path.iterdir()) == []  # the probe is removed, no folder made
+    if Path("/proc").is_dir():
+        assert unwritable_reason("/proc/x.png", probe=True) is not None
+
+
 def test_output_file_name_for_many_inputs_is_a_usage_error(tmp_path, fake_model):
     _save(tmp_path / "in" / "a.png")
     result = invoke(tmp_path / "in", "-o", tmp_path / "out.png")
