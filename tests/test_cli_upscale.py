@@ -351,6 +351,29 @@ def test_json_always_carries_the_exit_code(tmp_path, fake_model):
     assert json.loads(result.stdout)["error"] == err_lines(result)[0][len("error: "):]
 
 
+@pytest.mark.parametrize(
+    "bad, needle",
+    [(["--scale", "abc"], "--scale"), (["--quality", "high"], "--quality"), (["--max-pixels", "1e6"], "--max-pixels"),
+     (["--qualty", "90"], "Did you mean --quality?")],
+)
+def test_json_usage_errors_from_parsing_are_json_too(tmp_path, fake_model, bad, needle):
+    """click's own usage errors (a value of the wrong type, an unknown option) print the same
+    ``{"error", "exit_code"}`` as the command's, when --json is among the arguments."""
+    import json
+
+    _save(tmp_path / "a.png")
+    result = invoke(tmp_path / "a.png", "--json", *bad)
+    assert result.exit_code == 2
+    doc = json.loads(result.stdout)
+    assert doc == {"error": err_lines(result)[0][len("error: "):], "exit_code": 2} and needle in doc["error"]
+    result = invoke(tmp_path / "a.png", *bad)  # without --json, stdout stays empty
+    assert result.exit_code == 2 and result.stdout == ""
+    result = invoke(*bad, "--", "--json")  # after --, "--json" is an input's name
+    assert result.exit_code == 2 and result.stdout == ""
+    result = runner.invoke(app, ["bench", "--json", str(tmp_path / "r.json"), "--bogus"])  # bench's --json is a file
+    assert result.exit_code == 2 and result.stdout == ""
+
+
 def test_odd_names_exact_on_stdout_escaped_on_stderr(tmp_path, fake_model):
     """Written paths on stdout are the file system's bytes (a script can open them); messages on
     stderr show an escape sequence or an undecodable byte as an escape, never raw."""
