@@ -147,8 +147,9 @@ def plan_jobs(
             jobs.append(Job(item, target, "failed", msg))
         elif key in claimed:
             msg = (
-                f"{item.path}: the output {target} is also the output of {claimed[key]} "
-                "(outputs are named by file stem); rename one of them or upscale them separately"
+                f"{item.path}: the output {target} is also the output of {claimed[key]} (outputs are "
+                f"named by file stem, and both are written as {format_of(target).name}); rename one of "
+                "them or upscale them separately"
             )
             jobs.append(Job(item, target, "failed", msg))
         elif os.path.isdir(target):  # not an output kept, nor one to replace: the user's folder stays

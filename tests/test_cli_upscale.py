@@ -854,6 +854,24 @@ def test_same_name_collision_does_not_suggest_format(tmp_path, fake_model):
     assert "also the output of" in line and "--format" not in line
 
 
+def test_auto_format_writes_other_inputs_as_png_and_says_so_on_a_collision(tmp_path, fake_model):
+    """-f auto keeps PNG/JPEG/WebP/TIFF; a BMP becomes PNG, so L.bmp and L.png share L_x4.png:
+    the second is one error that says why (both are PNG), and --help says what auto means."""
+    _save(tmp_path / "in" / "L.bmp", format="BMP")
+    _save(tmp_path / "in" / "L.png")
+    _save(tmp_path / "in" / "g.gif", format="GIF")
+    result = invoke(tmp_path / "in", "-o", tmp_path / "out")
+    assert result.exit_code == 1
+    out = tmp_path / "out"
+    assert sorted(written(result)) == [out / "L_x4.png", out / "g_x4.png"]
+    assert err_lines(result) == [
+        f"error: {tmp_path / 'in' / 'L.png'}: the output {out / 'L_x4.png'} is also the output of {tmp_path / 'in' / 'L.bmp'} "
+        "(outputs are named by file stem, and both are written as PNG); rename one of them or upscale them separately"
+    ]
+    help_text = " ".join(runner.invoke(app, ["upscale", "--help"], env={"COLUMNS": "400"}).stdout.split())
+    assert "PNG for others, such as BMP, GIF, TGA, PPM or ICO" in help_text
+
+
 @pytest.fixture(scope="module")
 def one_step_student(tmp_path_factory, tiny_checkpoints):
     """The tiny UNet saved as a one-step student (as `sinsr distill --export` writes it)."""

@@ -143,7 +143,7 @@ def upscale_cmd(
     output_arg: Optional[str] = typer.Option(None, "-o", "--output", help="Output folder (the input tree is mirrored) or, for one input file, the output file (a name ending in / is always a folder). Default: next to each input.", show_default=False),
     scale: float = typer.Option(4.0, "-s", "--scale", "--outscale", help="Output scale: the x4 model, then a Lanczos resample to exactly round(s*w) x round(s*h)."),
     suffix: Optional[str] = typer.Option(None, "--suffix", help="Added to output file names (default _x<scale>, e.g. _x4; 'out' gives photo_out.png, as in Real-ESRGAN); '' keeps the names.", show_default=False),
-    fmt: str = typer.Option("auto", "-f", "--format", "--ext", help="Output format: png, jpg, webp, tif, or auto (the input's)."),
+    fmt: str = typer.Option("auto", "-f", "--format", "--ext", help="Output format: png, jpg, webp, tif, or auto (the input's, for PNG, JPEG, WebP and TIFF inputs; PNG for others, such as BMP, GIF, TGA, PPM or ICO)."),
     quality: int = typer.Option(95, "--quality", help="JPEG/WebP quality, 1-100."),
     model: str = typer.Option("sinsr-v1", "-m", "--model", "-n", "--model-name", help="Zoo name (see `sinsr models`) or checkpoint file."),
     vq: str = typer.Option("vq-f4", "--vq", help="VQ autoencoder: zoo name or file."),
