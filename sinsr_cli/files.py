@@ -51,10 +51,12 @@ def atomic_path(
         raise
 
 
-def unwritable_reason(path: str | os.PathLike[str]) -> str | None:
+def unwritable_reason(path: str | os.PathLike[str], *, probe: bool = False) -> str | None:
     """Why ``atomic_path`` could not write ``path`` (a directory there, a file where a folder
     must be, no write permission), or None: checked before long work whose result would
-    otherwise be lost at the end."""
+    otherwise be lost at the end. ``probe`` also makes and removes an empty file in the nearest
+    existing folder, for what permissions do not tell (root may write anywhere by them, but
+    not in ``/proc`` or on a read-only mount)."""
     p = Path(path)
     if p.is_dir():
         return "is a directory"
@@ -64,7 +66,16 @@ def unwritable_reason(path: str | os.PathLike[str]) -> str | None:
                 return "a parent path is a file, not a directory"
             if not os.access(parent, os.W_OK | os.X_OK):
                 return "permission denied"
-            return None
+            return _probe(parent) if probe else None
+    return None
+
+
+def _probe(folder: Path) -> str | None:
+    """Why no file can be made in ``folder``, found by making one (and removing it), or None."""
+    try:
+        os.unlink(_new_file(folder / "write-test", ".tmp"))
+    except OSError as e:
+        return f"cannot create a file in {folder}: {(e.strerror or str(e)).lower()}"
     return None
 
 

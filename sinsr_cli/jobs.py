@@ -5,14 +5,18 @@ Policies:
     mirroring the input tree, or exactly the output file for one input). An output that is any
     input of the run, or that two inputs would share, fails that item. An existing output is
     kept and its input skipped (reason :data:`SKIP_EXISTS`, so a rerun of a finished batch does
-    nothing and succeeds), unless ``overwrite`` (replaced). Files found inside the output
+    nothing and succeeds), unless ``overwrite`` (replaced). A directory at an output's path is
+    no output: that item fails, with or without ``overwrite`` (the directory is left alone). An output its format cannot store
+    (the header's size at the scale past ``Format.max_side``) fails that item before any model
+    work. Files found inside the output
     directory while walking an input directory that contains it are skipped, so a rerun never
     upscales its own results; so are inputs that are another input's output (``bird_x4.png``
     beside ``bird.png`` when outputs go next to their inputs, and no ``overwrite``), which keeps
     their source skipped.
   * Inputs that ``collect_inputs`` rejected: named explicitly, missing, or carrying an image
     extension (``broken.png``, a zero-byte ``x.jpg``) -> failed, with ``read_image``'s reason;
-    other non-images met while walking a folder (``notes.txt``) -> skipped with a note. So a
+    other non-images met while walking a folder (``notes.txt``), and links to folders met there
+    (a loop back to the input folder included) -> skipped with a note. So a
     file whose name or content says "image" is an image: if it cannot be read, that is an error.
   * Sharded runs: :func:`plan_key` lets processes check they planned the same run, and
     :func:`shard_jobs` deals the pending jobs between them.
@@ -28,10 +32,11 @@ from pathlib import Path
 from typing import Literal
 
 from .distributed import deal
-from .errors import one_line
+from .errors import SettingError, one_line
 from .files import within
-from .imageio import InputItem, SinsrIOError, named_as_image, output_path, read_image
+from .imageio import InputItem, SinsrIOError, format_of, named_as_image, output_path, read_image, size_refusal
 from .options import UpscaleOptions
+from .postprocess import output_size
 
 __all__ = ["SKIP_EXISTS", "Job", "Status", "message_for", "plan_jobs", "plan_key", "shard_jobs"]
 
@@ -56,6 +61,13 @@ def _resolved(p: Path) -> str:
     return os.path.normcase(os.path.realpath(p))
 
 
+def _as_named(p: Path) -> str:
+    """``p`` with its folders resolved but not its last part, so a link is the link, not what it
+    points to: a link met while walking that leads to a path the user named is not that path."""
+    a = os.path.abspath(p)
+    return os.path.normcase(os.path.join(os.path.realpath(os.path.dirname(a)), os.path.basename(a)))
+
+
 def _root_of(item: InputItem) -> Path:
     """The directory (or glob prefix) the item was found under: ``path`` minus ``rel``."""
     n = len(item.rel.parts)
@@ -77,7 +89,7 @@ def plan_jobs(
     Returns one job per input: rejected files first (their errors show at once), then the images
     in input order.
     """
-    explicit_paths = {_resolved(Path(os.path.expanduser(os.fspath(p)))) for p in explicit}
+    explicit_paths = {_as_named(Path(os.path.expanduser(os.fspath(p)))) for p in explicit}
     out_dir = None
     if options.output is not None and not single_input_file:
         out_dir = _resolved(options.output)
@@ -93,8 +105,10 @@ def plan_jobs(
     jobs: list[Job] = []
     for path, reason in rejected:
         item = InputItem(path=path, rel=Path(path.name))
-        named = _resolved(path) in explicit_paths
-        if named or not os.path.lexists(path) or named_as_image(path):
+        named = _as_named(path) in explicit_paths
+        if path.is_dir():  # a link to a folder met while walking (a folder named is walked, never rejected)
+            jobs.append(Job(item, None, "skipped", f"{path} ({reason})", reason=reason))
+        elif named or not os.path.lexists(path) or named_as_image(path):
             message, error = _read_failure(path, reason)
             jobs.append(Job(item, None, "failed", message, error))
         else:
@@ -133,12 +147,18 @@ def plan_jobs(
             jobs.append(Job(item, target, "failed", msg))
         elif key in claimed:
             msg = (
-                f"{item.path}: the output {target} is also the output of {claimed[key]} "
-                "(outputs are named by file stem); rename one of them or upscale them separately"
+                f"{item.path}: the output {target} is also the output of {claimed[key]} (outputs are "
+                f"named by file stem, and both are written as {format_of(target).name}); rename one of "
+                "them or upscale them separately"
             )
+            jobs.append(Job(item, target, "failed", msg))
+        elif os.path.isdir(target):  # not an output kept, nor one to replace: the user's folder stays
+            msg = f"{item.path}: a directory is in the way of the output {target}; move or rename it"
             jobs.append(Job(item, target, "failed", msg))
         elif os.path.lexists(target) and not options.overwrite:
             jobs.append(Job(item, target, "skipped", f"{item.path} (output exists: {target})", reason=SKIP_EXISTS))
+        elif (refused := _unstorable(item, target, options.scale)) is not None:
+            jobs.append(Job(item, target, "failed", message_for(item.path, refused), refused))
         else:
             jobs.append(Job(item, target))
         claimed.setdefault(key, item.path)
@@ -164,6 +184,20 @@ def _previous_results(planned: Sequence[_Planned], options: UpscaleOptions) -> d
         if source is not None and source_key != key:
             found[key] = source
     return found
+
+
+def _unstorable(item: InputItem, target: Path, scale: float) -> SinsrIOError | None:
+    """Why the output (the header's size at ``scale``, ``postprocess.output_size``) cannot be
+    written in its format, or None: known now, so the model never runs for a file whose
+    result the encoder would refuse (a WebP past 16383 pixels a side)."""
+    if item.size is None:
+        return None
+    try:
+        width, height = output_size(*item.size, scale)
+    except SettingError:  # a scale that makes no image of this one: the run says so, after the input's own checks
+        return None
+    why = size_refusal(format_of(target), width, height)
+    return None if why is None else SinsrIOError(item.path, f"the output {target} would be {why}", setting="format")
 
 
 def _read_failure(path: Path, reason: str) -> tuple[str, BaseException | None]:

@@ -35,7 +35,7 @@ class UpscaleOptions:
 
     ``tile``: LR pixels, 0 = whole image, None = ``auto`` (planned per image by
     :func:`auto_plan`). ``suffix`` None means :func:`default_suffix`. ``format`` None or
-    ``"auto"`` keeps each input's format. ``max_pixels`` None disables the decompression-bomb
+    ``"auto"`` keeps each input's format where sinsr writes it, else PNG (``imageio.choose_output_format``). ``max_pixels`` None disables the decompression-bomb
     check.
     """
 

@@ -368,6 +368,21 @@ def test_existing_output_is_skipped_or_replaced(tmp_path):
     assert report.results[0].status == "done" and Image.open(out / "a_x4.png").size == (48, 40)
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_directory_at_the_output_path_fails_the_item_and_is_left_alone(tmp_path, overwrite):
+    _save(tmp_path / "a.png")
+    _save(tmp_path / "b.png")
+    (tmp_path / "out" / "a_x4.png").mkdir(parents=True)
+    (tmp_path / "out" / "a_x4.png" / "mine.txt").write_text("the user's")
+    report, pipe = _run(tmp_path, [tmp_path / "a.png", tmp_path / "b.png"], output=tmp_path / "out", overwrite=overwrite)
+    a, b = report.results
+    assert a.status == "failed" and a.message == (
+        f"{tmp_path / 'a.png'}: a directory is in the way of the output {tmp_path / 'out' / 'a_x4.png'}; move or rename it"
+    )
+    assert b.status == "done" and len(pipe.calls) == 1  # the model ran for b only
+    assert (tmp_path / "out" / "a_x4.png" / "mine.txt").read_text() == "the user's"
+
+
 def test_an_output_another_run_wrote_meanwhile_is_kept(tmp_path):
     """Two runs into one folder at once: the file the other run wrote while this one was on the
     model is kept (skipped, output exists) unless --overwrite; no temporary file is left."""
@@ -463,6 +478,23 @@ def test_rejected_files_fail_or_skip(tmp_path):
         assert r.status == "failed" and reason in r.message and name in r.message, r.message
 
 
+def test_a_folder_link_met_while_walking_is_skipped_even_when_it_leads_to_an_input(tmp_path):
+    """``photos/sub/up -> ..`` resolves to the folder given, but the link was met while walking,
+    not named: a skip with a note, so the run (and every rerun) succeeds. The same for a link in
+    one input folder to another input folder."""
+    _save(tmp_path / "photos" / "sub" / "a.png")
+    _save(tmp_path / "other" / "b.png")
+    (tmp_path / "photos" / "sub" / "up").symlink_to("..")
+    (tmp_path / "photos" / "to_other").symlink_to(tmp_path / "other")
+    for _ in range(2):  # the run, then the rerun of the finished batch
+        report, _ = _run(tmp_path, [tmp_path / "photos", tmp_path / "other"], output=tmp_path / "out")
+        assert not report.failed
+        by_name = {r.item.path.name: r for r in report.results}
+        assert by_name["up"].status == by_name["to_other"].status == "skipped"
+        assert "not followed" in by_name["up"].message
+    assert (tmp_path / "out" / "sub" / "a_x4.png").is_file() and (tmp_path / "out" / "b_x4.png").is_file()
+
+
 def test_explicit_non_image_fails(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     report, _ = _run(tmp_path, [tmp_path / "notes.txt"])
@@ -475,6 +507,36 @@ def test_single_file_to_exact_output_file(tmp_path):
     assert report.results[0].status == "done"
     im = Image.open(tmp_path / "result.webp")
     assert im.format == "WEBP" and im.size == (15, 9)
+
+
+def test_an_output_too_large_for_its_format_fails_before_the_model(tmp_path):
+    """A 4100 px wide WebP at x4 is 16400 px: more than WebP stores, known from the header, so the
+    item fails in planning (naming the limit) and the batch goes on; PNG has no such limit."""
+    _save(tmp_path / "in" / "pano.webp", size=(4100, 2), format="WEBP", lossless=True)
+    _save(tmp_path / "in" / "small.webp", size=(40, 2), format="WEBP", lossless=True)
+    report, pipe = _run(tmp_path, [tmp_path / "in"], output=tmp_path / "out")
+    by_name = {r.item.path.name: r for r in report.results}
+    pano = by_name["pano.webp"]
+    assert pano.status == "failed" and pano.error.setting == "format"
+    assert pano.message == (
+        f"{tmp_path / 'in' / 'pano.webp'}: the output {tmp_path / 'out' / 'pano_x4.webp'} would be "
+        "16400x8 pixels, and WEBP stores at most 16383 pixels a side"
+    )
+    assert by_name["small.webp"].status == "done" and len(pipe.calls) == 1  # the model never saw pano
+    report, pipe = _run(tmp_path, [tmp_path / "in" / "pano.webp"], output=tmp_path / "out", format="png")
+    assert report.results[0].status == "done" and Image.open(tmp_path / "out" / "pano_x4.png").size == (16400, 8)
+
+
+def test_a_jpeg_past_65500_pixels_fails_in_planning_and_in_the_writer(tmp_path):
+    _save(tmp_path / "strip.png", size=(500, 1))
+    report, pipe = _run(tmp_path, [tmp_path / "strip.png"], output=tmp_path / "wide.jpg", scale=140)
+    (r,) = report.results
+    assert r.status == "failed" and "70000x140 pixels, and JPEG stores at most 65500 pixels a side" in r.message
+    assert not pipe.calls and not (tmp_path / "wide.jpg").exists()
+    with pytest.raises(imageio.ImageWriteError, match="JPEG stores at most 65500 pixels a side") as e:
+        imageio.write_image(tmp_path / "w.jpg", np.zeros((1, 65501, 3), np.float32))  # the library's own callers
+    assert e.value.setting == "format" and not list(tmp_path.glob("*w.jpg*"))
+    assert imageio.size_refusal(imageio.format_named("jpg"), 65500, 65500) is None
 
 
 # --------------------------------------------------------------------------- failures and the run

@@ -215,6 +215,34 @@ def test_output_dir_that_is_a_file_is_a_usage_error(tmp_path, fake_model):
     assert not fake_model  # the model was never loaded
 
 
+def test_one_input_whose_output_cannot_be_written_is_a_usage_error_before_loading(tmp_path, fake_model):
+    _save(tmp_path / "a.png")
+    results = tmp_path / "results"
+    results.write_text("notes")
+    expected = {
+        results: f"error: {results}: --output exists and is not a directory (a name without .png, .jpg, .webp or .tif is a folder)",
+        results / "x.png": f"error: {results / 'x.png'}: cannot write the output (a parent path is a file, not a directory)",
+        Path("/proc/x.png"): "error: /proc/x.png: cannot write the output (",  # root passes the permission check
+    }
+    for out, line in expected.items():
+        if not out.parent.exists():
+            continue
+        result = invoke(tmp_path / "a.png", "-o", out)
+        assert result.exit_code == 2, result.output
+        (got,) = err_lines(result)
+        assert got.startswith(line), got
+    assert not fake_model and results.read_text() == "notes"  # never loaded; the file untouched
+
+
+def test_unwritable_reason_probes_by_making_a_file(tmp_path):
+    from sinsr_cli.files import unwritable_reason
+
+    assert unwritable_reason(tmp_path / "new" / "x.png", probe=True) is None
+    assert list(tmp_path.iterdir()) == []  # the probe is removed, no folder made
+    if Path("/proc").is_dir():
+        assert unwritable_reason("/proc/x.png", probe=True) is not None
+
+
 def test_output_file_name_for_many_inputs_is_a_usage_error(tmp_path, fake_model):
     _save(tmp_path / "in" / "a.png")
     result = invoke(tmp_path / "in", "-o", tmp_path / "out.png")
@@ -227,6 +255,48 @@ def test_output_file_against_format_is_a_usage_error_before_loading(tmp_path, fa
     assert result.exit_code == 2 and err_lines(result) == [f"error: {tmp_path / 'x.jpg'}: the extension of --output does not match --format png"]
     assert not fake_model and not (tmp_path / "x.jpg").exists()  # no model loaded
     assert invoke(tmp_path / "a.png", "-o", tmp_path / "x.jpg", "-f", "jpeg").exit_code == 0
+
+
+def test_an_output_too_large_for_webp_fails_up_front_with_the_flag_to_use(tmp_path, fake_model):
+    _save(tmp_path / "in" / "pano.webp", size=(4100, 2), format="WEBP", lossless=True)
+    _save(tmp_path / "in" / "b.png")
+    result = invoke(tmp_path / "in", "-o", tmp_path / "out")
+    assert result.exit_code == 1, result.output
+    (line,) = err_lines(result)
+    assert "WEBP stores at most 16383 pixels a side; use -f png or -f tif" in line
+    assert len(fake_model[0].calls) == 1 and written(result) == [tmp_path / "out" / "b_x4.png"]
+
+
+def test_the_format_hint_names_the_formats_without_a_size_limit():
+    from sinsr_cli.cli.upscale_render import _SETTING_HINTS
+    from sinsr_cli.imageio.formats import FORMATS
+
+    unlimited = [f.extension.lstrip(".") for f in FORMATS.values() if f.max_side is None]
+    assert _SETTING_HINTS["format"] == "use " + " or ".join(f"-f {name}" for name in unlimited)
+
+
+def test_a_link_looping_back_to_the_input_folder_is_a_skip_and_reruns_exit_0(tmp_path, fake_model):
+    _save(tmp_path / "photos" / "sub" / "a.png")
+    (tmp_path / "photos" / "sub" / "up").symlink_to("..")
+    for _ in range(2):
+        result = invoke(tmp_path / "photos", "-o", tmp_path / "out")
+        assert result.exit_code == 0, result.output
+        assert not err_lines(result)
+        assert f"skipped: {tmp_path / 'photos' / 'sub' / 'up'} (a link to a folder: not followed" in result.stderr
+    assert (tmp_path / "out" / "sub" / "a_x4.png").is_file()
+
+
+def test_a_directory_at_the_output_path_is_an_error_not_a_kept_output(tmp_path, fake_model):
+    import json
+
+    _save(tmp_path / "a.png")
+    (tmp_path / "out" / "a_x4.png").mkdir(parents=True)
+    result = invoke(tmp_path / "a.png", "-o", tmp_path / "out", "--json")
+    assert result.exit_code == 1, result.output
+    assert err_lines(result) == [f"error: {tmp_path / 'a.png'}: a directory is in the way of the output {tmp_path / 'out' / 'a_x4.png'}; move or rename it"]
+    (entry,) = json.loads(result.stdout)["files"]
+    assert entry["status"] == "failed" and not fake_model  # found in planning: no model loaded
+    assert (tmp_path / "out" / "a_x4.png").is_dir()
 
 
 def test_nothing_found(tmp_path, fake_model):
@@ -279,6 +349,29 @@ def test_json_always_carries_the_exit_code(tmp_path, fake_model):
     result = invoke(tmp_path / "in", "--json", "--tile", "-5")
     assert result.exit_code == 2 and json.loads(result.stdout)["exit_code"] == 2
     assert json.loads(result.stdout)["error"] == err_lines(result)[0][len("error: "):]
+
+
+@pytest.mark.parametrize(
+    "bad, needle",
+    [(["--scale", "abc"], "--scale"), (["--quality", "high"], "--quality"), (["--max-pixels", "1e6"], "--max-pixels"),
+     (["--qualty", "90"], "Did you mean --quality?")],
+)
+def test_json_usage_errors_from_parsing_are_json_too(tmp_path, fake_model, bad, needle):
+    """click's own usage errors (a value of the wrong type, an unknown option) print the same
+    ``{"error", "exit_code"}`` as the command's, when --json is among the arguments."""
+    import json
+
+    _save(tmp_path / "a.png")
+    result = invoke(tmp_path / "a.png", "--json", *bad)
+    assert result.exit_code == 2
+    doc = json.loads(result.stdout)
+    assert doc == {"error": err_lines(result)[0][len("error: "):], "exit_code": 2} and needle in doc["error"]
+    result = invoke(tmp_path / "a.png", *bad)  # without --json, stdout stays empty
+    assert result.exit_code == 2 and result.stdout == ""
+    result = invoke(*bad, "--", "--json")  # after --, "--json" is an input's name
+    assert result.exit_code == 2 and result.stdout == ""
+    result = runner.invoke(app, ["bench", "--json", str(tmp_path / "r.json"), "--bogus"])  # bench's --json is a file
+    assert result.exit_code == 2 and result.stdout == ""
 
 
 def test_odd_names_exact_on_stdout_escaped_on_stderr(tmp_path, fake_model):
@@ -759,6 +852,24 @@ def test_same_name_collision_does_not_suggest_format(tmp_path, fake_model):
     assert result.exit_code == 1
     (line,) = err_lines(result)
     assert "also the output of" in line and "--format" not in line
+
+
+def test_auto_format_writes_other_inputs_as_png_and_says_so_on_a_collision(tmp_path, fake_model):
+    """-f auto keeps PNG/JPEG/WebP/TIFF; a BMP becomes PNG, so L.bmp and L.png share L_x4.png:
+    the second is one error that says why (both are PNG), and --help says what auto means."""
+    _save(tmp_path / "in" / "L.bmp", format="BMP")
+    _save(tmp_path / "in" / "L.png")
+    _save(tmp_path / "in" / "g.gif", format="GIF")
+    result = invoke(tmp_path / "in", "-o", tmp_path / "out")
+    assert result.exit_code == 1
+    out = tmp_path / "out"
+    assert sorted(written(result)) == [out / "L_x4.png", out / "g_x4.png"]
+    assert err_lines(result) == [
+        f"error: {tmp_path / 'in' / 'L.png'}: the output {out / 'L_x4.png'} is also the output of {tmp_path / 'in' / 'L.bmp'} "
+        "(outputs are named by file stem, and both are written as PNG); rename one of them or upscale them separately"
+    ]
+    help_text = " ".join(runner.invoke(app, ["upscale", "--help"], env={"COLUMNS": "400"}).stdout.split())
+    assert "PNG for others, such as BMP, GIF, TGA, PPM or ICO" in help_text
 
 
 @pytest.fixture(scope="module")

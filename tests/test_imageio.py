@@ -880,10 +880,15 @@ def test_collect_directory_recursive_and_flat(tree: Path) -> None:
 def test_a_linked_folder_met_while_walking_is_noted_not_followed(tree: Path) -> None:
     (tree / "sub" / "loop").symlink_to(tree)  # followed, it would never end
     (tree / "linked").symlink_to(tree / "sub" / "deeper")
+    (tree.parent / "elsewhere").mkdir()
+    (tree / "outside").symlink_to(tree.parent / "elsewhere")
     items, skipped = collect_inputs([tree])
     assert [i.rel.as_posix() for i in items] == ["a.jpeg", "b.png", "sub/c.jpg", "sub/deeper/d.webp"]
-    reason = "a link to a folder: not followed, name it to include it"
-    assert dict(skipped) == {tree / "readme.txt": "not an image", tree / "linked": reason, tree / "sub" / "loop": reason}
+    back = "a link to a folder: not followed (it leads back into the folder being searched)"
+    assert dict(skipped) == {
+        tree / "readme.txt": "not an image", tree / "linked": back, tree / "sub" / "loop": back,
+        tree / "outside": "a link to a folder: not followed, name it to include it",
+    }
     named, _ = collect_inputs([tree / "linked"])  # named, it is walked
     assert [i.rel.as_posix() for i in named] == ["d.webp"]
 

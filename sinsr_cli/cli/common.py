@@ -64,7 +64,8 @@ class SinsrCommand(TyperCommand):
       Real-ESRGAN's and BasicSR's scripts.
     * An unknown option names the one nearest real option (``--tiel``: did you mean ``--tile``?).
     * A usage error (an unknown option, a value of the wrong type, a missing argument) is one
-      ``error:`` line and exit 2, like every other error, not Typer's boxed panel.
+      ``error:`` line and exit 2, like every other error, not Typer's boxed panel; with the
+      command's ``--json`` flag, also ``{"error", "exit_code"}`` on stdout (:func:`echo_json_error`).
     * Help paragraphs reflow to the terminal's width (Typer's rich mode keeps the docstring's
       line breaks, which wrap raggedly on an 80-column terminal).
     """
@@ -92,15 +93,27 @@ class SinsrCommand(TyperCommand):
                     names.append(opt)
         return names
 
+    def _asks_for_json(self, ctx: Any, args: list[str]) -> bool:
+        """Whether ``args`` turn on the command's ``json_out`` flag (the keyword
+        :func:`handle_errors` reads), before any ``--``."""
+        given = _options_of(args)
+        return any(p.name == "json_out" and any(o in given for o in p.opts) for p in self.get_params(ctx))
+
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         known = set(self.long_options(ctx))
         args = _dashed(args, known)
+        wants_json = self._asks_for_json(ctx, args)  # now: click consumes ``args`` as it parses
         try:
             return super().parse_args(ctx, args)
         except Exception as e:  # click's or Typer's vendored NoSuchOption, by name
             if type(e).__name__ == "NoSuchOption":
                 _suggest(e, sorted(known))
-            _usage_error_in_one_line(e)
+            try:
+                _usage_error_in_one_line(e)
+            except typer.Exit as exit_:  # --scale abc with --json: the script reading stdout gets JSON
+                if wants_json:
+                    echo_json_error(exit_)
+                raise
             raise
 
 
@@ -150,6 +163,11 @@ def _dashed(args: list[str], known: set[str]) -> list[str]:
                 tok = dashed + eq + value
         out.append(tok)
     return out
+
+
+def _options_of(args: list[str]) -> list[str]:
+    """The arguments before a ``--`` (after it, ``--json`` is a file name)."""
+    return args[: args.index("--")] if "--" in args else args
 
 
 def _suggest(err: Any, known: list[str]) -> None:
@@ -253,6 +271,15 @@ def fail(message: str, code: int = EXIT_USAGE) -> "typer.Exit":
     return exit_
 
 
+def echo_json_error(exit_: typer.Exit) -> None:
+    """``{"error", "exit_code"}`` on stdout for an Exit made by :func:`fail` (one that carries
+    its message): what ``--json`` prints for an error before the run, whoever found it (the
+    command, or click while parsing the arguments)."""
+    message = getattr(exit_, "message", None)
+    if message is not None:
+        typer.echo(json.dumps({"error": message, "exit_code": exit_.exit_code}, indent=2))
+
+
 def handle_errors(fn: F) -> F:
     """Turn user-facing exceptions into a one-line error and exit code 2 (1 for
     :func:`run_failures`, such as weights that cannot be had).
@@ -268,9 +295,8 @@ def handle_errors(fn: F) -> F:
         try:
             return one_line_errors(*args, **kwargs)
         except typer.Exit as e:
-            message = getattr(e, "message", None)
-            if kwargs.get("json_out") and message is not None:  # --json: the error as JSON on stdout too
-                typer.echo(json.dumps({"error": message, "exit_code": e.exit_code}, indent=2))
+            if kwargs.get("json_out"):  # --json: the error as JSON on stdout too
+                echo_json_error(e)
             raise
 
     def one_line_errors(*args: Any, **kwargs: Any) -> Any:

@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
@@ -23,6 +22,7 @@ import typer
 from rich.text import Text
 
 from ..config import DEFAULT_SEED
+from ..files import unwritable_reason
 from .common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, console, fail, handle_errors, parse_tile, quiet_option
 from .upscale_render import Renderer, summary, summary_dict
 
@@ -49,6 +49,10 @@ def _check_output(
     if output is None:
         return
     if single_input_file:  # a named output file and --format that disagree: before any model loads
+        if output.exists() and not output.is_dir() and format_named(output.suffix) is None:
+            raise ValueError(
+                f"{output}: --output exists and is not a directory (a name without .png, .jpg, .webp or .tif is a folder)"
+            )
         named = output.suffix.lower() in IMAGE_EXTENSIONS and not output.is_dir()
         if named and format_named(output.suffix) is None:  # out.bmp: an image name, not a folder
             raise ValueError(f"{output}: sinsr does not write {output.suffix} files; use .png, .jpg, .webp or .tif")
@@ -65,10 +69,24 @@ def _check_output(
         raise ValueError(f"{output}: --output looks like a file name, but the inputs are a folder or several files; give a directory")
     try:
         output.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=output, prefix=".sinsr-write-test-"):
-            pass
     except OSError as e:
         raise SinsrIOError(output, f"cannot write to the output directory ({e.strerror or e})") from None
+    reason = unwritable_reason(output / "x", probe=True)
+    if reason is not None:
+        raise SinsrIOError(output, f"cannot write to the output directory ({reason})")
+
+
+def _check_target(jobs: Sequence[Job]) -> None:
+    """One input file: its output can be written (``-o results/x.png`` below a file, ``-o
+    /proc/x.png``, a read-only folder), found before the model loads and runs; SinsrIOError
+    (exit 2), as ``_check_output`` finds it for many inputs."""
+    from ..imageio import SinsrIOError
+
+    for job in jobs:
+        if job.status == "pending" and job.target is not None:
+            reason = unwritable_reason(job.target, probe=True)
+            if reason is not None:
+                raise SinsrIOError(job.target, f"cannot write the output ({reason})")
 
 
 def _single_input_file(inputs: Sequence[str], n_items: int) -> bool:
@@ -125,7 +143,7 @@ def upscale_cmd(
     output_arg: Optional[str] = typer.Option(None, "-o", "--output", help="Output folder (the input tree is mirrored) or, for one input file, the output file (a name ending in / is always a folder). Default: next to each input.", show_default=False),
     scale: float = typer.Option(4.0, "-s", "--scale", "--outscale", help="Output scale: the x4 model, then a Lanczos resample to exactly round(s*w) x round(s*h)."),
     suffix: Optional[str] = typer.Option(None, "--suffix", help="Added to output file names (default _x<scale>, e.g. _x4; 'out' gives photo_out.png, as in Real-ESRGAN); '' keeps the names.", show_default=False),
-    fmt: str = typer.Option("auto", "-f", "--format", "--ext", help="Output format: png, jpg, webp, tif, or auto (the input's)."),
+    fmt: str = typer.Option("auto", "-f", "--format", "--ext", help="Output format: png, jpg, webp, tif, or auto (the input's, for PNG, JPEG, WebP and TIFF inputs; PNG for others, such as BMP, GIF, TGA, PPM or ICO)."),
     quality: int = typer.Option(95, "--quality", help="JPEG/WebP quality, 1-100."),
     model: str = typer.Option("sinsr-v1", "-m", "--model", "-n", "--model-name", help="Zoo name (see `sinsr models`) or checkpoint file."),
     vq: str = typer.Option("vq-f4", "--vq", help="VQ autoencoder: zoo name or file."),
@@ -187,6 +205,8 @@ def upscale_cmd(
     if items:
         _check_output(output, single, len(items), options.format, folder=folder)
     jobs = plan_jobs(items, rejected, options, explicit=given, single_input_file=single)
+    if single:
+        _check_target(jobs)
     if not items and not any(j.status == "failed" for j in jobs):
         raise fail(f"no images found in {', '.join(given)}", EXIT_PARTIAL)
     wanted = resolve_device(device)

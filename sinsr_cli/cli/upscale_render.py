@@ -30,6 +30,7 @@ _SETTING_HINTS = {
     "strip_metadata": "use --strip-metadata",
     "tile": "use a smaller --tile (e.g. --tile 128) or --tile auto",
     "scale": "use another --scale",
+    "format": "use -f png or -f tif",  # the formats without a size limit (imageio.formats' table)
 }
 
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from .discover import InputItem, collect_inputs, named_as_image, output_path, pair_by_stem, refuse_unpaired, refuse_unreadable
 from .errors import ImageReadError, ImageWriteError, SinsrIOError
-from .formats import FORMAT_NAMES, IMAGE_EXTENSIONS, Format, choose_output_format, format_named, format_of, parse_format
+from .formats import FORMAT_NAMES, IMAGE_EXTENSIONS, Format, choose_output_format, format_named, format_of, parse_format, size_refusal
 from .pixels import image_to_tensor, luma, tensor_to_image, to_uint8
 from .read import DEFAULT_MAX_PIXELS, LoadedImage, pil_rgb, read_image, sniff_format
 from .write import PNG_COMPRESS_LEVEL, atomic_write_bytes, write_image
@@ -69,6 +69,7 @@ __all__ = [
     "parse_format",
     "pil_rgb",
     "read_image",
+    "size_refusal",
     "sniff_format",
     "tensor_to_image",
     "to_uint8",

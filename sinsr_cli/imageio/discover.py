@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import within
 from .errors import SinsrIOError
 from .formats import IMAGE_EXTENSIONS, choose_output_format, format_named
 from .read import sniff, sniff_format
@@ -56,7 +57,7 @@ def collect_inputs(
             dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
             for d in dirnames:  # os.walk does not enter them (a link may loop): say so
                 if os.path.islink(os.path.join(dirpath, d)):
-                    skipped.append((Path(dirpath) / d, "a link to a folder: not followed, name it to include it"))
+                    skipped.append((Path(dirpath) / d, _folder_link_reason(Path(dirpath) / d, root)))
             for name in sorted(filenames):
                 if not name.startswith("."):
                     path = Path(dirpath) / name
@@ -85,6 +86,15 @@ def collect_inputs(
     for item in found:
         unique.setdefault(os.path.normcase(os.path.realpath(item.path)), item)
     return sorted(unique.values(), key=lambda i: i.path), sorted(skipped)
+
+
+def _folder_link_reason(link: Path, root: Path) -> str:
+    """Why a link to a folder met while walking ``root`` is not followed, as a skip's note: one
+    leading back into the folders being walked (a loop, ``up -> ..``) is not worth naming."""
+    target, here = os.path.realpath(link), os.path.realpath(link.parent)
+    if within(here, target) or within(target, os.path.realpath(root)):
+        return "a link to a folder: not followed (it leads back into the folder being searched)"
+    return "a link to a folder: not followed, name it to include it"
 
 
 def named_as_image(path: Path) -> bool:

@@ -3,7 +3,8 @@
 Every caller that needs "which format does this name mean" or "which format does this output
 get" asks here: discovery places outputs with :func:`choose_output_format` (once per input),
 the writer and the batch engine look a target's format up by its extension
-(:func:`format_of`), and option checks ask :func:`format_named`; :data:`FORMAT_NAMES` lists
+(:func:`format_of`), option checks ask :func:`format_named`, and both the planner and the
+writer ask :func:`size_refusal` whether an output is too large for its format; :data:`FORMAT_NAMES` lists
 the names for a front end's help, and :data:`IMAGE_EXTENSIONS` the names that mean "an image".
 """
 
@@ -22,12 +23,13 @@ class Format:
     alpha: bool  # can carry an alpha channel
     gray: bool  # can store one-channel (grayscale) pixels
     deep: bool  # can store 16-bit samples
+    max_side: int | None = None  # the widest (and tallest) image it can store; None: no limit an output meets
 
 
 FORMATS = {
     "PNG": Format("PNG", ".png", alpha=True, gray=True, deep=True),
-    "JPEG": Format("JPEG", ".jpg", alpha=False, gray=True, deep=False),
-    "WEBP": Format("WEBP", ".webp", alpha=True, gray=False, deep=False),
+    "JPEG": Format("JPEG", ".jpg", alpha=False, gray=True, deep=False, max_side=65500),  # libjpeg's
+    "WEBP": Format("WEBP", ".webp", alpha=True, gray=False, deep=False, max_side=16383),  # 14-bit sides
     "TIFF": Format("TIFF", ".tif", alpha=True, gray=True, deep=True),
 }
 #: the names (and extensions without the dot) a user may give for a format
@@ -42,6 +44,15 @@ IMAGE_EXTENSIONS = frozenset(
     ".png .jpg .jpeg .jpe .jfif .webp .tif .tiff .bmp .gif .ppm .pgm .pbm .pnm .tga .ico "
     ".heic .heif .avif .jp2 .j2k .dds .psd".split()
 )
+
+
+def size_refusal(fmt: Format, width: int, height: int) -> str | None:
+    """Why ``fmt`` cannot store a ``width`` x ``height`` image (a side past its ``max_side``), or
+    None: asked when outputs are planned, so the refusal comes before the model runs, not from
+    the encoder after it."""
+    if fmt.max_side is None or max(width, height) <= fmt.max_side:
+        return None
+    return f"{width}x{height} pixels, and {fmt.name} stores at most {fmt.max_side} pixels a side"
 
 
 def format_named(name: str) -> Format | None:

@@ -15,7 +15,7 @@ from ..errors import one_line
 from ..files import OutputExists, atomic_path
 from .encoders import encode_png16, encode_tiff
 from .errors import ImageWriteError, SinsrIOError, os_reason
-from .formats import format_of, parse_format
+from .formats import format_of, parse_format, size_refusal
 from .metadata import exif_for_size, icc_space
 from .pixels import as_unit_float, luma, quantize
 from .read import LoadedImage
@@ -50,7 +50,8 @@ def write_image(
     JPEG. ``png_compress_level`` (0-9) trades PNG size for time. ``replace=False`` writes only
     where no file is there by the end (``files.OutputExists`` otherwise: another run wrote it). Raises ``ImageWriteError``
     (one line) if the file cannot be written; an EXIF block too large for JPEG is one whose
-    ``setting`` is "strip_metadata".
+    ``setting`` is "strip_metadata", an image too large for the format (``formats.size_refusal``)
+    one whose ``setting`` is "format".
     """
     p = Path(path)
     try:
@@ -70,6 +71,9 @@ def write_image(
     a = None if alpha is None or not kind.alpha else as_unit_float(alpha, "alpha")
     if a is not None and a.shape != color.shape[:2]:
         raise ValueError(f"alpha shape {a.shape} does not match image {color.shape[:2]}")
+    too_large = size_refusal(kind, color.shape[1], color.shape[0])
+    if too_large is not None:  # the encoder's own refusal is a stray libjpeg line, or Pillow's wording
+        raise ImageWriteError(p, f"the image is {too_large}", setting="format")
 
     gray = kind.gray and (color.shape[2] == 1 or (like is not None and like.grayscale))
     if gray and color.shape[2] == 3:
