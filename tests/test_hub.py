@@ -628,7 +628,9 @@ def test_export_mirror_is_what_sinsr_hub_repo_reads(env, server, vq_pth, unet_pt
     assert (only_sinsr[-1]).read_text().startswith("---\nlicense: cc-by-nc-sa-4.0\n")
     with pytest.raises(ValueError, match="already exists"):
         export_mirror(mirror, ["vq-f4"])
-    export_mirror(mirror, ["vq-f4"], force=True)
+    export_mirror(mirror, ["vq-f4"], force=True)  # the earlier sinsr_v1 would be uploaded, unlisted
+    assert sorted(p.name for p in mirror.iterdir()) == ["README.md", "SHA256SUMS", "vq_f4.safetensors"]
+    export_mirror(mirror, ["sinsr-v1", "vq-f4"], force=True)
 
     # uploaded as a repo, it serves a fresh machine: no release request, the same bytes
     for f in sums:
@@ -686,3 +688,30 @@ def test_the_real_zoo_refuses_a_small_model_under_an_official_name(tmp_path, mon
         resolve_weights("sinsr-v1")
     assert not (tmp_path / "models" / "sinsr-v1.safetensors").exists()
     assert (tmp_path / "incoming" / "SinSR_v1.pth").read_bytes() == unet_pth
+
+
+def test_export_force_removes_what_an_earlier_export_wrote_and_keeps_the_rest(env, server, vq_pth, unet_pth, tmp_path):
+    server.release("autoencoder_vq_f4.pth", vq_pth)
+    server.release("SinSR_v1.pth", unet_pth)
+    out = tmp_path / "mirror"
+    export_mirror(out, ["sinsr-v1", "vq-f4"])
+    (out / "notes.txt").write_text("mine")
+    warned: list[str] = []
+    export_mirror(out, ["sinsr-v1"], force=True, warn=warned.append)
+    # vq_f4.safetensors was the earlier export's (in its SHA256SUMS, bytes unchanged): gone, from
+    # the folder only (the cache's copy it was linked to stays)
+    assert sorted(c.name for c in out.iterdir()) == ["README.md", "SHA256SUMS", "notes.txt", "sinsr_v1.safetensors"]
+    assert hub.CachePaths(env, zoo_entry("vq-f4")).weights.is_file()
+    assert "vq_f4" not in (out / "README.md").read_text()
+    assert warned == [f"{out}: 1 file(s) this export did not write stay and would be uploaded too "
+                      "(not in its SHA256SUMS or model card): notes.txt"]
+    assert (out / "notes.txt").read_text() == "mine"
+
+    # a listed file the user changed since is not sinsr's any more: kept, and named
+    export_mirror(out, ["sinsr-v1", "vq-f4"], force=True)
+    (out / "vq_f4.safetensors").unlink()
+    (out / "vq_f4.safetensors").write_bytes(b"edited")
+    warned.clear()
+    export_mirror(out, ["sinsr-v1"], force=True, warn=warned.append)
+    assert (out / "vq_f4.safetensors").read_bytes() == b"edited"
+    assert warned and warned[0].endswith("notes.txt, vq_f4.safetensors")
