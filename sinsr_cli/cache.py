@@ -1,5 +1,6 @@
 """The layout of sinsr's model cache: where each zoo model's files live, and how its sidecar
-(the record ``hub`` verifies against) is read and written. ``hub.py`` decides what goes in.
+(the record ``hub`` verifies against) is read and written, and whether a converted file has its
+zoo entry's architecture. ``hub.py`` decides what goes in.
 
 Layout (root: ``SINSR_CACHE``, else ``$XDG_CACHE_HOME/sinsr``, else ``~/.cache/sinsr``; the
 docstring of ``hub.py`` says what each file is for)::
@@ -16,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .config import ModelPreset, VQConfig, differences
 from .files import atomic_path, unwritable_reason
 from .zoo import ZooEntry, zoo_entry
 
 __all__ = ["SIDECAR_FORMAT", "CachePaths", "cache_root", "cache_unwritable", "link_or_copy", "read_sidecar",
-           "safetensors_metadata", "weights_path", "write_json"]
+           "safetensors_metadata", "weights_path", "write_json", "wrong_architecture"]
 
 SIDECAR_FORMAT = 1
 
@@ -96,6 +98,17 @@ def safetensors_metadata(path: Path) -> dict[str, str] | None:
         return dict(meta) if isinstance(meta, dict) else {}
     except (OSError, ValueError, UnicodeDecodeError):
         return None
+
+
+def wrong_architecture(meta: dict[str, str], entry: ZooEntry) -> str:
+    """How the architecture a converted file records (its ``meta``) differs from the zoo entry's,
+    "" when it is the entry's: a file of another size never passes as an official model."""
+    try:
+        got = (ModelPreset.from_dict(json.loads(meta["sinsr.preset"])).unet if entry.kind == "unet"
+               else VQConfig.from_dict(json.loads(meta["sinsr.config"])))
+    except (KeyError, TypeError, ValueError):
+        return "its architecture is not recorded"
+    return differences(got, entry.architecture)
 
 
 def link_or_copy(src: Path, dst: Path) -> None:

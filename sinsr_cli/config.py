@@ -304,6 +304,17 @@ PRESETS: dict[str, ModelPreset] = {
 VQ_PRESETS: dict[str, VQConfig] = {"vq-f4": VQ_F4}
 
 
+def differences(got: Any, expected: Any, limit: int = 3) -> str:
+    """How config ``got`` differs from ``expected`` (same dataclass), for a one-line refusal:
+    ``"model_channels 32 (expected 160), ..."``; "" when equal."""
+    diff = [
+        f"{f.name} {getattr(got, f.name)!r} (expected {getattr(expected, f.name)!r})"
+        for f in dataclasses.fields(expected)
+        if getattr(got, f.name) != getattr(expected, f.name)
+    ]
+    return ", ".join(diff[:limit]) + (f" and {len(diff) - limit} more" if len(diff) > limit else "")
+
+
 def tiny_unet() -> UNetConfig:
     """A UNet of the same classes small enough for unit tests (milliseconds on CPU)."""
     return UNetConfig(
@@ -331,6 +342,7 @@ def tiny_preset(name: str = "tiny", steps: int = 15) -> ModelPreset:
 
 
 __all__ = [
+    "differences",
     "UNetConfig",
     "VQConfig",
     "ScheduleConfig",

@@ -53,6 +53,7 @@ from .cache import (
     safetensors_metadata,
     weights_path,
     write_json,
+    wrong_architecture,
 )
 from . import zoo as _zoo
 from .fetch import HTTP_TIMEOUT, Progress, http_timeout
@@ -209,6 +210,9 @@ def _resolve(p: CachePaths, *, offline: bool, progress: Progress | None, force: 
         rec = read_sidecar(p.sidecar)
         if rec is not None and "sha256" in rec:
             if _verify(p, rec):
+                wrong = wrong_architecture(safetensors_metadata(p.weights) or {}, e)  # cached before it was checked
+                if wrong:
+                    raise WeightsUnavailable(f"{p.weights} is not the {e.name} architecture ({wrong}); delete it to fetch {e.name} again")
                 return p.weights
             problem = f"the cached {p.weights} failed sha256 verification and was deleted"
             p.weights.unlink(missing_ok=True)
@@ -302,9 +306,13 @@ def _install(p: CachePaths, src: Path, *, source: str, source_sha256: str, linka
                 convert_checkpoint(src, tmp, hint=e.preset, extra_metadata=meta)
             except CheckpointError as err:
                 raise WeightsUnavailable(f"{e.name}: {src.name} from {source} is not usable: {err}") from None
-        got_kind = (safetensors_metadata(tmp) or {}).get("sinsr.kind")
-        if got_kind != e.kind:
-            raise WeightsUnavailable(f"{e.name}: {source} holds a {got_kind} checkpoint, expected {e.kind}")
+        got_meta = safetensors_metadata(tmp) or {}
+        if got_meta.get("sinsr.kind") != e.kind:
+            raise WeightsUnavailable(f"{e.name}: {source} holds a {got_meta.get('sinsr.kind')} checkpoint, expected {e.kind}")
+        wrong = wrong_architecture(got_meta, e)  # another size must not pass as this model
+        if wrong:
+            raise WeightsUnavailable(f"{e.name}: {e.filename if source == e.url else src.name} from {source} is not the {e.name} architecture ({wrong}); a model of "
+                                     "another size is used by its path, not under a zoo name")
         record = {
             "format": SIDECAR_FORMAT,
             "name": e.name,

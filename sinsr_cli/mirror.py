@@ -6,7 +6,7 @@ sources, hashes) and ``SHA256SUMS``.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
@@ -26,6 +26,7 @@ def export_mirror(
     offline: bool | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> list[Path]:
     """Write a folder that, uploaded as a Hugging Face model repo, is a mirror for ``SINSR_HUB_REPO``.
 
@@ -33,7 +34,10 @@ def export_mirror(
     safetensors under the file name the zoo asks the Hub for (hard-linked from the cache where
     possible), plus ``README.md`` (a model card: licences, sources, hashes, how to use it) and
     ``SHA256SUMS`` (``sha256sum -c`` format). Files already in ``folder`` are an error unless
-    ``force``. Returns the files written.
+    ``force``, which also removes the model files an earlier export wrote (listed in its
+    SHA256SUMS, bytes unchanged) that this one does not: the folder is uploaded whole, and a
+    file missing from the card and the sums must not go with it. Any other file is kept and
+    named in one ``warn`` line. Returns the files written.
     """
     entries = [zoo_entry(n) for n in dict.fromkeys(names)] if names else list(ZOO)
     out = Path(folder).expanduser()
@@ -47,6 +51,7 @@ def export_mirror(
     if existing and not force:
         raise SettingError("force", f"{existing[0]}: already exists (use force to replace the mirror's files)", ("force",))
     sources = [resolve_weights(e.name, offline=offline, cache_dir=cache_dir, progress=progress) for e in entries]
+    earlier = _listed(out / "SHA256SUMS") if force else {}
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for e, src in zip(entries, sources):
@@ -57,7 +62,28 @@ def export_mirror(
         rows.append((e, sha, dst.stat().st_size, rec.get("source", e.url)))
     _write(out / "SHA256SUMS", "".join(f"{sha}  {e.hub_filename}\n" for e, sha, _, _ in rows))
     _write(out / "README.md", _model_card(rows))
+    written = {t.name for t in targets}
+    for name, sha in earlier.items():  # an earlier export's model that this one leaves out
+        old = out / name
+        if name not in written and old.is_file() and not old.is_symlink() and sha256_file(old) == sha:
+            old.unlink()
+    others = sorted(c.name for c in out.iterdir() if c.name not in written and not c.name.startswith("."))
+    if others and warn is not None:
+        warn(f"{out}: {len(others)} file(s) this export did not write stay and would be uploaded too "
+             f"(not in its SHA256SUMS or model card): {', '.join(others)}")
     return [out / e.hub_filename for e in entries] + [out / "SHA256SUMS", out / "README.md"]
+
+
+def _listed(sums: Path) -> dict[str, str]:
+    """``{file name: sha256}`` of a folder's SHA256SUMS (an earlier export's files); bare names
+    only, so no line can point outside the folder."""
+    try:
+        lines = sums.read_text(encoding="utf-8").splitlines() if sums.is_file() and not sums.is_symlink() else []
+    except (OSError, UnicodeDecodeError):
+        return {}
+    pairs = (line.split(maxsplit=1) for line in lines)
+    return {n.lstrip("*"): h.lower() for h, n in (p for p in pairs if len(p) == 2)
+            if len(h) == 64 and n.lstrip("*") not in ("", ".", "..") and "/" not in n and os.sep not in n}
 
 
 def _write(path: Path, text: str) -> None:

@@ -5,7 +5,8 @@
 Reads ``FIXTURE.json`` beside the tensors (constructor params in official names, which call
 produced each tensor), builds our models from those params, loads ``unet.*`` / ``vq.*`` strictly
 (a fixture without ``unet_params`` checks the autoencoder alone), recomputes every output it
-recognises, prints ONE JSON object and exits 1 when any fp32 error exceeds its tolerance. It relies only on the fixture's naming scheme, not on one fixture's
+recognises, prints ONE JSON object and exits 1 when any fp32 error exceeds its tolerance (2, with an ``error`` line naming the file,
+when the fixture cannot be run at all). It relies only on the fixture's naming scheme, not on one fixture's
 sizes: other configs, batch sizes and non-square shapes work.
 
 fp32 runs in true IEEE fp32 (``devices.exact_fp32``): on Ampere and later GPUs cuDNN would
@@ -33,11 +34,12 @@ from typing import Any
 
 import torch
 
-from .config import ModelPreset, ScheduleConfig, UNetConfig, VQConfig
+from .config import ModelPreset, ScheduleConfig
 from .devices import DTYPES, dtype_from_name, exact_fp32, resolve_device
 from .diffusion.sampler import predict_x0, prior_sample, sample_ancestral, sample_deterministic, sample_onestep
 from .diffusion.schedule import make_schedule
 from .errors import one_line
+from .fixture import FixtureError, fixture_configs, load_conditioning, load_fixture
 from .models.checkpoints import load_strict, split_prefixed
 from .models.swin_unet import SwinUNet
 from .models.vq_f4 import VQModel
@@ -50,29 +52,6 @@ TOL_IMAGE = 1e-3
 DRIFT_FACTOR = 10.0
 #: the least image tolerance a conditioning file can give (a drift of 0 is possible)
 TOL_IMAGE_FLOOR = 1e-5
-
-def load_fixture(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    side = path.with_suffix(".json")
-    if not side.is_file():
-        raise FileNotFoundError(f"{side}: sidecar JSON not found next to the fixture")
-    return load_file(str(path)), json.loads(side.read_text())
-
-
-def load_conditioning(fixture: Path) -> dict[str, float] | None:
-    """The reference's own 1-vs-2-thread drift per tensor (``NAME_conditioning.json``), or None.
-
-    Only the file named after this fixture counts: another config's drift says nothing here.
-    """
-    cond = fixture.parent / f"{fixture.stem}_conditioning.json"
-    if not cond.is_file():
-        return None
-    data = json.loads(cond.read_text()).get("results", {})
-    entry = data.get(fixture.stem) or (next(iter(data.values())) if len(data) == 1 else None)
-    return None if entry is None else dict(entry.get("key_outputs_max_abs_diff", {}))
-
 
 class Tolerances:
     """Bounds per tensor: fixed for latents, from the conditioning file for images where known."""
@@ -153,8 +132,7 @@ def _run_fixture(path: Path, dtype: torch.dtype, dev: torch.device) -> dict[str,
     crops = {k: v["crop"] for k, v in meta.get("tensors", {}).items() if isinstance(v, dict) and "crop" in v}
     rep = Report(enforce, crops)
 
-    vq_cfg = VQConfig.from_official(meta["vq_params"])
-    sched_cfg = ScheduleConfig.from_official(meta["diffusion_params"])
+    vq_cfg, sched_cfg, unet_cfg = fixture_configs(meta, path.with_suffix(".json"))
     if "diffusion_derived" in meta and "sqrt_etas" in meta["diffusion_derived"]:
         ref = torch.tensor(meta["diffusion_derived"]["sqrt_etas"], dtype=torch.float64)
         sinsr = ScheduleConfig(**{**sched_cfg.to_dict(), "sinsr_min_clip": True})
@@ -167,8 +145,7 @@ def _run_fixture(path: Path, dtype: torch.dtype, dev: torch.device) -> dict[str,
     vq = VQModel(vq_cfg).eval().requires_grad_(False)
     load_strict(vq, split_prefixed(T, "vq."), "fixture vq.*")
     pipe = None
-    if "unet_params" in meta:  # an autoencoder-only fixture has none
-        unet_cfg = UNetConfig.from_official(meta["unet_params"])
+    if unet_cfg is not None:  # an autoencoder-only fixture has none
         unet = SwinUNet(unet_cfg)
         load_strict(unet, split_prefixed(T, "unet."), "fixture unet.*")
         pipe = SRPipeline(unet, vq, ModelPreset("fixture", unet_cfg, sched_cfg, 1, "onestep")).to(dev, dtype)
@@ -363,11 +340,15 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         result = run_fixture(args.fixture, dtype_from_name(args.dtype), args.device)
-    except (OSError, ValueError, KeyError) as e:
-        print(json.dumps({"fixture": str(args.fixture), "ok": False, "error": one_line(e, 500)}))
-        return 2
-    print(json.dumps(result, sort_keys=True))
-    return 0 if result["ok"] else 1
+    except FixtureError as e:  # names its file already
+        error = one_line(e, 500)
+    except (OSError, ValueError, KeyError, TypeError) as e:  # e.g. weights that do not fit the params
+        error = f"{args.fixture}: {one_line(e, 480)}"
+    else:
+        print(json.dumps(result, sort_keys=True))
+        return 0 if result["ok"] else 1
+    print(json.dumps({"fixture": str(args.fixture), "ok": False, "error": error}))
+    return 2
 
 
 if __name__ == "__main__":

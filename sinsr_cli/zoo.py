@@ -8,6 +8,7 @@ from __future__ import annotations
 import urllib.parse
 from dataclasses import dataclass
 
+from .config import PRESETS, VQ_PRESETS, UNetConfig, VQConfig
 from .errors import one_line
 
 _SINSR = "CC BY-NC-SA 4.0"
@@ -56,6 +57,11 @@ class ZooEntry:
     licence: str
     description: str
     hub_sha256: str | None = None
+
+    @property
+    def architecture(self) -> UNetConfig | VQConfig:
+        """The architecture this model has (its preset's): a file of another size is not it."""
+        return PRESETS[self.preset].unet if self.kind == "unet" else VQ_PRESETS[self.preset]
 
     @property
     def filename(self) -> str:

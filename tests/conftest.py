@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 from pathlib import Path
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sinsr_cli.config import tiny_preset, tiny_vq
+from sinsr_cli import zoo as zoo_module
+from sinsr_cli.config import PRESETS, VQ_PRESETS, tiny_preset, tiny_unet, tiny_vq
 from sinsr_cli.models.checkpoints import unet_metadata, vq_metadata, write_safetensors
 from sinsr_cli.models.swin_unet import SwinUNet
 from sinsr_cli.models.vq_f4 import VQModel
@@ -31,6 +33,21 @@ def need(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not available")
     return path
+
+
+def tiny_zoo(monkeypatch: pytest.MonkeyPatch, zoo: tuple[zoo_module.ZooEntry, ...] | None = None) -> None:
+    """Make the zoo (``zoo``, else the real one) a zoo of tiny models: each entry's preset becomes
+    ``<preset>-tiny``, registered with the same schedule and ``tiny_unet`` / ``tiny_vq``, so the
+    cache takes tiny files under the zoo names (and, as for the real ones, nothing else)."""
+    entries = []
+    for e in zoo_module.ZOO if zoo is None else zoo:
+        name = f"{e.preset}-tiny"
+        if e.kind == "unet":
+            monkeypatch.setitem(PRESETS, name, dataclasses.replace(PRESETS[e.preset], name=name, unet=tiny_unet()))
+        else:
+            monkeypatch.setitem(VQ_PRESETS, name, tiny_vq())
+        entries.append(dataclasses.replace(e, preset=name))
+    monkeypatch.setattr(zoo_module, "ZOO", tuple(entries))
 
 
 @pytest.fixture(scope="session")

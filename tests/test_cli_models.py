@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import torch
+from conftest import tiny_zoo
 from typer.testing import CliRunner
 
 from sinsr_cli import __version__
@@ -213,6 +214,7 @@ def test_models_verify_and_export(tmp_path, monkeypatch, tiny_checkpoints):
 
     monkeypatch.setenv("SINSR_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("SINSR_OFFLINE", "1")
+    tiny_zoo(monkeypatch)
     (tmp_path / "cache" / "models").mkdir(parents=True)
     cached = tmp_path / "cache" / "models" / "vq-f4.safetensors"
     shutil.copyfile(tiny_checkpoints[1], cached)

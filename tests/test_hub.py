@@ -23,6 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
+from conftest import tiny_zoo
 from sinsr_cli import fetch, hub
 from sinsr_cli import zoo as zoo_module
 from sinsr_cli.config import PRESETS, VQ_PRESETS, tiny_unet, tiny_vq
@@ -157,8 +158,7 @@ def env(server, tmp_path, monkeypatch):
     monkeypatch.setenv("SINSR_HUB_REPO", REPO)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     monkeypatch.setattr(fetch, "HTTP_TIMEOUT", 5.0)
-    zoo = tuple(dataclasses.replace(e, url=f"{server.base}/releases/{e.filename}") for e in hub.ZOO)
-    monkeypatch.setattr(zoo_module, "ZOO", zoo)
+    tiny_zoo(monkeypatch, tuple(dataclasses.replace(e, url=f"{server.base}/releases/{e.filename}") for e in hub.ZOO))
     return tmp_path / "cache"
 
 
@@ -474,7 +474,7 @@ def test_hub_plain_safetensors_is_converted_and_revision_pinned(env, server, vq_
     sd = VQModel(tiny_vq()).state_dict()
     body = st_save({k: v.contiguous() for k, v in sd.items()})  # no sinsr metadata
     server.hub_file("vq_f4.safetensors", body, revision=COMMIT)
-    zoo = tuple(dataclasses.replace(e, revision=COMMIT) if e.name == "vq-f4" else e for e in hub.ZOO)
+    zoo = tuple(dataclasses.replace(e, revision=COMMIT) if e.name == "vq-f4" else e for e in zoo_module.ZOO)
     monkeypatch.setattr(zoo_module, "ZOO", zoo)
     path = resolve_weights("vq-f4")
     meta = metadata(path)
@@ -519,7 +519,7 @@ def test_cached_status(env, server, vq_pth):
     path = download("vq-f4")
     after = {r["name"]: r for r in cached_status()}
     assert after["vq-f4"]["cached"] and after["vq-f4"]["path"] == str(path)
-    assert after["vq-f4"]["size"] == path.stat().st_size and after["vq-f4"]["preset"] == "vq-f4"
+    assert after["vq-f4"]["size"] == path.stat().st_size and after["vq-f4"]["preset"] == "vq-f4-tiny"
     assert not after["sinsr-v1"]["cached"] and after["sinsr-v1"]["size"] is None
 
 
@@ -628,7 +628,9 @@ def test_export_mirror_is_what_sinsr_hub_repo_reads(env, server, vq_pth, unet_pt
     assert (only_sinsr[-1]).read_text().startswith("---\nlicense: cc-by-nc-sa-4.0\n")
     with pytest.raises(ValueError, match="already exists"):
         export_mirror(mirror, ["vq-f4"])
-    export_mirror(mirror, ["vq-f4"], force=True)
+    export_mirror(mirror, ["vq-f4"], force=True)  # the earlier sinsr_v1 would be uploaded, unlisted
+    assert sorted(p.name for p in mirror.iterdir()) == ["README.md", "SHA256SUMS", "vq_f4.safetensors"]
+    export_mirror(mirror, ["sinsr-v1", "vq-f4"], force=True)
 
     # uploaded as a repo, it serves a fresh machine: no release request, the same bytes
     for f in sums:
@@ -642,3 +644,74 @@ def test_export_mirror_is_what_sinsr_hub_repo_reads(env, server, vq_pth, unet_pt
     assert {r["name"]: r["hub"] for r in cached_status()}["vq-f4"] == "someone/sinsr-mirror/vq_f4.safetensors@main"
     monkeypatch.delenv("SINSR_HUB_REPO")
     assert {r["name"]: r["hub"] for r in cached_status()}["vq-f4"] is None
+
+
+def test_a_file_of_another_architecture_is_never_cached_under_a_zoo_name(env, server, monkeypatch):
+    """The zoo knows each model's architecture: another size is refused in one line, not cached,
+    whether it is downloaded, put in incoming/ or already cached (before this was checked)."""
+    other = dataclasses.replace(tiny_vq(), n_embed=32)  # not the (tiny) zoo's vq-f4
+    buf = io.BytesIO()
+    torch.save(VQModel(other).state_dict(), buf)
+    server.release("autoencoder_vq_f4.pth", buf.getvalue())
+    with pytest.raises(WeightsMissing, match=r"autoencoder_vq_f4\.pth from .* is not the vq-f4 architecture "
+                                             r"\(n_embed 32 \(expected 64\)\)"):
+        resolve_weights("vq-f4")
+    assert cache_files(env) == []
+
+    p = hub.CachePaths(env, zoo_entry("vq-f4"))
+    p.incoming.write_bytes(buf.getvalue())
+    monkeypatch.setenv("SINSR_OFFLINE", "1")
+    with pytest.raises(WeightsUnavailable) as err:
+        resolve_weights("vq-f4")
+    assert str(err.value).endswith(f"(delete or replace {p.incoming})") and "n_embed 32 (expected 64)" in str(err.value)
+    assert cache_files(env) == ["incoming/autoencoder_vq_f4.pth"]  # the user's file stays, nothing is cached
+
+    # a file cached before the check: verified bytes, wrong model -> one line naming it, kept
+    monkeypatch.setitem(VQ_PRESETS, "vq-f4-tiny", other)  # as if the check had not been there
+    p.incoming.unlink()
+    p.incoming.write_bytes(buf.getvalue())
+    assert resolve_weights("vq-f4") == p.weights
+    monkeypatch.setitem(VQ_PRESETS, "vq-f4-tiny", tiny_vq())
+    with pytest.raises(WeightsUnavailable, match=rf"^{p.weights} is not the vq-f4 architecture .*delete it to fetch vq-f4 again$"):
+        resolve_weights("vq-f4")
+    assert p.weights.is_file()
+
+
+def test_the_real_zoo_refuses_a_small_model_under_an_official_name(tmp_path, monkeypatch, unet_pth):
+    """The audit's case: a 3 M-parameter UNet saved as incoming/SinSR_v1.pth is not sinsr-v1."""
+    monkeypatch.setenv("SINSR_CACHE", str(tmp_path))
+    monkeypatch.setenv("SINSR_OFFLINE", "1")
+    (tmp_path / "incoming").mkdir()
+    (tmp_path / "incoming" / "SinSR_v1.pth").write_bytes(unet_pth)
+    with pytest.raises(WeightsUnavailable, match=r"SinSR_v1\.pth from https://github.com/.* is not the sinsr-v1 "
+                                                 r"architecture \(model_channels 32 \(expected 160\), "):
+        resolve_weights("sinsr-v1")
+    assert not (tmp_path / "models" / "sinsr-v1.safetensors").exists()
+    assert (tmp_path / "incoming" / "SinSR_v1.pth").read_bytes() == unet_pth
+
+
+def test_export_force_removes_what_an_earlier_export_wrote_and_keeps_the_rest(env, server, vq_pth, unet_pth, tmp_path):
+    server.release("autoencoder_vq_f4.pth", vq_pth)
+    server.release("SinSR_v1.pth", unet_pth)
+    out = tmp_path / "mirror"
+    export_mirror(out, ["sinsr-v1", "vq-f4"])
+    (out / "notes.txt").write_text("mine")
+    warned: list[str] = []
+    export_mirror(out, ["sinsr-v1"], force=True, warn=warned.append)
+    # vq_f4.safetensors was the earlier export's (in its SHA256SUMS, bytes unchanged): gone, from
+    # the folder only (the cache's copy it was linked to stays)
+    assert sorted(c.name for c in out.iterdir()) == ["README.md", "SHA256SUMS", "notes.txt", "sinsr_v1.safetensors"]
+    assert hub.CachePaths(env, zoo_entry("vq-f4")).weights.is_file()
+    assert "vq_f4" not in (out / "README.md").read_text()
+    assert warned == [f"{out}: 1 file(s) this export did not write stay and would be uploaded too "
+                      "(not in its SHA256SUMS or model card): notes.txt"]
+    assert (out / "notes.txt").read_text() == "mine"
+
+    # a listed file the user changed since is not sinsr's any more: kept, and named
+    export_mirror(out, ["sinsr-v1", "vq-f4"], force=True)
+    (out / "vq_f4.safetensors").unlink()
+    (out / "vq_f4.safetensors").write_bytes(b"edited")
+    warned.clear()
+    export_mirror(out, ["sinsr-v1"], force=True, warn=warned.append)
+    assert (out / "vq_f4.safetensors").read_bytes() == b"edited"
+    assert warned and warned[0].endswith("notes.txt, vq_f4.safetensors")

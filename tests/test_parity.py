@@ -190,3 +190,49 @@ def test_image_tolerance_comes_from_the_fixtures_own_conditioning_file(tmp_path)
     assert tols.image("pad_image")[0] == TOL_IMAGE_FLOOR
     assert tols.image("ddim_image")[0] == TOL_IMAGE
     assert Tolerances(False, load_conditioning(fx)).image("onestep_image")[0] is None
+
+
+def test_a_file_that_is_not_a_runnable_fixture_is_one_json_line_exit_2(reference_dir, tmp_path, capsys):
+    """Exit 1 is kept for parity failures: every wrong file is one error naming it, exit 2."""
+    from sinsr_cli.parity import main
+
+    small = reference_dir / "parity_small.safetensors"
+    (tmp_path / "junk.safetensors").write_bytes(b"not safetensors")
+    (tmp_path / "junk.json").write_text("{}")
+    for stem, sidecar in (("list", "[1, 2]"), ("empty", "{}"), ("nojson", "{")):
+        (tmp_path / f"{stem}.safetensors").symlink_to(small)
+        (tmp_path / f"{stem}.json").write_text(sidecar)
+    (tmp_path / "alone.safetensors").symlink_to(small)
+    side = lambda stem: tmp_path / f"{stem}.json"  # noqa: E731
+    cases = [  # (argument, the file the error names, what it says)
+        (small.with_suffix(".json"), small.with_suffix(".json"),
+         "this is a fixture's JSON sidecar; pass the tensors beside it, parity_small.safetensors"),
+        (tmp_path / "missing.safetensors", tmp_path / "missing.safetensors", "fixture not found"),
+        (tmp_path / "alone.safetensors", side("alone"), "sidecar JSON not found"),
+        (tmp_path / "junk.safetensors", tmp_path / "junk.safetensors", "not a safetensors file"),
+        (tmp_path / "list.safetensors", side("list"), "sidecar is a JSON list, not an object"),
+        (tmp_path / "empty.safetensors", side("empty"), "no 'vq_params' object"),
+        (tmp_path / "nojson.safetensors", side("nojson"), "sidecar is not readable JSON"),
+        (reference_dir / "parity_distill.safetensors", reference_dir / "parity_distill.safetensors",
+         "a distillation fixture (student.*, teacher.*), not an inference parity fixture; tests/test_distill.py checks it"),
+    ]
+    for path, named, why in cases:
+        assert main([str(path)]) == 2, path
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert len(lines) == 1, lines
+        out = json.loads(lines[0])
+        assert out["ok"] is False and out["fixture"] == str(path), out
+        assert out["error"].startswith(f"{named}: ") and why in out["error"], out
+
+
+def test_bad_params_in_the_sidecar_name_the_sidecar(reference_dir, tmp_path, capsys):
+    from sinsr_cli.parity import main
+
+    small = reference_dir / "parity_small.safetensors"
+    meta = json.loads(small.with_suffix(".json").read_text())
+    del meta["vq_params"]["ddconfig"]
+    (tmp_path / "fx.safetensors").symlink_to(small)
+    (tmp_path / "fx.json").write_text(json.dumps(meta))
+    assert main([str(tmp_path / "fx.safetensors")]) == 2
+    out = json.loads(capsys.readouterr().out)
+    assert out["error"] == f"{tmp_path / 'fx.json'}: vq_params does not describe the model (missing 'ddconfig')"

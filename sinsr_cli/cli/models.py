@@ -86,7 +86,7 @@ def download_cmd(
 def export_cmd(
     folder: Path = typer.Argument(..., help="Folder to write the mirror into (created if needed)."),
     names: Optional[list[str]] = typer.Argument(None, help="Zoo names to include. Default: every model."),
-    force: bool = typer.Option(False, "--force", help="Replace files of an earlier export in FOLDER."),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier export in FOLDER (its model files this export leaves out are removed)."),
     offline: bool = typer.Option(False, "--offline", help="Never download: every model exported must be cached already."),
     quiet: bool = quiet_option(),
     verbose: bool = typer.Option(False, "--verbose", help="Show tracebacks on errors."),
@@ -97,7 +97,11 @@ def export_cmd(
     """
     from ..mirror import export_mirror
 
-    paths = export_mirror(folder, names or None, force=force, offline=offline or None)
+    def warn(message: str) -> None:
+        if not quiet:
+            console.print(f"[yellow]warning:[/yellow] {shown(message)}", soft_wrap=True, highlight=False)
+
+    paths = export_mirror(folder, names or None, force=force, offline=offline or None, warn=warn)
     if quiet:
         return
     for path in paths:
