@@ -263,8 +263,10 @@ def load_pipeline(
 ) -> SRPipeline:
     """Build a pipeline from zoo names or checkpoint files (``.safetensors`` or official ``.pth``).
 
-    ``config`` is an official YAML / JSON giving ``model.params`` (and optionally
-    ``autoencoder.params``/``diffusion.params``) for checkpoints that are not presets.
+    ``config`` is an official YAML / JSON giving ``model.params``, ``autoencoder.params`` and/or
+    ``diffusion.params`` for checkpoints that are not presets (the checkpoint still says whether
+    it is a one-step student). A config that cannot be used is a ``CheckpointError`` (a
+    ValueError) naming the file and the key, raised here rather than at the first image.
     """
     from .weights import CheckpointError, load_unet, load_vq
 
