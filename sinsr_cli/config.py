@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 #: the noise seed when none is given: the official inference scripts' default (``--seed 12345``),
 #: so two identical runs give identical pixels
@@ -19,6 +19,31 @@ DEFAULT_SEED = 12345
 
 def _tuple(v: Any) -> tuple:
     return tuple(v) if isinstance(v, (list, tuple)) else (v,)
+
+
+_REQUIRED: Any = object()
+
+
+def _official(p: Mapping[str, Any], key: str, kind: Callable[[Any], Any], default: Any = _REQUIRED) -> Any:
+    """``p[key]`` converted by ``kind``; a missing key or a value ``kind`` refuses is a ValueError
+    naming the key, so a bad official config is one line that says which entry to fix."""
+    if key not in p and default is _REQUIRED:
+        raise ValueError(f"{key!r} is missing")
+    value = p.get(key, default)
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key!r} has a bad value {value!r}") from None
+
+
+def _ints(value: Any) -> tuple[int, ...]:
+    return tuple(int(x) for x in _tuple(value))
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"not a mapping: {value!r}")
+    return value
 
 
 def _checked_kwargs(cls: type, d: Mapping[str, Any], tuple_fields: tuple[str, ...]) -> dict[str, Any]:
@@ -83,17 +108,17 @@ class UNetConfig:
     def from_official(cls, p: Mapping[str, Any]) -> "UNetConfig":
         """Build from the official ``model.params`` mapping (SinSR or ResShift YAML)."""
         p = dict(p)
-        if p.get("dims", 2) != 2:
+        if _official(p, "dims", int, 2) != 2:
             raise ValueError("only dims=2 UNets are supported")
-        cond = bool(p.get("cond_lq", True))
-        in_ch = int(p["in_channels"])
+        cond = _official(p, "cond_lq", bool, True)
+        in_ch = _official(p, "in_channels", int)
         lq_size = p.get("lq_size")
-        image_size = int(p.get("image_size", 64))
+        image_size = _official(p, "image_size", int, 64)
         if cond and lq_size is None:
             # SinSR / ResShift-v1: in_channels already counts the LR channels
             lq_ch, in_ch = 3, in_ch - 3
         elif cond:
-            if int(lq_size) != image_size:
+            if _official(p, "lq_size", int) != image_size:
                 raise ValueError(
                     f"lq_size {lq_size} != image_size {image_size}: the LR feature extractor "
                     "variant is not supported"
@@ -101,28 +126,30 @@ class UNetConfig:
             lq_ch = 3
         else:
             lq_ch = 0
-        nrb = p["num_res_blocks"]
-        cm = _tuple(p.get("channel_mult", (1, 2, 4, 8)))
-        nrb = _tuple(nrb) * (len(cm) if isinstance(nrb, int) else 1)
+        nrb = _official(p, "num_res_blocks", _ints)
+        cm = _official(p, "channel_mult", _ints, (1, 2, 4, 8))
+        if not isinstance(p["num_res_blocks"], (list, tuple)):  # one count for every level
+            nrb = nrb * len(cm)
+        head_channels = _official(p, "num_head_channels", int, -1)
         return cls(
             image_size=image_size,
             in_channels=in_ch,
             lq_channels=lq_ch,
-            model_channels=int(p["model_channels"]),
-            out_channels=int(p["out_channels"]),
-            num_res_blocks=tuple(int(x) for x in nrb),
-            attention_resolutions=tuple(int(x) for x in _tuple(p["attention_resolutions"])),
-            channel_mult=tuple(int(x) for x in cm),
-            num_heads=-1 if int(p.get("num_head_channels", -1)) > 0 else int(p.get("num_heads", 1)),
-            num_head_channels=int(p.get("num_head_channels", -1)),
-            use_scale_shift_norm=bool(p.get("use_scale_shift_norm", False)),
-            conv_resample=bool(p.get("conv_resample", True)),
-            resblock_updown=bool(p.get("resblock_updown", False)),
-            swin_depth=int(p.get("swin_depth", 2)),
-            swin_embed_dim=int(p.get("swin_embed_dim", 96)),
-            window_size=int(p.get("window_size", 8)),
-            mlp_ratio=float(p.get("mlp_ratio", 2.0)),
-            patch_norm=bool(p.get("patch_norm", False)),
+            model_channels=_official(p, "model_channels", int),
+            out_channels=_official(p, "out_channels", int),
+            num_res_blocks=nrb,
+            attention_resolutions=_official(p, "attention_resolutions", _ints),
+            channel_mult=cm,
+            num_heads=-1 if head_channels > 0 else _official(p, "num_heads", int, 1),
+            num_head_channels=head_channels,
+            use_scale_shift_norm=_official(p, "use_scale_shift_norm", bool, False),
+            conv_resample=_official(p, "conv_resample", bool, True),
+            resblock_updown=_official(p, "resblock_updown", bool, False),
+            swin_depth=_official(p, "swin_depth", int, 2),
+            swin_embed_dim=_official(p, "swin_embed_dim", int, 96),
+            window_size=_official(p, "window_size", int, 8),
+            mlp_ratio=_official(p, "mlp_ratio", float, 2.0),
+            patch_norm=_official(p, "patch_norm", bool, False),
         )
 
 
@@ -155,20 +182,20 @@ class VQConfig:
     @classmethod
     def from_official(cls, p: Mapping[str, Any]) -> "VQConfig":
         """Build from the official ``autoencoder.params`` mapping."""
-        dd = p["ddconfig"]
-        if dd.get("double_z", False):
+        dd = _official(p, "ddconfig", _mapping)
+        if _official(dd, "double_z", bool, False):
             raise ValueError("double_z autoencoders (KL) are not VQ-f4 models")
         return cls(
-            embed_dim=int(p["embed_dim"]),
-            n_embed=int(p["n_embed"]),
-            z_channels=int(dd["z_channels"]),
-            in_channels=int(dd.get("in_channels", 3)),
-            out_ch=int(dd.get("out_ch", 3)),
-            ch=int(dd["ch"]),
-            ch_mult=tuple(int(x) for x in dd["ch_mult"]),
-            num_res_blocks=int(dd["num_res_blocks"]),
-            attn_resolutions=tuple(int(x) for x in dd.get("attn_resolutions", ()) or ()),
-            resolution=int(dd.get("resolution", 256)),
+            embed_dim=_official(p, "embed_dim", int),
+            n_embed=_official(p, "n_embed", int),
+            z_channels=_official(dd, "z_channels", int),
+            in_channels=_official(dd, "in_channels", int, 3),
+            out_ch=_official(dd, "out_ch", int, 3),
+            ch=_official(dd, "ch", int),
+            ch_mult=_official(dd, "ch_mult", _ints),
+            num_res_blocks=_official(dd, "num_res_blocks", int),
+            attn_resolutions=_official(dd, "attn_resolutions", lambda v: _ints(v or ()), ()),
+            resolution=_official(dd, "resolution", int, 256),
         )
 
 
@@ -190,6 +217,8 @@ class ScheduleConfig:
     scale_factor: float = 1.0
 
     def __post_init__(self) -> None:
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be an integer >= 1 (the schedule's T), got {self.steps!r}")
         # Every released SinSR / ResShift config has latent_flag True and scale_factor 1.0; the
         # other values change the input scaling and the latent range, which sinsr does not
         # implement: refuse them rather than silently sample a different model.
@@ -218,17 +247,28 @@ class ScheduleConfig:
             raise ValueError(f"unsupported schedule {p.get('schedule_name')!r}")
         if p.get("predict_type", "xstart") != "xstart":
             raise ValueError("only predict_type=xstart is supported")
-        kw = p.get("schedule_kwargs") or {}
+        kw = _official(p, "schedule_kwargs", lambda v: _mapping(v or {}), {})
         return cls(
-            steps=int(p["steps"]),
-            kappa=float(p["kappa"]),
-            min_noise_level=float(p["min_noise_level"]),
-            etas_end=float(p.get("etas_end", 0.99)),
-            power=float(kw.get("power", 0.3)),
-            sf=int(p.get("sf", 4)),
-            normalize_input=bool(p.get("normalize_input", True)),
-            latent_flag=bool(p.get("latent_flag", True)),
-            scale_factor=float(p.get("scale_factor", 1.0) or 1.0),
+            steps=_official(p, "steps", int),
+            kappa=_official(p, "kappa", float),
+            min_noise_level=_official(p, "min_noise_level", float),
+            etas_end=_official(p, "etas_end", float, 0.99),
+            power=_official(kw, "power", float, 0.3),
+            sf=_official(p, "sf", int, 4),
+            normalize_input=_official(p, "normalize_input", bool, True),
+            latent_flag=_official(p, "latent_flag", bool, True),
+            scale_factor=_official(p, "scale_factor", lambda v: float(v or 1.0), 1.0),
+        )
+
+
+def check_scale(schedule: ScheduleConfig, vq: VQConfig) -> None:
+    """The one rule tying a schedule to its autoencoder: the LR image conditions the latent at its
+    own size, so the x``sf`` bicubic image the VQ encodes must come back at the LR size, i.e.
+    ``sf`` is the VQ's downscale factor (else every image fails deep in the UNet)."""
+    if schedule.sf != vq.downscale:
+        raise ValueError(
+            f"sf {schedule.sf} (diffusion.params.sf) does not fit the VQ autoencoder, which downscales by "
+            f"{vq.downscale}: this model upscales x{vq.downscale} only"
         )
 
 
@@ -347,6 +387,7 @@ __all__ = [
     "VQConfig",
     "ScheduleConfig",
     "ModelPreset",
+    "check_scale",
     "DEFAULT_SEED",
     "PRESETS",
     "VQ_PRESETS",

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .config import ModelPreset, VQConfig
+from .config import ModelPreset, VQConfig, check_scale
 from .devices import make_generator, resolve_device, resolve_dtype
 from .diffusion.sampler import ONE_STEP, Callback, Denoiser, get_sampler, randn_like
 from .diffusion.schedule import Schedule, make_schedule, respace
@@ -91,6 +91,7 @@ class SRPipeline:
     reload: Callable[[], tuple[SwinUNet, VQModel]] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        check_scale(self.preset.schedule, self.vq.cfg)
         self.schedule: Schedule = make_schedule(self.preset.schedule)
         self.scale = self.preset.schedule.sf
         self.unet.eval().requires_grad_(False)
@@ -262,10 +263,12 @@ def load_pipeline(
 ) -> SRPipeline:
     """Build a pipeline from zoo names or checkpoint files (``.safetensors`` or official ``.pth``).
 
-    ``config`` is an official YAML / JSON giving ``model.params`` (and optionally
-    ``autoencoder.params``/``diffusion.params``) for checkpoints that are not presets.
+    ``config`` is an official YAML / JSON giving ``model.params``, ``autoencoder.params`` and/or
+    ``diffusion.params`` for checkpoints that are not presets (the checkpoint still says whether
+    it is a one-step student). A config that cannot be used is a ``CheckpointError`` (a
+    ValueError) naming the file and the key, raised here rather than at the first image.
     """
-    from .weights import load_unet, load_vq
+    from .weights import CheckpointError, load_unet, load_vq
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -275,7 +278,11 @@ def load_pipeline(
     def reload() -> tuple[SwinUNet, VQModel]:  # the files are cached by now: never the network
         return load_unet(model, config=config, offline=True)[0], load_vq(vq or "vq-f4", config=config, offline=True)
 
-    return SRPipeline(unet, vq_model, preset, reload=reload).to(dev, dt)
+    try:
+        pipe = SRPipeline(unet, vq_model, preset, reload=reload)
+    except ValueError as e:  # the pair does not fit (check_scale): say which files
+        raise CheckpointError(f"{config or model} with {vq or 'vq-f4'}: {e}") from e
+    return pipe.to(dev, dt)
 
 
 __all__ = ["OneStepOnly", "SRPipeline", "load_pipeline", "build_models", "pad_to_multiple", "bicubic_up"]

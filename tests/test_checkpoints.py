@@ -191,7 +191,7 @@ def test_convert_writes_self_describing_safetensors(tmp_path):
 
 def test_config_file_sidecar_and_yaml(tmp_path, reference_dir):
     side = read_config_file(reference_dir / "parity_small.json")
-    assert side["unet"]["model_channels"] == 32 and side["vq"]["n_embed"] == 32
+    assert side.unet.model_channels == 32 and side.vq.n_embed == 32 and side.schedule.steps == 15
     y = tmp_path / "cfg.yaml"
     y.write_text(
         "model:\n  params:\n    image_size: 64\n    in_channels: 6\n    model_channels: 32\n"
@@ -200,9 +200,7 @@ def test_config_file_sidecar_and_yaml(tmp_path, reference_dir):
         "    swin_embed_dim: 32\n    window_size: 8\n    mlp_ratio: 2\n"
     )
     cfg = read_config_file(y)
-    from sinsr_cli.config import UNetConfig
-
-    assert UNetConfig.from_official(cfg["unet"]) == tiny_unet()
+    assert cfg.unet == tiny_unet() and cfg.vq is None and cfg.schedule is None
 
 
 _LOAD_IN_FRESH_PROCESS = r"""
@@ -239,3 +237,107 @@ def test_loading_builds_on_cpu_without_importing_torch_tracing_machinery(tmp_pat
         capture_output=True, text=True, check=True,
     )
     assert out.stdout.strip() == "none"
+
+
+# -- config files (--config / config=) -------------------------------------------------------
+
+_TINY_YAML = {
+    "model": {"params": {
+        "image_size": 64, "in_channels": 6, "model_channels": 32, "out_channels": 3, "num_res_blocks": [1, 1],
+        "attention_resolutions": [64, 32], "channel_mult": [1, 2], "num_head_channels": 16,
+        "use_scale_shift_norm": True, "swin_embed_dim": 32, "window_size": 8, "mlp_ratio": 2,
+    }},
+    "autoencoder": {"params": {"embed_dim": 3, "n_embed": 64, "ddconfig": {
+        "z_channels": 3, "ch": 32, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "attn_resolutions": []}}},
+    "diffusion": {"params": {"sf": 4, "steps": 15, "kappa": 2.0, "min_noise_level": 0.04}},
+}
+
+
+def _yaml(tmp_path, name, edit=None):
+    """The tiny models' official-style YAML, ``edit`` applied to a deep copy."""
+    import copy
+
+    import yaml
+
+    data = copy.deepcopy(_TINY_YAML)
+    if edit:
+        edit(data)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _official_unet(tmp_path, name):
+    torch.manual_seed(0)
+    torch.save(SwinUNet(tiny_unet()).state_dict(), tmp_path / name)
+    return tmp_path / name
+
+
+def test_a_config_keeps_a_students_one_step_rule(tmp_path):
+    """A config describes architecture and schedule; being a one-step student is the
+    checkpoint's, so --config neither lifts the rule nor writes one_step false into a file."""
+    from sinsr_cli.plan import OneStepOnly, make_plan
+
+    src, cfg = _official_unet(tmp_path, "my_sinsr.pth"), _yaml(tmp_path, "c.yaml")
+    _, preset = load_unet(src, config=cfg)
+    assert preset.name == "custom-my_sinsr" and preset.one_step and preset.default_steps == 1
+    assert make_plan(preset).steps == 1
+    with pytest.raises(OneStepOnly):
+        make_plan(preset, steps=4)
+    out = convert_checkpoint(src, tmp_path / "s.safetensors", config=cfg)
+    assert json.loads(read_checkpoint(out).metadata["sinsr.preset"])["one_step"] is True
+    assert load_unet(out)[1].one_step
+
+
+def test_a_configs_schedule_sets_the_default_step_count(tmp_path):
+    """A teacher's default steps are the config's T both ways (T=4 on a 15-step name, T=15 on
+    an _s4 name), and a config with only diffusion.params applies its schedule."""
+    from sinsr_cli.plan import make_plan
+
+    t4 = _yaml(tmp_path, "t4.yaml", lambda d: d["diffusion"]["params"].update(steps=4, min_noise_level=0.2))
+    _, preset = load_unet(_official_unet(tmp_path, "my_resshift.pth"), config=t4)
+    assert preset.schedule.steps == 4 and make_plan(preset).steps == 4 and not preset.one_step
+    _, preset = load_unet(_official_unet(tmp_path, "resshift_s4_x.pth"), config=_yaml(tmp_path, "t15.yaml"))
+    assert preset.schedule.steps == 15 and make_plan(preset).steps == 15
+    only = _yaml(tmp_path, "only.yaml", lambda d: [d.pop("model"), d.pop("autoencoder"),
+                                                   d["diffusion"]["params"].update(steps=4, min_noise_level=0.2)])
+    _, preset = load_unet(tmp_path / "my_resshift.pth", config=only)
+    assert preset.unet == tiny_unet() and preset.schedule.min_noise_level == 0.2
+    assert make_plan(preset).steps == 4
+
+
+def _drop_in_channels(d):
+    del d["model"]["params"]["in_channels"]
+
+
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (_drop_in_channels, "model.params: 'in_channels' is missing"),
+        (lambda d: d["model"].update(params=None), "model.params is not a mapping"),
+        (lambda d: d["model"]["params"].update(channel_mult=None), "model.params: 'channel_mult' has a bad value"),
+        (lambda d: d["diffusion"]["params"].update(steps=0), "diffusion.params: steps must be an integer >= 1"),
+        (lambda d: d["diffusion"]["params"].pop("kappa"), "diffusion.params: 'kappa' is missing"),
+        (lambda d: d["autoencoder"]["params"].update(ddconfig=None), "autoencoder.params: 'ddconfig' has a bad value"),
+        (lambda d: d["diffusion"]["params"].update(sf=2), "sf 2 (diffusion.params.sf) does not fit the VQ"),
+    ],
+)
+def test_a_bad_config_is_one_line_naming_the_file_and_key_at_load(tmp_path, edit, words):
+    """Refused when the config is read (not at every image), as the error the CLI maps to exit 2."""
+    src, cfg = _official_unet(tmp_path, "my_sinsr.pth"), _yaml(tmp_path, "bad.yaml", edit)
+    for load in (lambda: load_unet(src, config=cfg), lambda: convert_checkpoint(src, tmp_path / "o.safetensors", config=cfg)):
+        with pytest.raises(CheckpointError) as err:
+            load()
+        assert str(err.value).startswith(f"{cfg}: ") and words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_load_pipeline_refuses_a_scale_its_vq_cannot_do(tmp_path):
+    """A diffusion-only config with sf 2 and a x4 VQ: refused at load, naming the config."""
+    from sinsr_cli.models.checkpoints import vq_metadata
+    from sinsr_cli.pipeline import load_pipeline
+
+    torch.manual_seed(0)
+    vq = write_safetensors(VQModel(tiny_vq()).state_dict(), tmp_path / "vq.safetensors", vq_metadata(tiny_vq()))
+    cfg = _yaml(tmp_path, "sf2.yaml", lambda d: [d.pop("model"), d.pop("autoencoder"), d["diffusion"]["params"].update(sf=2)])
+    with pytest.raises(CheckpointError, match=r"sf2\.yaml with .*vq\.safetensors: sf 2 .*downscales by 4"):
+        load_pipeline(_official_unet(tmp_path, "my_resshift.pth"), vq, device="cpu", dtype="fp32", config=cfg)

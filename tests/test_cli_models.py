@@ -121,6 +121,48 @@ def test_convert_with_config_sidecar(tmp_path, reference_dir):
     assert meta["unet"]["model_channels"] == 32 and meta["unet"]["num_res_blocks"] == [1, 1, 1, 1]
 
 
+def _tiny_pair_and_config(tmp_path):
+    """An official-style student .pth, a VQ .pth and their YAML (architecture from shapes)."""
+    import yaml
+
+    from sinsr_cli.config import tiny_vq
+    from sinsr_cli.models.vq_f4 import VQModel
+
+    torch.manual_seed(0)
+    torch.save(SwinUNet(tiny_unet()).state_dict(), tmp_path / "my_sinsr.pth")
+    torch.save(VQModel(tiny_vq()).state_dict(), tmp_path / "vq.pth")
+    cfg = {"diffusion": {"params": {"sf": 4, "steps": 15, "kappa": 2.0, "min_noise_level": 0.04}},
+           "model": {"params": {
+               "image_size": 64, "in_channels": 6, "model_channels": 32, "out_channels": 3, "num_res_blocks": [1, 1],
+               "attention_resolutions": [64, 32], "channel_mult": [1, 2], "num_head_channels": 16,
+               "use_scale_shift_norm": True, "swin_embed_dim": 32, "window_size": 8, "mlp_ratio": 2}}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    del cfg["model"]["params"]["in_channels"]
+    (tmp_path / "no_inch.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp_path / "my_sinsr.pth", tmp_path / "vq.pth"
+
+
+def test_config_errors_and_the_one_step_rule_are_usage_errors(tmp_path):
+    """`--config` on a student still refuses --steps 4, and a config missing a key is one line
+    naming the file and key, exit 2 (no KeyError), in `upscale` and in `convert`."""
+    from PIL import Image
+
+    unet, vq = _tiny_pair_and_config(tmp_path)
+    Image.new("RGB", (16, 16)).save(tmp_path / "in.png")
+    base = ["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "-m", str(unet), "--vq", str(vq),
+            "--device", "cpu", "-q"]
+    r = runner.invoke(app, [*base, "--config", str(tmp_path / "c.yaml"), "--steps", "4"])
+    assert r.exit_code == 2 and "one-step student" in r.output and not (tmp_path / "out.png").exists(), r.output
+    want = f"{tmp_path / 'no_inch.yaml'}: model.params: 'in_channels' is missing"
+    r = runner.invoke(app, [*base, "--config", str(tmp_path / "no_inch.yaml")])
+    assert r.exit_code == 2 and want in r.output and "KeyError" not in r.output, r.output
+    r = runner.invoke(app, ["convert", str(unet), str(tmp_path / "u.safetensors"), "--config", str(tmp_path / "no_inch.yaml")])
+    assert r.exit_code == 2 and want in r.output and not (tmp_path / "u.safetensors").exists(), r.output
+    r = runner.invoke(app, ["convert", str(unet), str(tmp_path / "u.safetensors"), "--config", str(tmp_path / "c.yaml")])
+    assert r.exit_code == 0, r.output
+    assert json.loads(read_checkpoint(tmp_path / "u.safetensors").metadata["sinsr.preset"])["one_step"] is True
+
+
 def test_models_lists_zoo(tmp_path, monkeypatch):
     monkeypatch.setenv("SINSR_CACHE", str(tmp_path))
     r = runner.invoke(app, ["models"])

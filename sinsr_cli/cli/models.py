@@ -113,7 +113,7 @@ def export_cmd(
 def convert_cmd(
     src: Path = typer.Argument(..., help="Checkpoint to convert (.pth, .pt, .ckpt or .safetensors)."),
     dst: Path = typer.Argument(..., help="Output .safetensors file."),
-    config: Optional[Path] = typer.Option(None, "--config", help="Official YAML/JSON with model.params or autoencoder.params, for non-preset architectures."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Official YAML/JSON with model.params, autoencoder.params and/or diffusion.params, for non-preset architectures."),
     force: bool = typer.Option(False, "--force", help="Overwrite DST if it exists."),
     quiet: bool = quiet_option(),
     verbose: bool = typer.Option(False, "--verbose", help="Show tracebacks on errors."),
