@@ -26,11 +26,24 @@ def dtype_name(dtype: torch.dtype) -> str:
 def dtype_from_name(name: str) -> torch.dtype:
     """The dtype a name in :data:`DTYPES` (or torch's spelling: ``float16``, ``half``...) means;
     ``ValueError`` naming the choices of ``--dtype`` otherwise (the one free-text use)."""
-    key = name.lower()
+    if not isinstance(name, str):
+        raise TypeError(f"dtype must be a torch.dtype or a name (auto, fp32, fp16, bf16), got {name!r}")
+    key = name.strip().lower()
     try:
         return DTYPES[_ALIASES.get(key, key)]
     except KeyError:
         raise ValueError(f"unknown dtype {name!r} (use auto, fp32, fp16 or bf16)") from None
+
+
+def as_dtype(value: str | torch.dtype) -> torch.dtype:
+    """A torch dtype, or the dtype a name means (:func:`dtype_from_name`), for the APIs that
+    take either (``SRPipeline.to``, ``plan.make_plan``). ``auto`` is refused: it depends on a
+    device, which only :func:`resolve_dtype` is given."""
+    if isinstance(value, torch.dtype):
+        return value
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        raise ValueError("dtype 'auto' depends on the device: pass it to load_pipeline, or name fp32, fp16 or bf16")
+    return dtype_from_name(value)
 
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
@@ -93,15 +106,13 @@ def resolve_dtype(name: str | torch.dtype | None, device: torch.device) -> torch
     bf16 on an AMX or AVX512-BF16 CPU runs the convolutions at 2-6x the fp32 rate; elsewhere it
     is emulated and slower, so ``auto`` keeps fp32 there. ``fp32`` is always the parity path.
     """
-    if isinstance(name, torch.dtype):
-        return name
-    if name is None or name == "auto":
+    if name is None or (isinstance(name, str) and name.strip().lower() == "auto"):
         if device.type == "cuda":
             return torch.float16
         if device.type == "cpu" and cpu_has_native_bf16():
             return torch.bfloat16
         return torch.float32
-    return dtype_from_name(name)
+    return as_dtype(name)
 
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:

@@ -216,6 +216,10 @@ class Engine:
         told; every try draws its noise from a generator started at ``plan.seed``. An output
         whose buffers do not fit on the device is blended on the host and returned on the CPU.
         On CUDA, tiled runs autotune cuDNN per tile shape (``cudnn.benchmark``).
+
+        Runs under ``inference_mode`` and returns an inference tensor (no copy for the CLI):
+        in-place ops and autograd refuse it outside inference mode, so ``.clone()`` it for
+        those (``sinsr_cli.upscale`` does). Inputs are checked as ``pipeline.to_model_range`` says.
         """
         pipe = self.pipeline(plan.dtype)
         lq = to_model_range(images, pipe.device)

@@ -39,21 +39,49 @@ def thp_mode(sysfs: Path = THP_SYSFS) -> str | None:
     return text[start + 1 : end] if 0 <= start < end else None
 
 
+#: the environment this process started with (``os.environ`` changes do not reach it)
+STARTUP_ENVIRON = Path("/proc/self/environ")
+
+#: set when this process asked for huge pages before torch was imported (so torch took them)
+_enabled_before_torch = False
+
+
+def _set_at_startup(path: Path) -> bool:
+    """Whether ``THP_MEM_ALLOC_ENABLE=1`` was in the environment the process started with."""
+    try:
+        return f"{ENV}=1".encode() in path.read_bytes().split(b"\0")
+    except OSError:
+        return False
+
+
 def enable_huge_pages(
     environ: MutableMapping[str, str] = os.environ,
     *,
     sysfs: Path = THP_SYSFS,
     modules: Mapping[str, object] = sys.modules,
+    startup: Path = STARTUP_ENVIRON,
 ) -> bool:
-    """Ask torch for huge-page CPU tensors; True when they will be used in this process.
+    """Ask torch for huge-page CPU tensors; True when they will be (or are) used in this process.
 
     A value the user set (``THP_MEM_ALLOC_ENABLE=0`` opts out) is left alone. Nothing is set
     where the kernel has no THP or its policy is ``never`` (torch would warn that ``madvise``
-    failed), or once torch is imported (too late to take effect). Child processes inherit it.
+    failed), or once torch is imported (too late to take effect). Called again after
+    ``import torch``, it still says True when the variable was in force before torch read it
+    (set by an earlier call, or in the environment the process started with). Child processes
+    inherit it.
     """
+    global _enabled_before_torch
+    torch_loaded = "torch" in modules
     if ENV in environ:
-        return environ[ENV] == "1" and "torch" not in modules
-    if "torch" in modules or thp_mode(sysfs) in (None, "never"):
+        on = environ[ENV] == "1"
+        if not torch_loaded:
+            if on and environ is os.environ:
+                _enabled_before_torch = True
+            return on
+        return on and environ is os.environ and (_enabled_before_torch or _set_at_startup(startup))
+    if torch_loaded or thp_mode(sysfs) in (None, "never"):
         return False
     environ[ENV] = "1"
+    if environ is os.environ:
+        _enabled_before_torch = True
     return True

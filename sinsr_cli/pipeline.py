@@ -3,13 +3,15 @@
 ``SRPipeline.__call__`` is the one visible loop over the path (one model call; tiling, the
 out-of-memory retry and progress are ``engine.Engine``'s); the pieces (``encode``,
 ``sample_latent``, ``decode``) are public so ``bench`` and ``distill`` reuse them rather than
-re-implementing the path. Images are ``[B, 3, H, W]`` in [0, 1]; the models see [-1, 1].
+re-implementing the path. Images are float ``[B, 3, H, W]`` in [0, 1] (checked and clamped
+where they enter: :func:`to_model_range`); the models see [-1, 1].
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ModelPreset, VQConfig, check_scale
-from .devices import make_generator, resolve_device, resolve_dtype
+from .devices import as_dtype, make_generator, resolve_device, resolve_dtype
 from .diffusion.sampler import ONE_STEP, Callback, Denoiser, get_sampler, randn_like
 from .diffusion.schedule import Schedule, make_schedule, respace
 from .models.swin_unet import SwinUNet
@@ -60,11 +62,34 @@ def encode_lq(vq: VQModel, lq: torch.Tensor, scale: int) -> torch.Tensor:
     return vq.encode(up).float().contiguous()
 
 
+#: how an HWC numpy image becomes the float CHW tensor the pipeline takes
+NUMPY_HINT = "convert a [H,W,3] uint8 numpy array with torch.from_numpy(a).permute(2, 0, 1).float() / 255"
+
+
 def to_model_range(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``[B,3,H,W]`` images in [0, 1] -> float32 on ``device`` in the models' [-1, 1] (a new tensor)."""
+    """``[B,3,H,W]`` float images in [0, 1] -> float32 on ``device`` in the models' [-1, 1] (a new
+    tensor): where every image enters, so the rule is here once. Integer, bool and complex
+    tensors are refused (``read_image``'s uint8 0..255 would reach the model as up to 507),
+    values past [0, 1] clamped (the model was trained on [0, 1] only), NaN/Inf refused (they
+    would come out as NaN)."""
+    if not isinstance(images, torch.Tensor):
+        hint = f"; {NUMPY_HINT}" if type(images).__module__ == "numpy" else ""
+        raise TypeError(f"images must be a float tensor [B,3,H,W] in [0,1], got {type(images).__name__}{hint}")
+    if not images.is_floating_point():
+        raise TypeError(
+            f"images must be a floating-point tensor in [0,1], got {images.dtype}; "
+            "for 0..255 pixels pass x.float() / 255"
+        )
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected images [B,3,H,W], got {tuple(images.shape)}")
-    return images.to(device, torch.float32, non_blocking=True) * 2 - 1
+    if images.shape[0] == 0:
+        raise ValueError("the batch is empty: images has shape (0, 3, H, W)")
+    if images.shape[2] == 0 or images.shape[3] == 0:
+        raise ValueError(f"an image has no pixels: images has shape {tuple(images.shape)}")
+    x = images.to(device, torch.float32, non_blocking=True, copy=True)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("input contains NaN/Inf: images must be finite values in [0,1]")
+    return x.clamp_(0, 1).mul_(2).sub_(1)
 
 
 def from_model_range(out: torch.Tensor) -> torch.Tensor:
@@ -92,6 +117,8 @@ class SRPipeline:
 
     def __post_init__(self) -> None:
         check_scale(self.preset.schedule, self.vq.cfg)
+        self.device = resolve_device(self.device)  # a name ("cpu", "cuda:1") works as well
+        self.dtype = as_dtype(self.dtype)
         self.schedule: Schedule = make_schedule(self.preset.schedule)
         self.scale = self.preset.schedule.sf
         self.unet.eval().requires_grad_(False)
@@ -99,8 +126,9 @@ class SRPipeline:
 
     # -- configuration ---------------------------------------------------------------------
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "SRPipeline":
-        """Move both models; GroupNorm statistics stay float32 inside the layers.
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None) -> "SRPipeline":
+        """Move both models; GroupNorm statistics stay float32 inside the layers. ``device`` and
+        ``dtype`` take what :func:`load_pipeline` takes (``"cuda"``, ``"bf16"``, ``"auto"``).
 
         In low precision the VQ codebook stays float32 (the nearest-code search decides
         discrete indices; rounding the codebook or the latent flips them). On CPU the conv
@@ -108,7 +136,7 @@ class SRPipeline:
         native layout: no reorders around each conv, and 1x1 convs become plain GEMMs).
         """
         device = resolve_device(device) if device is not None else self.device
-        dtype = dtype or self.dtype
+        dtype = resolve_dtype(dtype, device) if dtype is not None else self.dtype
         self.unet.to(device=device, dtype=dtype, memory_format=memory_format_for(device))
         place_vq(self.vq, device, dtype)
         self.device, self.dtype = device, dtype
@@ -176,7 +204,7 @@ class SRPipeline:
         z0 = self.sample_latent(padded, steps=steps, sampler=sampler, generator=generator, noise=noise, callback=callback)
         return self.decode(z0)[..., : h * self.scale, : w * self.scale]
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: the caller gets an ordinary tensor, at no copy
     def __call__(
         self,
         images: torch.Tensor,
@@ -194,9 +222,16 @@ class SRPipeline:
         ``DEFAULT_SEED``, ``"random"`` a fresh one (``plan.make_plan`` checks them all), and
         ``generator``, when given, is drawn from instead. Tiles, the out-of-memory retry and
         progress are ``engine.Engine``'s (``sinsr_cli.upscale`` uses it): this is the model path.
+
+        A batch draws its noise from one generator, image after image: only the first image
+        equals a one-image run with the same seed (the others are not independent draws of that
+        seed). Integer tensors are refused, values past [0,1] clamped (:func:`to_model_range`).
+        Runs under ``no_grad``: the result is an ordinary tensor (in-place ops, autograd work).
         """
         lq = to_model_range(images, self.device)
         plan = make_plan(self.preset, steps=steps, sampler=sampler, seed=seed)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator (or use seed=), got {type(generator).__name__}")
         if generator is None:
             generator = make_generator(plan.seed, "cpu")
         out = self.upscale_pm1(lq, steps=plan.steps, sampler=plan.sampler, generator=generator).float()
@@ -270,6 +305,9 @@ def load_pipeline(
     """
     from .weights import CheckpointError, load_unet, load_vq
 
+    for name, value in (("model", model), ("vq", vq)):
+        if not (isinstance(value, (str, os.PathLike)) or (name == "vq" and value is None)):
+            raise TypeError(f"{name} must be a zoo name or a checkpoint path, got {type(value).__name__}")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     unet, preset = load_unet(model, config=config, offline=offline)

@@ -13,13 +13,15 @@ values before it loads (or downloads) weights.
 
 from __future__ import annotations
 
+import numbers
 import secrets
 from dataclasses import dataclass, field
 
 import torch
 
 from .config import DEFAULT_SEED, ModelPreset
-from .diffusion.sampler import MULTI_STEP, ONE_STEP, SAMPLERS
+from .devices import as_dtype
+from .diffusion.sampler import ONE_STEP, SAMPLERS
 from .errors import SettingError
 
 #: the seed value that asks for a fresh one (reported with the run, so it can be repeated)
@@ -38,6 +40,7 @@ __all__ = [
     "make_plan",
     "resolve_seed",
     "resolve_sampling",
+    "sampler_name",
 ]
 
 
@@ -105,8 +108,9 @@ def _integer(name: str, value: object) -> None:
 
 def resolve_seed(value: int | str | None) -> int:
     """The one place a seed is made: None -> ``DEFAULT_SEED`` (identical reruns), ``"random"``
-    -> a fresh 31-bit seed (report it to reproduce the run), else the integer given (a decimal
-    string is read as one). SettingError("seed") otherwise."""
+    -> a fresh 31-bit seed (report it to reproduce the run), else the integer given (any
+    ``numbers.Integral``, so numpy integers too; a decimal string is read as one).
+    SettingError("seed") otherwise."""
     if value is None:
         return DEFAULT_SEED
     if isinstance(value, str):
@@ -117,10 +121,23 @@ def resolve_seed(value: int | str | None) -> int:
             value = int(text)
         except ValueError:
             raise SettingError("seed", f"seed must be an integer or {RANDOM_SEED!r}, got {value!r}") from None
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = int(value)  # numpy.int64 and friends
     _integer("seed", value)
     if not 0 <= int(value) < 2**63:
         raise SettingError("seed", f"seed must be in 0..2^63-1, got {value}")
     return int(value)
+
+
+def sampler_name(sampler: str | None) -> str | None:
+    """``sampler`` as a key of ``SAMPLERS`` (names are case-insensitive); SettingError listing
+    every key otherwise."""
+    if sampler is None:
+        return None
+    key = sampler.strip().lower() if isinstance(sampler, str) else sampler
+    if not isinstance(key, str) or key not in SAMPLERS:
+        raise SettingError("sampler", f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    return key
 
 
 def check_settings(steps: int | None = None, sampler: str | None = None) -> None:
@@ -129,8 +146,7 @@ def check_settings(steps: int | None = None, sampler: str | None = None) -> None
         _integer("steps", steps)
         if steps < 1:
             raise SettingError("steps", f"steps must be >= 1, got {steps}")
-    if sampler is not None and sampler not in SAMPLERS:
-        raise SettingError("sampler", f"sampler must be one of {', '.join(MULTI_STEP)}, got {sampler!r}")
+    sampler_name(sampler)
 
 
 def resolve_sampling(preset: ModelPreset, steps: int | None = None, sampler: str | None = None) -> tuple[int, str]:
@@ -141,6 +157,7 @@ def resolve_sampling(preset: ModelPreset, steps: int | None = None, sampler: str
     sampler is :class:`OneStepOnly` (its t = 0 output is the learned inversion, roughly x_T).
     """
     check_settings(steps, sampler)
+    sampler = sampler_name(sampler)
     if preset.one_step:
         if steps not in (None, 1):
             raise OneStepOnly("steps", f"{preset.name} is a one-step student: it takes exactly 1 step, not {steps}")
@@ -171,8 +188,10 @@ def make_plan(
     sampler: str | None = None,
     seed: int | str | None = None,
     tiling: Tiling | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
 ) -> Plan:
-    """Check and resolve everything a run of ``preset`` needs; see :class:`Plan`."""
+    """Check and resolve everything a run of ``preset`` needs; see :class:`Plan`. ``dtype``: a
+    torch dtype or a name of one (``devices.as_dtype``), None for the pipeline's own."""
     n, name = resolve_sampling(preset, steps, sampler)
-    return Plan(steps=n, sampler=name, seed=resolve_seed(seed), tiling=tiling or Tiling(), dtype=dtype)
+    dt = None if dtype is None else as_dtype(dtype)
+    return Plan(steps=n, sampler=name, seed=resolve_seed(seed), tiling=tiling or Tiling(), dtype=dt)

@@ -98,3 +98,22 @@ def test_the_cli_entry_point_enables_it() -> None:
     out = subprocess.run([sys.executable, "-c", _CLI], capture_output=True, text=True, env=env, check=True)
     expected = "None" if thp_mode(THP_SYSFS) in (None, "never") else "1"
     assert out.stdout.strip().splitlines()[-1] == expected
+
+
+def test_a_second_call_after_import_torch_still_says_they_are_on(tmp_path: Path, monkeypatch) -> None:
+    """Set before torch (by a first call, or in the starting environment), huge pages are in
+    force: a later call after ``import torch`` says so instead of False."""
+    import sinsr_cli.hugepages as hp
+
+    on, startup = _sysfs(tmp_path, "always [madvise] never"), tmp_path / "environ"
+    startup.write_bytes(b"PATH=/bin\0")
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.setattr(hp, "_enabled_before_torch", False)
+    assert enable_huge_pages(os.environ, sysfs=on, modules={}, startup=startup) is True
+    assert enable_huge_pages(os.environ, sysfs=on, modules={"torch": object()}, startup=startup) is True
+    monkeypatch.setattr(hp, "_enabled_before_torch", False)  # a fresh process, variable set late
+    assert enable_huge_pages(os.environ, sysfs=on, modules={"torch": object()}, startup=startup) is False
+    startup.write_bytes(f"PATH=/bin\0{ENV}=1\0".encode())  # ... or set when the process started
+    assert enable_huge_pages(os.environ, sysfs=on, modules={"torch": object()}, startup=startup) is True
+    monkeypatch.setenv(ENV, "0")
+    assert enable_huge_pages(os.environ, sysfs=on, modules={"torch": object()}, startup=startup) is False

@@ -135,3 +135,28 @@ def test_with_dtype_is_a_converted_copy_sharing_nothing(tiny_pipeline):
     assert {t.dtype for t in tiny_pipeline.unet.parameters()} == {torch.float32}
     assert copy.vq.quantize.embedding.weight.dtype == torch.float32  # the codebook stays float32
     assert copy.unet is not tiny_pipeline.unet and copy.vq is not tiny_pipeline.vq
+
+
+def test_device_and_dtype_names_are_taken_everywhere(tiny_pipeline):
+    """``SRPipeline(device="cpu")``, ``pipe.to(dtype="bf16")`` and ``make_plan(dtype="bf16")``
+    take the names ``load_pipeline`` takes (one rule: ``devices.as_dtype``)."""
+    from sinsr_cli.api import upscale
+    from sinsr_cli.engine import Engine
+    from sinsr_cli.plan import make_plan
+
+    import copy
+
+    unet, vq = copy.deepcopy(tiny_pipeline.unet), copy.deepcopy(tiny_pipeline.vq)  # p.to() must not convert the fixture's
+    p = SRPipeline(unet, vq, tiny_pipeline.preset, device="cpu", dtype="fp32")
+    assert p.device == torch.device("cpu") and p.dtype == torch.float32
+    x = torch.rand(3, 8, 12)
+    assert upscale(x, pipeline=p).shape == (3, 32, 48)
+    plan = make_plan(p.preset, dtype="bf16")
+    assert plan.dtype == torch.bfloat16
+    assert Engine(p)(x[None], plan).shape == (1, 3, 32, 48)
+    p.to(dtype="bf16")
+    assert p.dtype == torch.bfloat16 and next(p.unet.parameters()).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="depends on the device"):
+        make_plan(p.preset, dtype="auto")
+    with pytest.raises(TypeError, match="dtype must be a torch.dtype or a name"):
+        p.to(dtype=32)

@@ -105,3 +105,16 @@ def test_the_cli_respells_the_settings_a_message_mentions():
     text = flag_message(TrainingDiverged("3 non-finite steps; lower lr, enable clip_grad or use amp bf16/no."))
     assert text == "3 non-finite steps; lower --lr, enable --clip-grad or use --amp bf16/no."
     assert flag_message(ValueError("plain")) == "plain"
+
+
+def test_numpy_integer_seeds_and_case_insensitive_samplers_listed_in_full():
+    import numpy as np
+
+    from sinsr_cli.plan import resolve_seed, sampler_name
+
+    assert resolve_seed(np.int64(3)) == 3 and type(resolve_seed(np.int32(7))) is int
+    assert sampler_name(" ANCESTRAL ") == "ancestral" and sampler_name("OneStep") == "onestep"
+    with pytest.raises(SettingError, match="onestep, ancestral, deterministic"):
+        sampler_name("euler")
+    with pytest.raises(SettingError, match="seed"):
+        resolve_seed(np.float64(3.0))

@@ -262,13 +262,15 @@ def _gray8_level(trns: int, mode: str, rawmode: str | None) -> int:
 
 
 def pil_rgb(im: Image.Image) -> np.ndarray:
-    """An in-memory PIL image as float32 RGB ``[H, W, 3]`` in [0, 1], alpha dropped: 16-bit and
-    32-bit gray (``I;16``, ``I``) scaled from 0..65535 and float (``F``) taken as 0..1, as the file
-    reader does (``convert("RGB")`` saturates them to white)."""
+    """An in-memory PIL image as float32 RGB ``[H, W, 3]`` in [0, 1], alpha dropped, upright: as
+    the file reader does, its EXIF orientation is applied (``ImageOps.exif_transpose``), 16-bit
+    and 32-bit gray (``I;16``, ``I``) scaled from 0..65535 and float (``F``) taken as 0..1
+    (``convert("RGB")`` saturates them to white)."""
+    im.load()  # before the orientation: Pillow rotates TIFFs itself on load
+    orientation, _ = orientation_and_exif(im)
     g = _deep_gray(im)
-    if g is None:
-        return np.asarray(im.convert("RGB"), dtype=np.float32) / 255
-    return np.repeat(g[..., None], 3, axis=2)
+    rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255 if g is None else np.repeat(g[..., None], 3, axis=2)
+    return rgb if orientation == 1 else np.ascontiguousarray(orient(rgb, orientation))
 
 
 def _deep_gray(im: Image.Image) -> np.ndarray | None:
