@@ -235,4 +235,4 @@ def test_bad_params_in_the_sidecar_name_the_sidecar(reference_dir, tmp_path, cap
     (tmp_path / "fx.json").write_text(json.dumps(meta))
     assert main([str(tmp_path / "fx.safetensors")]) == 2
     out = json.loads(capsys.readouterr().out)
-    assert out["error"] == f"{tmp_path / 'fx.json'}: vq_params does not describe the model (missing 'ddconfig')"
+    assert out["error"] == f"{tmp_path / 'fx.json'}: vq_params does not describe the model ('ddconfig' is missing)"
