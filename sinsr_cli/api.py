@@ -10,7 +10,7 @@ from PIL import Image
 from .config import DEFAULT_SEED
 from .engine import Engine
 from .imageio import image_to_tensor, pil_rgb, tensor_to_image, to_uint8
-from .pipeline import NUMPY_HINT, SRPipeline, load_pipeline
+from .pipeline import SRPipeline, load_pipeline, not_an_image
 from .plan import Tiling, make_plan
 
 #: ``upscale``'s loading arguments and their defaults: with ``pipeline=`` they would be ignored
@@ -39,10 +39,7 @@ def upscale(
     cheapest), 0 runs the image whole, > 0 runs LR tiles of that size; out of memory, the tile
     is halved."""
     if not isinstance(image, (Image.Image, torch.Tensor)):
-        hint = f"; {NUMPY_HINT}" if type(image).__module__ == "numpy" else ""
-        raise TypeError(
-            f"image must be a PIL image or a float tensor [3,H,W]/[B,3,H,W] in [0,1], got {type(image).__name__}{hint}"
-        )
+        raise not_an_image("image", image, "a PIL image or a float tensor [3,H,W]/[B,3,H,W] in [0,1]")
     if pipeline is None:
         pipeline = load_pipeline(model, vq, device=device, dtype=dtype)
     elif not isinstance(pipeline, SRPipeline):

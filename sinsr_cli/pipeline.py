@@ -66,6 +66,13 @@ def encode_lq(vq: VQModel, lq: torch.Tensor, scale: int) -> torch.Tensor:
 NUMPY_HINT = "convert a [H,W,3] uint8 numpy array with torch.from_numpy(a).permute(2, 0, 1).float() / 255"
 
 
+def not_an_image(name: str, value: object, accepted: str) -> TypeError:
+    """The TypeError for ``value`` given as ``name`` where ``accepted`` is wanted, with the
+    conversion to use when it is a numpy array (for ``to_model_range`` and ``upscale``)."""
+    hint = f"; {NUMPY_HINT}" if type(value).__module__ == "numpy" else ""
+    return TypeError(f"{name} must be {accepted}, got {type(value).__name__}{hint}")
+
+
 def to_model_range(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``[B,3,H,W]`` float images in [0, 1] -> float32 on ``device`` in the models' [-1, 1] (a new
     tensor): where every image enters, so the rule is here once. Integer, bool and complex
@@ -73,8 +80,7 @@ def to_model_range(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     values past [0, 1] clamped (the model was trained on [0, 1] only), NaN/Inf refused (they
     would come out as NaN)."""
     if not isinstance(images, torch.Tensor):
-        hint = f"; {NUMPY_HINT}" if type(images).__module__ == "numpy" else ""
-        raise TypeError(f"images must be a float tensor [B,3,H,W] in [0,1], got {type(images).__name__}{hint}")
+        raise not_an_image("images", images, "a float tensor [B,3,H,W] in [0,1]")
     if not images.is_floating_point():
         raise TypeError(
             f"images must be a floating-point tensor in [0,1], got {images.dtype}; "

@@ -16,6 +16,8 @@ import struct
 import numpy as np
 from PIL import Image
 
+from .tiffheader import TIFF_BYTE_ORDERS
+
 ORIENTATION = 0x0112
 EXIF_IFD, GPS_IFD = 0x8769, 0x8825
 _DESCRIPTION = 270
@@ -123,7 +125,7 @@ def exif_for_size(exif: bytes, width: int, height: int) -> bytes:
 
 def _header(data: bytearray, base: int) -> tuple[str, int]:
     """(struct byte order, offset of IFD0) of the TIFF block at ``base``; KeyError if none."""
-    bo = {b"II": "<", b"MM": ">"}[bytes(data[base : base + 2])]
+    bo = TIFF_BYTE_ORDERS[bytes(data[base : base + 2])]
     return bo, struct.unpack_from(bo + "I", data, base + 4)[0]
 
 

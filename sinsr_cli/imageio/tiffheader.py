@@ -10,7 +10,10 @@ from typing import IO
 
 from PIL import Image
 
-__all__ = ["deep_gray_levels", "tiff_byte_order", "tiff_layout"]
+__all__ = ["TIFF_BYTE_ORDERS", "deep_gray_levels", "tiff_byte_order", "tiff_layout"]
+
+#: a TIFF header's first two bytes -> the struct prefix of its numbers (files and EXIF blocks)
+TIFF_BYTE_ORDERS = {b"II": "<", b"MM": ">"}
 
 _TIFF_SAMPLE_FORMATS = {1: "unsigned integer", 2: "signed integer", 3: "floating point", 4: "undefined", 5: "complex integer", 6: "complex float"}
 
@@ -32,7 +35,7 @@ def tiff_byte_order(f: IO[bytes]) -> str | None:
     """The struct prefix of ``f``'s samples, "<" (b"II") or ">" (b"MM"); None if not a TIFF."""
     try:
         f.seek(0)
-        return {b"II": "<", b"MM": ">"}.get(f.read(2))
+        return TIFF_BYTE_ORDERS.get(f.read(2))
     except OSError:
         return None
 
@@ -43,7 +46,7 @@ def tiff_layout(f: IO[bytes]) -> str | None:
     try:
         f.seek(0)
         head = f.read(8)
-        order = {b"II": "<", b"MM": ">"}.get(head[:2])
+        order = TIFF_BYTE_ORDERS.get(head[:2])
         if order is None or len(head) < 8 or struct.unpack(order + "H", head[2:4])[0] != 42:
             return None
         f.seek(struct.unpack(order + "I", head[4:8])[0])
