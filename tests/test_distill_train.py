@@ -119,6 +119,19 @@ class _Killed(Exception):
     pass
 
 
+def _failing_call(real, n: int, error: BaseException):
+    """``real``, except that its ``n``-th call raises ``error`` (a failure injected mid-run)."""
+    calls = {"n": 0}
+
+    def call(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise error
+        return real(*a, **k)
+
+    return call
+
+
 def test_interrupted_run_resumes_on_the_same_curve(tmp_path, hr_dir, monkeypatch):
     """A failure inside step 6 (checkpoint at 4): the run saves step 5 on its way out; resumed,
     the same losses at the same steps and the same final weights as an uninterrupted run."""
@@ -129,15 +142,8 @@ def test_interrupted_run_resumes_on_the_same_curve(tmp_path, hr_dir, monkeypatch
                         ckpt_every=4, warmup=3, lr=1e-3, ema_rate=0.9)
     full = train(cfg, copy.deepcopy(teacher), vq, preset, tmp_path / "full", device="cpu")
 
-    real, calls = tr.student_losses, {"n": 0}
-
-    def fail_in_step_6(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 11:  # two micro-batches a step: step 6's first
-            raise _Killed
-        return real(*a, **k)
-
-    monkeypatch.setattr(tr, "student_losses", fail_in_step_6)
+    real = tr.student_losses
+    monkeypatch.setattr(tr, "student_losses", _failing_call(real, 11, _Killed()))  # two micro-batches a step: step 6's first
     with pytest.raises(_Killed):
         train(cfg, copy.deepcopy(teacher), vq, preset, tmp_path / "cut", device="cpu")
     monkeypatch.setattr(tr, "student_losses", real)
@@ -160,15 +166,8 @@ def test_a_failed_run_logs_the_steps_it_saves(tmp_path, hr_dir, monkeypatch):
     teacher, vq, preset = tiny_teacher()
     cfg = DistillConfig(data=str(hr_dir), batch=2, micro_batch=2, crop=TINY_CROP, steps=8, workers=0, log_every=4,
                         ckpt_every=8, warmup=3, lr=1e-3)
-    real, calls = tr.student_losses, {"n": 0}
-
-    def fail_in_step_6(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise _Killed
-        return real(*a, **k)
-
-    monkeypatch.setattr(tr, "student_losses", fail_in_step_6)
+    real = tr.student_losses
+    monkeypatch.setattr(tr, "student_losses", _failing_call(real, 6, _Killed()))  # one micro-batch a step: step 6
     with pytest.raises(_Killed):
         train(cfg, copy.deepcopy(teacher), vq, preset, tmp_path / "run", device="cpu")
     monkeypatch.setattr(tr, "student_losses", real)
@@ -487,15 +486,8 @@ def test_cli_a_run_that_fails_midway_keeps_its_steps_and_says_how_to_resume(tmp_
     are saved and the resume command printed; the run then resumes."""
     import sinsr_cli.distill.trainer as tr
 
-    real, calls = tr.student_losses, {"n": 0}
-
-    def fails_in_step_3(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise OSError("disk went away")
-        return real(*a, **k)
-
-    monkeypatch.setattr(tr, "student_losses", fails_in_step_3)
+    real = tr.student_losses
+    monkeypatch.setattr(tr, "student_losses", _failing_call(real, 3, OSError("disk went away")))
     out = tmp_path / "run"
     args = [a for a in _cli_args(teacher_files, hr_dir, out, 5) if a != "-q"]
     r = CliRunner().invoke(app, args)
